@@ -1,0 +1,1 @@
+"""chatmaild: the small services a chatmail relay runs beside Postfix and Dovecot."""

@@ -1,0 +1,376 @@
+"""The relay's configuration: `chatmail.ini`, section `[params]` (relay-spec §8).
+
+One frozen, typed model. Every field carries its default and a one-line doc; the commented
+example ini that `cmdeploy init` writes is generated from the same fields, so the two cannot
+drift. Bad values raise `ConfigError` naming file, key, value and what was expected.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECTION = "params"
+DEFAULT_INI_PATH = Path("/usr/local/lib/chatmaild/chatmail.ini")
+
+# Keys older relays used and that have no effect any more (spec §8, "removed").
+OBSOLETE_KEYS = frozenset({"passthrough_senders", "passthrough_recipients"})
+
+
+class ConfigError(Exception):
+    """A value in the ini is missing or not of the expected form."""
+
+    def __init__(self, path: Path | str, key: str, value: str | None, expected: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.value = value
+        self.expected = expected
+        shown = "missing" if value is None else f"{key} = {value!r}"
+        super().__init__(f"{self.path}: [{SECTION}] {shown}: expected {expected}")
+
+
+# --- value parsers: each takes the raw string and returns the typed value or raises ValueError
+# with the "expected ..." text.
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_size(raw: str) -> int:
+    """`500M`, `2G`, `1GB`, `31457280` -> bytes (binary multiples, as Dovecot counts)."""
+    m = _SIZE_RE.match(raw)
+    if not m:
+        raise ValueError("a size such as 31457280, 500M or 2G")
+    return int(m.group(1)) * _SIZE_FACTORS[m.group(2).lower()]
+
+
+def parse_count(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("a whole number, 0 or more") from None
+    if value < 0:
+        raise ValueError("a whole number, 0 or more")
+    return value
+
+
+def parse_port(raw: str) -> int:
+    value = parse_count(raw) if raw.strip().isdigit() else -1
+    if not 1 <= value <= 65535:
+        raise ValueError("a TCP port number from 1 to 65535")
+    return value
+
+
+def parse_float(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("a number, 0 or more") from None
+    if not value >= 0:  # also refuses nan
+        raise ValueError("a number, 0 or more")
+    return value
+
+
+def parse_bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise ValueError("true or false")
+
+
+def parse_text(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_mail_domain(raw: str) -> str:
+    """A DNS name (optionally starting with `_` for self-signed TLS) or an IPv4 address."""
+    text = raw.strip().lower().rstrip(".")
+    try:
+        ipaddress.IPv4Address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.split(".")
+    first = labels[0][1:] if labels[0].startswith("_") else labels[0]
+    if (
+        len(text) <= 253
+        and len(labels) >= 2
+        and all(_LABEL_RE.match(label) for label in [first, *labels[1:]])
+        and not labels[-1].isdigit()
+    ):
+        return text
+    raise ValueError("a domain name such as chat.example.org, or an IPv4 address")
+
+
+def _param(default: Any, parse: Callable[[str], Any], doc: str, example: str | None = None) -> Any:
+    """Declare one ini key: its default, how to parse it, and the doc line the ini shows."""
+    return field(default=default, metadata={"parse": parse, "doc": doc, "example": example})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The typed content of `[params]`. Build it with `read_config` or `Config.from_params`."""
+
+    mail_domain: str = field(
+        metadata={
+            "parse": parse_mail_domain,
+            "doc": "The relay's domain: addresses are user@<mail_domain>. "
+            "A leading '_' or an IPv4 address gives a self-signed certificate.",
+            "example": None,
+        }
+    )
+    max_user_send_per_minute: int = _param(
+        60, parse_count, "Messages a user may send per minute on average (rate limit)."
+    )
+    max_user_send_burst_size: int = _param(
+        10, parse_count, "Messages a user may send at once before the rate limit applies."
+    )
+    max_mailbox_size: int = _param(
+        500 * 2**20, parse_size, "Mailbox quota; the oldest mail is removed when it fills.", "500M"
+    )
+    max_message_size: int = _param(
+        31457280, parse_size, "Largest message in bytes, enforced at every entry point."
+    )
+    delete_mails_after: int = _param(20, parse_count, "Days after which any message is deleted.")
+    delete_large_after: int = _param(
+        7, parse_count, "Days after which seen messages over 200000 bytes are deleted."
+    )
+    delete_inactive_users_after: int = _param(
+        90, parse_count, "Days without a login after which an account is deleted."
+    )
+    username_min_length: int = _param(
+        9, parse_count, "Shortest local part allowed when an account is created."
+    )
+    username_max_length: int = _param(
+        9, parse_count, "Longest local part allowed at creation; /new generates this many."
+    )
+    password_min_length: int = _param(
+        9, parse_count, "Shortest password allowed at creation; /new generates 3 more."
+    )
+    www_folder: str = _param(
+        "",
+        parse_text,
+        "Empty: the bundled web pages. A directory: its pages (built if it holds src/). "
+        "A path that does not exist: no website.",
+    )
+    filtermail_smtp_port: int = _param(
+        10080, parse_port, "Loopback port of the outgoing encryption filter."
+    )
+    filtermail_smtp_port_incoming: int = _param(
+        10081, parse_port, "Loopback port of the incoming encryption filter (SMTP)."
+    )
+    filtermail_http_port_incoming: int = _param(
+        10082, parse_port, "Loopback port of the incoming filter for /mxdeliv (HTTP)."
+    )
+    filtermail_lmtp_port_transport: int = _param(
+        10083, parse_port, "Loopback port of the outbound delivery transport (LMTP)."
+    )
+    postfix_reinject_port: int = _param(
+        10025, parse_port, "Loopback port where filtered outgoing mail re-enters Postfix."
+    )
+    postfix_reinject_port_incoming: int = _param(
+        10026, parse_port, "Loopback port where filtered incoming mail re-enters Postfix."
+    )
+    mtail_address: str | None = _param(
+        None, parse_text, "If set: serve metrics on this address, ports 3903 and 3904.", "127.0.0.1"
+    )
+    disable_ipv6: bool = _param(False, parse_bool, "Listen on IPv4 only.")
+    acme_email: str = _param("", parse_text, "E-mail address for the ACME (Let's Encrypt) account.")
+    imap_rawlog: bool = _param(False, parse_bool, "Write raw IMAP traffic logs into each home.")
+    imap_compress: bool = _param(
+        False, parse_bool, "Offer IMAP COMPRESS (turns off hibernation of idle connections)."
+    )
+    turn_socket_path: str = _param(
+        "/run/chatmail-turn/turn.socket", parse_text, "Where TURN credentials come from."
+    )
+    iroh_relay: str | None = _param(
+        None,
+        parse_text,
+        "Unset: advertise https://<mail_domain> as iroh relay. A URL: advertise that one. "
+        "Empty: advertise none.",
+        "https://iroh.example.org",
+    )
+    privacy_postal: str = _param("", parse_text, "Postal address for the privacy policy page.")
+    privacy_mail: str = _param(
+        "", parse_text, "Contact e-mail for the privacy policy; also the IMAP server admin."
+    )
+    privacy_pdo: str = _param("", parse_text, "Data protection officer for the privacy page.")
+    privacy_supervisor: str = _param(
+        "", parse_text, "Supervisory authority for the privacy page."
+    )
+    max_load_1m: float = _param(
+        5.0, parse_float, "Account creation pauses while the 1-minute load is above this."
+    )
+    min_available_memory: int = _param(
+        200 * 2**20,
+        parse_size,
+        "Account creation pauses while less memory than this is available.",
+        "200M",
+    )
+    min_free_disk_space: int = _param(
+        2**30,
+        parse_size,
+        "Account creation pauses while the mailbox disk has less free space than this.",
+        "1G",
+    )
+    max_imap_connections: int = _param(10000, parse_count, "Most IMAP processes at once.")
+    max_smtp_connections: int = _param(
+        1000, parse_count, "Most submission connections at once; a fifth of it per client IP."
+    )
+    tls_external_cert_and_key: str = _param(
+        "",
+        parse_text,
+        "'CERT KEY': paths on the server of a certificate and key to use instead of ACME.",
+    )
+    mailboxes_dir: str = _param(
+        "", parse_text, "Where mailboxes live; default /home/vmail/mail/<mail_domain>."
+    )
+    passdb_path: str = _param(
+        "/home/vmail/passdb.sqlite",
+        parse_text,
+        "Old sqlite password database, only read for a one-time migration.",
+    )
+    filtermail_host: str = _param(
+        "127.0.0.1", parse_text, "Address the filter listens on."
+    )
+    postfix_host: str = _param(
+        "127.0.0.1", parse_text, "Address where the filter re-injects mail into Postfix."
+    )
+
+    # --- derived values -------------------------------------------------------------------
+
+    @property
+    def is_ipv4(self) -> bool:
+        try:
+            ipaddress.IPv4Address(self.mail_domain)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def address_domain(self) -> str:
+        """The part after '@' in the relay's addresses: `[a.b.c.d]` for an IPv4 relay."""
+        return f"[{self.mail_domain}]" if self.is_ipv4 else self.mail_domain
+
+    @property
+    def tls_mode(self) -> str:
+        """`external`, `self` or `acme`: the first rule of spec §8 that matches."""
+        if self.tls_external_cert_and_key:
+            return "external"
+        if self.mail_domain.startswith("_") or self.is_ipv4:
+            return "self"
+        return "acme"
+
+    @property
+    def mailboxes_path(self) -> Path:
+        return Path(self.mailboxes_dir or f"/home/vmail/mail/{self.mail_domain}")
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str], path: Path | str = "<params>") -> Config:
+        """Parse raw ini values; unknown keys are ignored here (see `unknown_keys`)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = params.get(f.name)
+            if raw is None:
+                if f.default is dataclasses.MISSING:
+                    raise ConfigError(path, f.name, None, f"a value for {f.name}")
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as e:
+                raise ConfigError(path, f.name, raw, str(e)) from None
+        config = cls(**values)
+        config._check_consistency(path)
+        return config
+
+    def _check_consistency(self, path: Path | str) -> None:
+        if self.username_min_length > self.username_max_length:
+            raise ConfigError(
+                path,
+                "username_min_length",
+                str(self.username_min_length),
+                f"at most username_max_length ({self.username_max_length})",
+            )
+        if self.username_max_length == 0:
+            raise ConfigError(path, "username_max_length", "0", "at least 1")
+        if self.tls_external_cert_and_key and len(self.tls_external_cert_and_key.split()) != 2:
+            raise ConfigError(
+                path,
+                "tls_external_cert_and_key",
+                self.tls_external_cert_and_key,
+                "two paths separated by a space: CERT KEY",
+            )
+
+
+def known_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def unknown_keys(params: Mapping[str, str]) -> list[str]:
+    known = set(known_keys())
+    return sorted(k for k in params if k not in known)
+
+
+def read_params(path: Path | str) -> dict[str, str]:
+    """The raw `[params]` section; ConfigError if the file is unreadable or malformed."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(path, SECTION, None, f"a readable file ({e.strerror})") from None
+    except (configparser.Error, UnicodeDecodeError) as e:
+        first_line = str(e).splitlines()[0]
+        raise ConfigError(path, SECTION, None, f"ini syntax ({first_line})") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(path, SECTION, None, f"a [{SECTION}] section")
+    return dict(parser.items(SECTION))
+
+
+def read_config(path: Path | str) -> Config:
+    return Config.from_params(read_params(path), path)
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def render_ini(mail_domain: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The commented `chatmail.ini` for a new relay, generated from the model's fields.
+
+    `overrides` sets further keys (uncommented), e.g. for a lab relay.
+    """
+    overrides = dict(overrides or {})
+    lines = [
+        "# chatmail relay configuration, written by `cmdeploy init`.",
+        "# Keys that are commented out hold their default; uncomment a line to change it.",
+        "# Sizes accept K, M, G suffixes (binary: 1M = 1048576 bytes).",
+        "",
+        f"[{SECTION}]",
+    ]
+    for f in dataclasses.fields(Config):
+        lines.append(f"# {f.metadata['doc']}")
+        if f.name == "mail_domain":
+            lines.append(f"mail_domain = {mail_domain}")
+        elif f.name in overrides:
+            lines.append(f"{f.name} = {overrides.pop(f.name)}")
+        else:
+            shown = f.metadata["example"] or _format_default(f.default)
+            lines.append(f"# {f.name} = {shown}".rstrip())
+        lines.append("")
+    for key, value in overrides.items():
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines).rstrip("\n") + "\n"

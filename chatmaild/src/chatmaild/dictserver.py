@@ -1,0 +1,181 @@
+"""A unix-socket server for Dovecot's dict protocol (relay-spec §2.1), generic over a backend.
+
+Each connection is served by its own asyncio task, so a slow or silent client never delays
+another; requests of one connection are answered in order, as Dovecot expects. Transactions
+belong to their connection (Dovecot reuses ids such as `1` across connections). A line longer
+than `MAX_LINE` closes that connection. Backends do their quick work inline and hand slow work
+(hashing, fsync) to a thread with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from . import dictproto as dp
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+LISTEN_BACKLOG = 1000
+_WRITE_HIGH_WATER = 64 * 1024
+
+
+class DictBackend(Protocol):
+    async def lookup(self, key: str, user: str) -> str | None:
+        """The value for `key`, or None (the protocol's "not found")."""
+
+    def iterate(self, prefix: str, user: str) -> Iterable[tuple[str, str]]:
+        """Rows (key, value) under `prefix`."""
+
+    def accepts(self, key: str) -> bool:
+        """Whether a transaction may set or unset `key`."""
+
+    async def commit(self, user: str, changes: list[tuple[str, str | None]]) -> bool:
+        """Apply (key, value) changes, value None meaning unset. True on success."""
+
+
+@dataclass
+class _Transaction:
+    user: str
+    ok: bool = True
+    changes: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+class DictConnection:
+    """The state of one client connection: its open transactions."""
+
+    def __init__(self, backend: DictBackend) -> None:
+        self.backend = backend
+        self.transactions: dict[str, _Transaction] = {}
+
+    async def handle(self, line: str) -> bytes:
+        """The reply bytes for one request line (empty when the request has no reply)."""
+        try:
+            req = dp.parse_request(line)
+        except dp.ProtocolError as e:
+            # Dovecot's own server logs and drops such lines; the command byte is safe to log.
+            log.warning("ignoring malformed dict request %r: %s", line[:1], e)
+            return dp.REPLY_FAIL if line[:1] in ("L", "C", "D") else b""
+        try:
+            return await self._dispatch(req)
+        except Exception as e:  # request boundary: answer a failure, keep serving
+            log.error("dict request %r failed: %s", line[:1], type(e).__name__)
+            if isinstance(req, dp.Iterate):
+                return dp.ITERATION_END  # an unterminated iteration would hang Dovecot
+            return dp.REPLY_FAIL if isinstance(req, dp.Lookup | dp.Commit) else b""
+
+    async def _dispatch(self, req: dp.Request) -> bytes:
+        match req:
+            case dp.Lookup(key, user):
+                return dp.reply_lookup(await self.backend.lookup(key, user))
+            case dp.Iterate(_, max_rows, prefix, user):
+                rows = []
+                for n, (key, value) in enumerate(self.backend.iterate(prefix, user)):
+                    if max_rows and n >= max_rows:
+                        break
+                    rows.append(dp.reply_row(key, value))
+                return b"".join(rows) + dp.ITERATION_END
+            case dp.Begin(txid, user):
+                self.transactions[txid] = _Transaction(user)
+            case dp.Set(txid, key, value):
+                self._stage(txid, key, value)
+            case dp.Unset(txid, key):
+                self._stage(txid, key, None)
+            case dp.Rollback(txid):
+                self.transactions.pop(txid, None)
+            case dp.Commit(txid, is_async):
+                tx = self.transactions.pop(txid, None)
+                ok = tx is not None and tx.ok
+                if tx is not None and tx.ok and tx.changes:
+                    ok = await self.backend.commit(tx.user, tx.changes)
+                return dp.reply_commit(ok, txid, is_async)
+        return b""
+
+    def _stage(self, txid: str, key: str, value: str | None) -> None:
+        tx = self.transactions.get(txid)
+        if tx is None:
+            log.warning("dict request for unknown transaction")
+            return
+        if not self.backend.accepts(key):
+            log.error("refusing to set an unknown dict key; transaction fails")
+            tx.ok = False
+            return
+        tx.changes.append((key, value))
+
+
+async def _serve_client(
+    backend: DictBackend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    conn = DictConnection(backend)
+    try:
+        while True:
+            try:
+                raw = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                return
+            except asyncio.LimitOverrunError:
+                log.warning("closing dict connection: request line over %d bytes", MAX_LINE)
+                return
+            reply = await conn.handle(raw[:-1].decode("utf-8", "surrogateescape"))
+            if reply:
+                writer.write(reply)
+                if writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await writer.drain()
+    except ConnectionError:
+        return
+    except Exception as e:  # request boundary: one bad request must not stop the service
+        log.error("dict connection failed: %s", type(e).__name__)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+async def start_dict_server(
+    socket_path: Path, backend: DictBackend, mode: int = 0o660
+) -> asyncio.AbstractServer:
+    _remove_stale_socket(socket_path)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_client(backend, reader, writer)
+
+    server = await asyncio.start_unix_server(
+        client, path=str(socket_path), limit=MAX_LINE, backlog=LISTEN_BACKLOG
+    )
+    os.chmod(socket_path, mode)
+    return server
+
+
+def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
+    """Serve until SIGTERM or SIGINT; then stop listening and remove the socket."""
+
+    async def main() -> None:
+        server = await start_dict_server(socket_path, backend)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening on %s", socket_path)
+        async with server:
+            await stop.wait()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+
+    asyncio.run(main())

@@ -1,0 +1,160 @@
+"""doveauth: Dovecot's passdb and userdb, with accounts created on first login (spec §2.2).
+
+Dovecot 2.3 asks this service over the dict protocol (`passdb`/`userdb` `driver = dict`,
+`proxy:<socket>:auth`). Keys:
+
+- `shared/passdb/<E(password)>"<E(user)>`: the login attempt. `E` is Dovecot's `%E` escaping
+  (backslash before `"`, `'` and `\\`), so the first unescaped `"` separates the two.
+- `shared/userdb/<user>`: the user's home and ids (also used by LMTP before delivery).
+
+A found user gets a JSON object with `addr`, `home`, `uid`, `gid` and `password` (the stored
+`{SHA512-CRYPT}` hash); Dovecot compares the login password with the hash itself. An unknown
+user whose credentials pass every creation rule is created first. Iterating
+`shared/userdb/` lists every account, for `doveadm user '*'` and `doveadm -A`.
+
+Usage: doveauth SOCKET INI [--nocreate-file PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import accounts, dictserver, resources
+from .config import Config
+from .service import load_config_or_exit, setup_logging
+
+log = logging.getLogger("doveauth")
+
+PASSDB_PREFIX = "shared/passdb/"
+USERDB_PREFIX = "shared/userdb/"
+DEFAULT_NOCREATE_FILE = Path("/etc/chatmail-nocreate")
+
+
+def split_passdb_key(rest: str) -> tuple[str, str] | None:
+    """`<E(password)>"<E(user)>` -> (password, user); None if there is no unescaped `"`."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(rest)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ""))
+        elif ch == '"' and not parts:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if not parts:
+        return None
+    return parts[0], "".join(current)
+
+
+class AuthDict:
+    """The dict backend: lookups answer passdb/userdb, nothing can be written."""
+
+    def __init__(
+        self,
+        config: Config,
+        nocreate_file: Path = DEFAULT_NOCREATE_FILE,
+        take_readings: Callable[[Path], resources.Readings] = resources.take_readings,
+    ) -> None:
+        self.domain = config.address_domain
+        self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
+        self.nocreate_file = nocreate_file
+        self.take_readings = take_readings
+        self.name_limits = accounts.NameLimits(
+            config.username_min_length, config.username_max_length, config.password_min_length
+        )
+        self.resource_limits = resources.ResourceLimits(
+            config.max_load_1m, config.min_available_memory, config.min_free_disk_space
+        )
+
+    def record(self, addr: str, stored_hash: str) -> str:
+        return json.dumps(
+            {
+                "addr": addr,
+                "home": str(self.mailboxes.home(addr)),
+                "uid": "vmail",
+                "gid": "vmail",
+                "password": stored_hash,
+            }
+        )
+
+    async def lookup(self, key: str, user: str) -> str | None:
+        if key.startswith(USERDB_PREFIX):
+            return self.userdb(key[len(USERDB_PREFIX) :])
+        if key.startswith(PASSDB_PREFIX):
+            split = split_passdb_key(key[len(PASSDB_PREFIX) :])
+            if split is None:
+                log.warning("passdb key without a password separator")
+                return None
+            password, addr = split
+            return await self.passdb(addr, password)
+        return None
+
+    def userdb(self, addr: str) -> str | None:
+        if accounts.address_error(addr, self.domain) is not None:
+            return None
+        stored = self.mailboxes.password_hash(addr)
+        return None if stored is None else self.record(addr, stored)
+
+    async def passdb(self, addr: str, password: str) -> str | None:
+        if accounts.address_error(addr, self.domain) is not None:
+            return None
+        stored = self.mailboxes.password_hash(addr)
+        if stored is not None:
+            return self.record(addr, stored)
+        reason = self.refusal(addr, password)
+        if reason is not None:
+            log.warning("registration rejected: %s", reason)
+            return None
+        stored, created = await asyncio.to_thread(self.mailboxes.create, addr, password)
+        if created:
+            log.info("created account %s", accounts.log_id(addr))
+        return self.record(addr, stored)
+
+    def refusal(self, addr: str, password: str) -> str | None:
+        """Why a new account may not be created now, checked in the spec's order."""
+        if self.nocreate_file.exists():
+            return f"{self.nocreate_file} exists"
+        reason = accounts.creation_error(addr, password, self.domain, self.name_limits)
+        if reason is not None:
+            return reason
+        readings = self.take_readings(self.mailboxes.root)
+        return resources.shortage(readings, self.resource_limits)
+
+    def iterate(self, prefix: str, user: str) -> Iterator[tuple[str, str]]:
+        if not USERDB_PREFIX.startswith(prefix) and not prefix.startswith(USERDB_PREFIX):
+            return
+        suffix = "@" + self.domain
+        for addr in self.mailboxes.addresses():
+            key = USERDB_PREFIX + addr
+            if addr.endswith(suffix) and key.startswith(prefix):
+                yield key, ""
+
+    def accepts(self, key: str) -> bool:
+        return False
+
+    async def commit(self, user: str, changes: list[tuple[str, str | None]]) -> bool:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="doveauth", description=__doc__.splitlines()[0])
+    parser.add_argument("socket", type=Path, help="unix socket to listen on")
+    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    parser.add_argument(
+        "--nocreate-file",
+        type=Path,
+        default=DEFAULT_NOCREATE_FILE,
+        help="while this file exists no account is created (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = load_config_or_exit(args.ini)
+    backend = AuthDict(config, nocreate_file=args.nocreate_file)
+    dictserver.run_dict_service(args.socket, backend)

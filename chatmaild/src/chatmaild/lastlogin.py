@@ -1,0 +1,63 @@
+"""lastlogin: records the day of each IMAP login, for expiry of inactive accounts (spec §2.3).
+
+Dovecot's `last_login` plugin writes `shared/last-login/<addr>` = unix time through this dict
+service (`proxy:<socket>:lastlogin`). Only the day is kept: the time is rounded down to a
+multiple of 86400 and stored as the mtime of `<home>/password`, written only when the day
+changes. Nothing else is stored, and lookups find nothing.
+
+Usage: lastlogin SOCKET INI
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import accounts, dictserver
+from .config import Config
+from .service import load_config_or_exit, setup_logging
+
+log = logging.getLogger("lastlogin")
+
+KEY_PREFIX = "shared/last-login/"
+
+
+class LastLoginDict:
+    def __init__(self, config: Config) -> None:
+        self.domain = config.address_domain
+        self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
+
+    async def lookup(self, key: str, user: str) -> str | None:
+        return None
+
+    def iterate(self, prefix: str, user: str) -> Iterator[tuple[str, str]]:
+        return iter(())
+
+    def accepts(self, key: str) -> bool:
+        return key.startswith(KEY_PREFIX)
+
+    async def commit(self, user: str, changes: list[tuple[str, str | None]]) -> bool:
+        for key, value in changes:
+            addr = key[len(KEY_PREFIX) :]
+            if value is None or accounts.address_error(addr, self.domain) is not None:
+                continue
+            try:
+                epoch = int(value)
+            except ValueError:
+                log.warning("last-login value is not a unix time")
+                return False
+            # A login for an account that no longer exists is not an error for the client.
+            self.mailboxes.set_last_login_day(addr, epoch)
+        return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lastlogin", description=__doc__.splitlines()[0])
+    parser.add_argument("socket", type=Path, help="unix socket to listen on")
+    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = load_config_or_exit(args.ini)
+    dictserver.run_dict_service(args.socket, LastLoginDict(config))

@@ -1,0 +1,1 @@
+"""cmdeploy: the operator's CLI that sets up and checks a chatmail relay."""

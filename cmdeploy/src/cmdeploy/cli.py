@@ -1,0 +1,106 @@
+"""The `cmdeploy` command line (relay-spec §9).
+
+Subcommands so far: `init` writes a commented `chatmail.ini` generated from the config model
+and tells the operator which DNS records to create first. Every subcommand takes `--config`
+(default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from chatmaild.config import ConfigError, parse_mail_domain, render_ini
+
+
+class UsageError(Exception):
+    """Something the operator can fix; printed as one line, exit code 2."""
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("CHATMAIL_INI", "chatmail.ini"))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        domain = parse_mail_domain(args.domain)
+    except ValueError as e:
+        raise UsageError(f"mail domain {args.domain!r}: expected {e}") from None
+    path: Path = args.config
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} exists already; use --force to overwrite it")
+    path.write_text(render_ini(domain), encoding="utf-8")
+    print(f"wrote {path} for mail domain {domain}")
+    print()
+    print(first_steps(domain))
+    return 0
+
+
+def first_steps(domain: str) -> str:
+    """What an operator must set up before `cmdeploy run` can reach and certify the host."""
+    try:
+        import ipaddress
+
+        ipaddress.IPv4Address(domain)
+        return (
+            f"This relay has no DNS name; its addresses will be user@[{domain}] and it uses a\n"
+            f"self-signed certificate. Check that `ssh root@{domain}` works, then run\n"
+            "`cmdeploy run`."
+        )
+    except ValueError:
+        pass
+    return "\n".join(
+        [
+            "Before deploying, create these DNS records (replace the addresses with your",
+            "server's):",
+            "",
+            f"    {domain}.          3600 IN A     <IPv4 address>",
+            f"    {domain}.          3600 IN AAAA  <IPv6 address, if it has one>",
+            f"    www.{domain}.      3600 IN CNAME {domain}.",
+            f"    mta-sts.{domain}.  3600 IN CNAME {domain}.",
+            "",
+            f"Then check that `ssh root@{domain}` logs you in without a password prompt, and",
+            "run `cmdeploy run`. `cmdeploy dns` lists the remaining records after the deploy.",
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmdeploy", description="Set up and check a chatmail relay."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=default_config_path(),
+        help="path of chatmail.ini (default: $CHATMAIL_INI or ./chatmail.ini)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="say more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="write a new chatmail.ini")
+    p.add_argument("domain", help="the relay's mail domain, e.g. chat.example.org")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.set_defaults(func=cmd_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (UsageError, ConfigError) as e:
+        print(f"cmdeploy: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"cmdeploy: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
