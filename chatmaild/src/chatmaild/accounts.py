@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import fsutil, pwhash
 
-PASSWORD_FILE = "password"
+PASSWORD_FILE = "password"  # noqa: S105 (a file name)
 LOCK_FILE = "password.lock"
 ENFORCE_E2EE_FILE = "enforceE2EEincoming"
 LOCK_TIMEOUT = 5.0

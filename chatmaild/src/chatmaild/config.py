@@ -204,9 +204,7 @@ class Config:
         "", parse_text, "Contact e-mail for the privacy policy; also the IMAP server admin."
     )
     privacy_pdo: str = _param("", parse_text, "Data protection officer for the privacy page.")
-    privacy_supervisor: str = _param(
-        "", parse_text, "Supervisory authority for the privacy page."
-    )
+    privacy_supervisor: str = _param("", parse_text, "Supervisory authority for the privacy page.")
     max_load_1m: float = _param(
         5.0, parse_float, "Account creation pauses while the 1-minute load is above this."
     )
@@ -239,9 +237,7 @@ class Config:
         parse_text,
         "Old sqlite password database, only read for a one-time migration.",
     )
-    filtermail_host: str = _param(
-        "127.0.0.1", parse_text, "Address the filter listens on."
-    )
+    filtermail_host: str = _param("127.0.0.1", parse_text, "Address the filter listens on.")
     postfix_host: str = _param(
         "127.0.0.1", parse_text, "Address where the filter re-injects mail into Postfix."
     )

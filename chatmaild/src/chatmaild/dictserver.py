@@ -67,7 +67,7 @@ class DictConnection:
             return dp.REPLY_FAIL if line[:1] in ("L", "C", "D") else b""
         try:
             return await self._dispatch(req)
-        except Exception as e:  # request boundary: answer a failure, keep serving
+        except Exception as e:  # noqa: BLE001 (request boundary: answer F, keep serving)
             log.error("dict request %r failed: %s", line[:1], type(e).__name__)
             if isinstance(req, dp.Iterate):
                 return dp.ITERATION_END  # an unterminated iteration would hang Dovecot
@@ -132,7 +132,7 @@ async def _serve_client(
                     await writer.drain()
     except ConnectionError:
         return
-    except Exception as e:  # request boundary: one bad request must not stop the service
+    except Exception as e:  # noqa: BLE001 (connection boundary: never stop the service)
         log.error("dict connection failed: %s", type(e).__name__)
     finally:
         writer.close()

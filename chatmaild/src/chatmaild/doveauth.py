@@ -112,10 +112,10 @@ class AuthDict:
         if reason is not None:
             log.warning("registration rejected: %s", reason)
             return None
-        stored, created = await asyncio.to_thread(self.mailboxes.create, addr, password)
+        new_hash, created = await asyncio.to_thread(self.mailboxes.create, addr, password)
         if created:
             log.info("created account %s", accounts.log_id(addr))
-        return self.record(addr, stored)
+        return self.record(addr, new_hash)
 
     def refusal(self, addr: str, password: str) -> str | None:
         """Why a new account may not be created now, checked in the spec's order."""

@@ -1,0 +1,150 @@
+"""newemail: the CGI program behind `https://<domain>/new`; it hands out credentials (spec §10.2).
+
+nginx passes `/new` (and the legacy `/cgi-bin/newemail.py`) to fcgiwrap, which runs this
+program once per request with the CGI environment; the ini comes from `CHATMAIL_INI` or the
+default path. Nothing is created or stored here: the program only draws a random address and
+password, and the account comes into being when Delta Chat first logs in with them (spec §2.2).
+
+- POST: `200`, JSON `{"email", "password"}`, plus `"dclogin_url"` in self-signed TLS mode.
+- GET in acme or external TLS mode: `301` to `DCACCOUNT:https://<domain>/new`; the app then
+  POSTs. GET in self-signed mode: the same JSON as POST (the web page's `dclogin.js` uses GET).
+- HEAD is GET without the body; other methods get `405`.
+
+Every answer carries `Cache-Control: no-store`: credentials must never be cached. The program
+keeps no state, so concurrent requests cannot interfere, and it never logs credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, TextIO
+from urllib.parse import quote
+
+from .config import DEFAULT_INI_PATH, Config, ConfigError, read_config
+
+INI_ENV = "CHATMAIL_INI"
+ALLOWED_METHODS = "GET, POST"
+
+LOCAL_PART_ALPHABET = string.ascii_lowercase + string.digits
+# Characters that need quoting or escaping in IMAP strings, Dovecot's %E dict keys, URLs or
+# shells even inside quotes: leaving them out keeps copy-and-paste and every layer simple.
+_TROUBLESOME = "\"'\\%` "
+PASSWORD_PUNCTUATION = "".join(c for c in string.punctuation if c not in _TROUBLESOME)
+PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_PUNCTUATION
+EXTRA_PASSWORD_CHARS = 3  # spec §10.2: /new generates password_min_length + 3 characters
+
+NO_STORE = ("Cache-Control", "no-store")
+JSON_TYPE = ("Content-Type", "application/json")
+TEXT_TYPE = ("Content-Type", "text/plain; charset=utf-8")
+
+Choice = Callable[[Sequence[str]], str]
+Generator = Callable[[Config], tuple[str, str]]
+
+
+class Response(NamedTuple):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+# --- pure parts: credentials, URLs, the answer to a method ----------------------------------
+
+
+def _random_text(alphabet: str, length: int, choice: Choice) -> str:
+    return "".join(choice(alphabet) for _ in range(length))
+
+
+def new_credentials(config: Config, choice: Choice = secrets.choice) -> tuple[str, str]:
+    """A fresh (email, password) that passes doveauth's creation rules (spec §2.2)."""
+    local = _random_text(LOCAL_PART_ALPHABET, config.username_max_length, choice)
+    password_length = config.password_min_length + EXTRA_PASSWORD_CHARS
+    password = _random_text(PASSWORD_ALPHABET, password_length, choice)
+    return f"{local}@{config.address_domain}", password
+
+
+def dclogin_url(email: str, password: str, config: Config) -> str:
+    """`dclogin:<email>?p=<pw>&v=1[&ih=<ip>&sh=<ip>]&ic=3` (spec §10.2)."""
+    params = [f"p={quote(password, safe='')}", "v=1"]
+    if config.is_ipv4:
+        params += [f"ih={config.mail_domain}", f"sh={config.mail_domain}"]
+    params.append("ic=3")  # self-signed certificate: accept it
+    return f"dclogin:{quote(email, safe='@[]')}?{'&'.join(params)}"
+
+
+def account_url(config: Config) -> str:
+    return f"DCACCOUNT:https://{config.mail_domain}/new"
+
+
+def _credentials_response(config: Config, generate: Generator) -> Response:
+    email, password = generate(config)
+    data = {"email": email, "password": password}
+    if config.tls_mode == "self":
+        data["dclogin_url"] = dclogin_url(email, password, config)
+    return Response(200, [JSON_TYPE, NO_STORE], json.dumps(data).encode())
+
+
+def respond(method: str, config: Config, generate: Generator = new_credentials) -> Response:
+    """The answer to one request with HTTP `method` (spec §10.2)."""
+    if method == "POST":
+        return _credentials_response(config, generate)
+    if method not in ("GET", "HEAD"):
+        headers = [TEXT_TYPE, ("Allow", ALLOWED_METHODS), NO_STORE]
+        return Response(405, headers, b"method not allowed\n")
+    if config.tls_mode == "self":
+        response = _credentials_response(config, generate)
+    else:
+        response = Response(301, [("Location", account_url(config)), NO_STORE], b"")
+    return response._replace(body=b"") if method == "HEAD" else response
+
+
+def misconfigured() -> Response:
+    return Response(500, [TEXT_TYPE, NO_STORE], b"this relay is misconfigured\n")
+
+
+def render_cgi(response: Response) -> bytes:
+    """The CGI output: a `Status` header, the other headers, a blank line, the body."""
+    status = f"{response.status} {HTTPStatus(response.status).phrase}"
+    lines = [f"Status: {status}", *(f"{name}: {value}" for name, value in response.headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + response.body
+
+
+# --- CGI I/O ----------------------------------------------------------------------------------
+
+
+def handle(environ: Mapping[str, str], stderr: TextIO) -> Response:
+    """Read the ini named by the environment and answer the request it describes."""
+    path = Path(environ.get(INI_ENV) or DEFAULT_INI_PATH)
+    try:
+        config = read_config(path)
+    except ConfigError as e:
+        print(f"newemail: error: {e}", file=stderr)
+        return misconfigured()
+    return respond(environ.get("REQUEST_METHOD", ""), config)
+
+
+def main(
+    environ: Mapping[str, str] | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: TextIO | None = None,
+) -> None:
+    environ = os.environ if environ is None else environ
+    stdout = sys.stdout.buffer if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        response = handle(environ, stderr)
+    except Exception as e:  # noqa: BLE001 -- process boundary: answer 500, never a traceback
+        print(f"newemail: error: unexpected {type(e).__name__}", file=stderr)
+        response = misconfigured()._replace(body=b"internal error\n")
+    stdout.write(render_cgi(response))
+    stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatmaild.config import Config
+
+HERE = Path(__file__).parent
+
+
+def make_config(mailboxes: Path, **params: str) -> Config:
+    return Config.from_params(
+        {"mail_domain": "example.org", "mailboxes_dir": str(mailboxes), **params}
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    mailboxes = tmp_path / "mailboxes"
+    mailboxes.mkdir()
+    return make_config(mailboxes)
+
+
+def _dovecot_available() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("dovecot") is None:
+        return "needs Debian's dovecot-imapd (scripts/test installs it)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[object]:
+    """A private Dovecot asking running doveauth and lastlogin services (see the harness)."""
+    missing = _dovecot_available()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"component tests cannot run: {missing}")
+    if missing:
+        pytest.skip(missing)
+    from dovecot_harness import running_relay
+
+    with running_relay() as r:
+        yield r

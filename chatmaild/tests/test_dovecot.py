@@ -1,0 +1,176 @@
+"""Component tests: a real Dovecot from Debian asks doveauth and lastlogin over their sockets."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from dovecot_harness import Relay
+
+from chatmaild import accounts
+
+pytestmark = pytest.mark.dovecot
+
+
+def login(relay: Relay, addr: str, password: str) -> imaplib.IMAP4:
+    conn = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
+    try:
+        conn.login(addr, password)
+    except imaplib.IMAP4.error:
+        conn.shutdown()
+        raise
+    return conn
+
+
+def refused(relay: Relay, addr: str, password: str) -> bool:
+    try:
+        login(relay, addr, password).logout()
+    except imaplib.IMAP4.error as e:
+        assert "AUTHENTICATIONFAILED" in str(e)
+        return True
+    return False
+
+
+@pytest.fixture
+def nocreate(relay: Relay) -> Iterator[None]:
+    relay.nocreate_file.touch()
+    try:
+        yield
+    finally:
+        relay.nocreate_file.unlink()
+
+
+def test_first_login_creates_account_and_maildir(relay: Relay) -> None:
+    addr = "first0001@example.org"
+    conn = login(relay, addr, "pass-word-1")
+    typ, data = conn.select("INBOX")
+    assert typ == "OK"
+    conn.logout()
+    home = relay.mailboxes / addr
+    assert (home / "cur").is_dir() and (home / "new").is_dir()
+    assert (home / "enforceE2EEincoming").exists()
+    assert (home / "password").read_text().startswith("{SHA512-CRYPT}$6$")
+
+
+def test_second_login_needs_the_first_password(relay: Relay) -> None:
+    addr = "second001@example.org"
+    login(relay, addr, "first-password").logout()
+    stored = (relay.mailboxes / addr / "password").read_text()
+    login(relay, addr, "first-password").logout()
+    assert refused(relay, addr, "other-password")
+    # a wrong password never overwrites the stored hash
+    assert (relay.mailboxes / addr / "password").read_text() == stored
+
+
+def test_stored_hash_is_what_doveadm_verifies(relay: Relay) -> None:
+    addr = "hashcheck@example.org"
+    login(relay, addr, "verify-me-123").logout()
+    stored = (relay.mailboxes / addr / "password").read_text()
+    ok = relay.doveadm("pw", "-t", stored, "-p", "verify-me-123")
+    assert ok.returncode == 0, ok.stderr
+    bad = relay.doveadm("pw", "-t", stored, "-p", "verify-me-124")
+    assert bad.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("addr", "password"),
+    [
+        ("shortpw01@example.org", "admin"),  # password under password_min_length
+        ("abc@example.org", "pass-word-1"),  # local part too short
+        ("waytoolongname@example.org", "pass-word-1"),  # local part too long
+        ("plus+part@example.org", "pass-word-1"),  # '+' not allowed
+        ("foreign01@example.net", "pass-word-1"),  # not our domain
+    ],
+)
+def test_refused_creations(relay: Relay, addr: str, password: str) -> None:
+    assert refused(relay, addr, password)
+    assert not (relay.mailboxes / addr).exists()
+
+
+def test_addresses_are_case_insensitive(relay: Relay) -> None:
+    login(relay, "MixedCase@Example.org", "pass-word-1").logout()
+    assert (relay.mailboxes / "mixedcase@example.org" / "password").exists()
+    login(relay, "mixedcase@example.org", "pass-word-1").logout()
+
+
+def test_two_users_may_share_a_password(relay: Relay) -> None:
+    login(relay, "sharepw01@example.org", "same-password").logout()
+    login(relay, "sharepw02@example.org", "same-password").logout()
+
+
+def test_nocreate_file_stops_creation_but_not_logins(relay: Relay) -> None:
+    login(relay, "existing1@example.org", "pass-word-1").logout()
+    relay.nocreate_file.touch()
+    try:
+        assert refused(relay, "newcomer1@example.org", "pass-word-1")
+        login(relay, "existing1@example.org", "pass-word-1").logout()
+    finally:
+        relay.nocreate_file.unlink()
+    login(relay, "newcomer1@example.org", "pass-word-1").logout()
+
+
+def test_concurrent_first_logins_create_one_account(relay: Relay) -> None:
+    addr = "parallel1@example.org"
+
+    def attempt(_: int) -> bool:
+        return not refused(relay, addr, "pass-word-1")
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(attempt, range(10)))
+    assert all(results)
+    login(relay, addr, "pass-word-1").logout()
+
+
+def test_doveadm_lists_accounts(relay: Relay) -> None:
+    for addr in ("listed001@example.org", "listed002@example.org"):
+        login(relay, addr, "pass-word-1").logout()
+    users = relay.doveadm("user", "*")
+    assert users.returncode == 0, users.stderr
+    listed = set(users.stdout.split())
+    assert {"listed001@example.org", "listed002@example.org"} <= listed
+    assert listed == set(accounts.Mailboxes(relay.mailboxes).addresses())
+    # -A iterates the same userdb for mail commands
+    boxes = relay.doveadm("mailbox", "list", "-A")
+    assert boxes.returncode == 0, boxes.stderr
+    assert "listed002@example.org INBOX" in boxes.stdout.splitlines()
+
+
+def test_userdb_lookup_answers_home(relay: Relay) -> None:
+    login(relay, "homecheck@example.org", "pass-word-1").logout()
+    out = relay.doveadm("user", "-f", "home", "homecheck@example.org")
+    assert out.stdout.strip() == str(relay.mailboxes / "homecheck@example.org")
+    missing = relay.doveadm("user", "nobody123@example.org")
+    assert missing.returncode == 67  # EX_NOUSER: unknown users are not invented
+
+
+def test_login_day_is_recorded(relay: Relay) -> None:
+    addr = "lastlogin@example.org"
+    login(relay, addr, "pass-word-1").logout()
+    password = relay.mailboxes / addr / "password"
+    old_day = 86400 * 100
+    os.utime(password, (old_day, old_day))
+    before = time.time()
+    login(relay, addr, "pass-word-1").logout()
+    # the plugin writes asynchronously after login: wait for the mtime to move
+    deadline = time.monotonic() + 10
+    while password.stat().st_mtime == old_day and time.monotonic() < deadline:
+        time.sleep(0.02)
+    mtime = password.stat().st_mtime
+    assert mtime == before - before % 86400
+    assert "Error" not in relay.dovecot_log()
+
+
+def test_logs_hold_no_address_or_password(relay: Relay) -> None:
+    addr, password = "privacy01@example.org", "secret-pass-7"
+    login(relay, addr, password).logout()
+    assert refused(relay, addr, "wrong-pass-77")
+    assert refused(relay, "privacy02@example.org", "short")
+    for name in ("doveauth", "lastlogin"):
+        text = relay.service_log(name)
+        for needle in ("privacy01", "privacy02", password, "wrong-pass-77", "127.0.0.1"):
+            assert needle not in text, f"{name} log holds {needle!r}"
+    assert "created account" in relay.service_log("doveauth")
