@@ -10,11 +10,14 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import ipaddress
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SECTION = "params"
 DEFAULT_INI_PATH = Path("/usr/local/lib/chatmaild/chatmail.ini")
@@ -298,6 +301,10 @@ class Config:
                 str(self.username_min_length),
                 f"at most username_max_length ({self.username_max_length})",
             )
+        for key in ("delete_mails_after", "delete_large_after", "delete_inactive_users_after"):
+            if getattr(self, key) == 0:
+                # 0 days would make the daily expiry delete every message or every account
+                raise ConfigError(path, key, "0", "at least 1 day")
         if self.username_max_length == 0:
             raise ConfigError(path, "username_max_length", "0", "at least 1")
         if self.tls_external_cert_and_key and len(self.tls_external_cert_and_key.split()) != 2:
@@ -335,7 +342,17 @@ def read_params(path: Path | str) -> dict[str, str]:
 
 
 def read_config(path: Path | str) -> Config:
-    return Config.from_params(read_params(path), path)
+    """Load and check the ini; unknown keys are named in a warning, not an error."""
+    params = read_params(path)
+    config = Config.from_params(params, path)
+    unknown = unknown_keys(params)
+    obsolete = [k for k in unknown if k in OBSOLETE_KEYS]
+    typos = [k for k in unknown if k not in OBSOLETE_KEYS]
+    if typos:
+        log.warning("%s: unknown keys in [%s], ignored: %s", path, SECTION, ", ".join(typos))
+    if obsolete:
+        log.warning("%s: keys no longer used, ignored: %s", path, ", ".join(obsolete))
+    return config
 
 
 def _format_default(value: Any) -> str:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 LISTEN_BACKLOG = 1000
 _WRITE_HIGH_WATER = 64 * 1024
+# What a request that Dovecot waits on gets when it fails: an iteration must still end.
+_FAILURE_REPLIES = {
+    "L": dp.REPLY_FAIL,
+    "C": dp.REPLY_FAIL,
+    "D": dp.REPLY_FAIL,
+    "I": dp.ITERATION_END,
+}
 
 
 class DictBackend(Protocol):
@@ -64,13 +71,13 @@ class DictConnection:
         except dp.ProtocolError as e:
             # Dovecot's own server logs and drops such lines; the command byte is safe to log.
             log.warning("ignoring malformed dict request %r: %s", line[:1], e)
-            return dp.REPLY_FAIL if line[:1] in ("L", "C", "D") else b""
+            return _FAILURE_REPLIES.get(line[:1], b"")
         try:
             return await self._dispatch(req)
         except Exception as e:  # noqa: BLE001 (request boundary: answer F, keep serving)
             log.error("dict request %r failed: %s", line[:1], type(e).__name__)
             if isinstance(req, dp.Iterate):
-                return dp.ITERATION_END  # an unterminated iteration would hang Dovecot
+                return dp.ITERATION_END
             return dp.REPLY_FAIL if isinstance(req, dp.Lookup | dp.Commit) else b""
 
     async def _dispatch(self, req: dp.Request) -> bytes:
@@ -163,19 +170,35 @@ async def start_dict_server(
     return server
 
 
+async def serve(
+    socket_path: Path,
+    backend: DictBackend,
+    stop: asyncio.Event,
+    on_ready: Callable[[], object] = lambda: None,
+) -> None:
+    """Serve until `stop` is set; then close the listener and every client connection."""
+    server = await start_dict_server(socket_path, backend)
+    log.info("listening on %s", socket_path)
+    on_ready()
+    async with server:
+        await stop.wait()
+    current = asyncio.current_task()
+    clients = [t for t in asyncio.all_tasks() if t is not current]
+    for task in clients:
+        task.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+
+
 def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
     """Serve until SIGTERM or SIGINT; then stop listening and remove the socket."""
 
     async def main() -> None:
-        server = await start_dict_server(socket_path, backend)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("listening on %s", socket_path)
-        async with server:
-            await stop.wait()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
+        await serve(socket_path, backend, stop)
 
     asyncio.run(main())

@@ -1,0 +1,333 @@
+"""Daily expiry (relay-spec §7): inactive accounts, old and large mail, quota pruning."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from chatmaild import expire
+from chatmaild.accounts import log_id
+from chatmaild.config import Config
+from chatmaild.expire import MailboxFacts, MailFile, Policy, Verdict, decide
+
+DAY = 86400
+HOUR = 3600
+NOW = 1_750_000_000.0
+BIG = 200001  # just over the large-message limit
+
+
+def policy(**params: str) -> Policy:
+    config = Config.from_params({"mail_domain": "example.org", **params})
+    return Policy.from_config(config)
+
+
+def msg(folder: str, age_days: float, size: int = 100, i: int = 0) -> MailFile:
+    t = NOW - age_days * DAY
+    flags = ":2,S" if folder.endswith("cur") else ""
+    return MailFile(f"{folder}/{int(t)}.M{i}P1.host,S={size},W={size}{flags}", t, size)
+
+
+def facts(*files: MailFile, password_age: float | None = 1, empty: bool = False) -> MailboxFacts:
+    pw = None if password_age is None else NOW - password_age * DAY
+    return MailboxFacts(pw, empty, files)
+
+
+# Defaults: delete_mails_after 20, delete_large_after 7, delete_inactive_users_after 90.
+@pytest.mark.parametrize(
+    ("mailbox", "remove_mailbox", "removed"),
+    [
+        pytest.param(facts(password_age=91), True, [], id="inactive"),
+        pytest.param(facts(msg("cur", 1), password_age=91), True, [], id="inactive-with-mail"),
+        pytest.param(facts(password_age=89), False, [], id="active"),
+        pytest.param(facts(password_age=None, empty=True), True, [], id="no-password-empty"),
+        pytest.param(facts(password_age=None), False, [], id="no-password-not-empty"),
+        pytest.param(
+            facts(msg("cur", 21), msg("new", 21, i=1), password_age=None),
+            False,
+            [0, 1],
+            id="no-password-mail-still-expires",
+        ),
+        pytest.param(facts(msg("cur", 21), msg("cur", 19, i=1)), False, [0], id="old-mail"),
+        pytest.param(facts(msg("new", 21), msg("tmp", 21, i=1)), False, [0, 1], id="new-tmp"),
+        pytest.param(
+            facts(msg(".DeltaChat/cur", 21), msg(".A.B/new", 21, i=1)),
+            False,
+            [0, 1],
+            id="subfolders",
+        ),
+        pytest.param(facts(msg("cur", 8, BIG)), False, [0], id="large-seen"),
+        pytest.param(facts(msg("cur", 6, BIG)), False, [], id="large-seen-young"),
+        pytest.param(facts(msg("cur", 8, BIG - 1)), False, [], id="exactly-200000-bytes"),
+        pytest.param(facts(msg("new", 8, BIG)), False, [], id="large-unseen"),
+        pytest.param(facts(msg(".DeltaChat/cur", 8, BIG)), False, [0], id="large-seen-subfolder"),
+    ],
+)
+def test_decide_rules(mailbox: MailboxFacts, remove_mailbox: bool, removed: list[int]) -> None:
+    verdict = decide(mailbox, policy(), NOW)
+    assert verdict.remove_mailbox == remove_mailbox
+    assert sorted(verdict.remove_files) == sorted(mailbox.files[i].relpath for i in removed)
+
+
+@pytest.mark.parametrize(
+    ("files", "removed"),
+    [
+        # max_mailbox_size 1M: target 70 % = 734003 bytes (sizes from the names).
+        pytest.param([(3, 300000), (2, 300000), (0.5, 300000)], [0], id="oldest-goes"),
+        pytest.param([(3, 200000), (2, 200000), (1, 200000)], [], id="under-target"),
+        pytest.param([(0.9, 500000), (0.5, 500000)], [], id="all-younger-than-24h"),
+        pytest.param([(10, 300000), (2, 900000), (0.5, 100)], [0, 1], id="whole-folders"),
+        # The 25-day message goes by age (step 3), which already brings it under target.
+        pytest.param([(25, 500000), (3, 300000), (2, 300000)], [0], id="age-first"),
+    ],
+)
+def test_decide_prunes_to_70_percent(files: list[tuple[float, int]], removed: list[int]) -> None:
+    folders = ["cur", "new", ".DeltaChat/cur"]
+    mailbox = facts(*(msg(folders[i % 3], age, size, i) for i, (age, size) in enumerate(files)))
+    verdict = decide(mailbox, policy(max_mailbox_size="1M"), NOW)
+    assert sorted(verdict.remove_files) == sorted(mailbox.files[i].relpath for i in removed)
+
+
+def test_tmp_files_do_not_count_for_quota() -> None:
+    mailbox = facts(msg("tmp", 1, 10**7), msg("cur", 2, 100, 1))
+    assert decide(mailbox, policy(max_mailbox_size="1M"), NOW) == Verdict()
+
+
+@pytest.mark.parametrize(
+    ("removed_mailboxes", "removed_files", "remove", "expected"),
+    [
+        (1, 2, True, "Removed 1 out of 3 mailboxes and 2 out of 5 files in 1.50 seconds"),
+        (0, 0, False, "Would remove 0 out of 3 mailboxes and 0 out of 5 files in 1.50 seconds"),
+    ],
+)
+def test_summary(removed_mailboxes: int, removed_files: int, remove: bool, expected: str) -> None:
+    stats = expire.Stats(3, removed_mailboxes, 5, removed_files)
+    assert expire.summary(stats, remove, 1.5).startswith(expected)
+
+
+# --- on disk -------------------------------------------------------------------------------
+
+INACTIVE = "inactive1@example.org"  # last login 60 days ago: 100 days when run 40 days later
+ACTIVE = "active123@example.org"  # logged in today, with mail of today
+IDLE = "unchanged@example.org"  # logged in today, no mail: nothing to do
+EMPTY = "halfmade1@example.org"  # a directory without password and nothing in it
+ORPHAN = "nopasswd1@example.org"  # no password but mail: kept, its old mail expires
+
+
+def put(path: Path, mtime: float, size: int = 10) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+
+
+def build_relay(root: Path, now: float) -> None:
+    """Mailboxes as they look at `now` (mail and logins of today unless said otherwise)."""
+    for addr, login_age in [(INACTIVE, 60), (ACTIVE, 0), (IDLE, 0)]:
+        put(root / addr / "password", now - login_age * DAY)
+        put(root / addr / "enforceE2EEincoming", now - login_age * DAY, 0)
+        put(root / addr / "maildirsize", now)
+    put(root / INACTIVE / "cur" / f"{int(now)}.M1P1.h,S=10:2,S", now)
+    for i, folder in enumerate(["cur", "new", "tmp", ".DeltaChat/cur"]):
+        put(root / ACTIVE / folder / f"{int(now)}.M{i}P1.h,S=10,W=10", now)
+    put(root / ACTIVE / "dovecot-uidlist", now)  # not in cur/new/tmp: never expires
+    (root / EMPTY).mkdir()
+    put(root / ORPHAN / "new" / f"{int(now)}.M1P1.h,S=10", now)
+    put(root / ORPHAN / "dovecot.index", now)
+    (root / "not-a-mailbox").mkdir()  # no '@': not looked at
+    put(root / "not-a-mailbox" / "cur" / "old", now - 100 * DAY)
+
+
+def tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} | {
+        p.name for p in root.iterdir() if p.is_dir()
+    }
+
+
+def after_40_days(root: Path, now: float) -> set[str]:
+    kept = tree(root)
+    kept -= {p for p in kept if p.startswith(INACTIVE)} | {EMPTY}
+    kept -= {p for p in kept if p.startswith((ACTIVE, ORPHAN)) and "/" in p and ",S=" in p}
+    kept -= {f"{ACTIVE}/maildirsize"}  # files deleted there; IDLE keeps its maildirsize
+    return kept
+
+
+def test_forty_days_later(tmp_path: Path) -> None:
+    now = time.time()
+    build_relay(tmp_path, now)
+    expected = after_40_days(tmp_path, now)
+
+    mailboxes = expire.list_mailboxes(tmp_path)
+    stats = expire.expire_mailboxes(mailboxes, policy(), now + 40 * DAY, remove=True)
+
+    assert tree(tmp_path) == expected
+    assert f"{IDLE}/maildirsize" in expected and f"{ACTIVE}/dovecot-uidlist" in expected
+    assert (stats.mailboxes, stats.removed_mailboxes) == (5, 2)
+    assert (stats.files, stats.removed_files, stats.errors) == (5, 5, 0)
+
+
+@pytest.mark.parametrize("days_later", [0, 19])
+def test_nothing_expires_early(tmp_path: Path, days_later: int) -> None:
+    now = time.time()
+    build_relay(tmp_path, now)
+    (tmp_path / EMPTY).rmdir()
+    before = tree(tmp_path)
+    stats = expire.expire_mailboxes(
+        expire.list_mailboxes(tmp_path), policy(), now + days_later * DAY, remove=True
+    )
+    assert tree(tmp_path) == before
+    assert (stats.removed_mailboxes, stats.removed_files) == (0, 0)
+
+
+def test_dry_run_deletes_nothing_and_counts_the_same(tmp_path: Path) -> None:
+    now = time.time()
+    build_relay(tmp_path, now)
+    before = tree(tmp_path)
+    later = now + 40 * DAY
+    dry = expire.expire_mailboxes(expire.list_mailboxes(tmp_path), policy(), later, remove=False)
+    assert tree(tmp_path) == before
+    real = expire.expire_mailboxes(expire.list_mailboxes(tmp_path), policy(), later, remove=True)
+    assert dry == real
+
+
+def test_maxnum_stops_after_n_mailboxes(tmp_path: Path) -> None:
+    build_relay(tmp_path, time.time())
+    assert len(expire.list_mailboxes(tmp_path)) == 5
+    assert [p.name for p in expire.list_mailboxes(tmp_path, 2)] == sorted([ACTIVE, EMPTY])
+
+
+def test_missing_mailboxes_dir_is_no_mailboxes(tmp_path: Path) -> None:
+    assert expire.list_mailboxes(tmp_path / "nothing") == []
+
+
+# --- command line --------------------------------------------------------------------------
+
+SUMMARY_RE = re.compile(
+    r"^(Removed|Would remove) (\d+) out of (\d+) mailboxes and (\d+) out of (\d+) files "
+    r"in \d+\.\d\d seconds"
+)
+
+
+def write_ini(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "mailboxes"
+    root.mkdir()
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(f"[params]\nmail_domain = example.org\nmailboxes_dir = {root}\n")
+    return ini, root
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[tuple[str, ...], str]:
+    expire.main(argv)
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1
+    m = SUMMARY_RE.match(out)
+    assert m, out
+    return m.groups(), err
+
+
+@pytest.mark.parametrize(
+    ("extra", "groups"),
+    [
+        ([], ("Would remove", "1", "5", "0", "6")),  # today: only the empty directory
+        (["--days", "-40"], ("Would remove", "2", "5", "5", "5")),
+        (["--days", "-40", "--maxnum", "1"], ("Would remove", "0", "1", "4", "4")),
+        (["--days", "-40", "--remove"], ("Removed", "2", "5", "5", "5")),
+    ],
+)
+def test_main_summary(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    groups: tuple[str, ...],
+) -> None:
+    ini, root = write_ini(tmp_path)
+    build_relay(root, time.time())
+    before = tree(root)
+    got, _ = run_main([str(ini), *extra], capsys)
+    assert got == groups
+    assert (tree(root) == before) == ("--remove" not in extra)
+
+
+@pytest.mark.parametrize(
+    ("days", "removed_files"),
+    [
+        ("0", "0"),  # 19 days old: not yet
+        ("-2", "1"),  # two days on it is 21 days old
+        ("5", "0"),  # evaluated 5 days ago the 22-day message was 17 days old
+    ],
+)
+def test_main_days_shifts_the_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], days: str, removed_files: str
+) -> None:
+    ini, root = write_ini(tmp_path)
+    now = time.time()
+    put(root / ACTIVE / "password", now)
+    age = 22 if days == "5" else 19
+    put(root / ACTIVE / "cur" / f"{int(now - age * DAY)}.M1P1.h,S=10:2,S", now - age * DAY)
+    got, _ = run_main([str(ini), "--days", days], capsys)
+    assert got[3] == removed_files
+
+
+def test_main_output_names_no_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ini, root = write_ini(tmp_path)
+    build_relay(root, time.time() - 40 * DAY)
+    _, err = run_main([str(ini), "-v", "--remove"], capsys)
+    logged = caplog.text + err
+    assert log_id(ACTIVE) in logged  # the per-mailbox lines are there, under a keyed hash
+    for addr in (INACTIVE, ACTIVE, EMPTY, ORPHAN):
+        assert addr.split("@")[0] not in logged
+        assert addr.split("@")[0] not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["{ini}", "--maxnum", "0"],
+        ["{ini}", "--days", "soon"],
+        ["{ini}", "--frobnicate"],
+        ["{tmp}/missing.ini"],
+    ],
+)
+def test_main_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    ini, _ = write_ini(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        expire.main([a.format(ini=ini, tmp=tmp_path) for a in argv])
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_main_failing_mailbox_is_counted_and_fails(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ini, root = write_ini(tmp_path)
+    build_relay(root, time.time())
+    real_scan = expire.scan_mailbox
+
+    def scan(home: Path) -> MailboxFacts:
+        if home.name == ACTIVE:
+            raise PermissionError(errno.EACCES, "Permission denied", str(home))
+        return real_scan(home)
+
+    monkeypatch.setattr(expire, "scan_mailbox", scan)
+    with pytest.raises(SystemExit) as exc:
+        expire.main([str(ini), "--remove"])
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("Removed 1 out of 5 mailboxes") and "1 mailbox(es) had errors" in out
+    assert "Permission denied" in caplog.text
+    assert "active123" not in out + err + caplog.text
+    assert (root / ACTIVE / "password").exists()  # the others were still processed
+    assert not (root / EMPTY).exists()
