@@ -44,14 +44,7 @@ mail_gid = vmail
 first_valid_uid = 1
 mail_plugins = $mail_plugins
 
-passdb {{
-  driver = dict
-  args = {base}/auth-dict.conf.ext
-}}
-userdb {{
-  driver = dict
-  args = {base}/auth-dict.conf.ext
-}}
+{auth}
 
 service imap-login {{
   inet_listener imap {{
@@ -90,6 +83,29 @@ plugin {{
 }}
 """
 
+DICT_AUTH = """\
+passdb {{
+  driver = dict
+  args = {base}/auth-dict.conf.ext
+}}
+userdb {{
+  driver = dict
+  args = {base}/auth-dict.conf.ext
+}}
+"""
+
+# The benchmark's baseline: Dovecot checks every login against one fixed hash, asks nobody.
+STATIC_AUTH = """\
+passdb {{
+  driver = static
+  args = password={password_hash}
+}}
+userdb {{
+  driver = static
+  args = uid=vmail gid=vmail home={mailboxes}/%u
+}}
+"""
+
 AUTH_DICT_CONF = """\
 uri = proxy:{doveauth_socket}:auth
 iterate_disable = no
@@ -114,7 +130,7 @@ def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") 
         time.sleep(0.02)
 
 
-def _can_connect_unix(path: Path) -> bool:
+def can_connect_unix(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX) as s:
         try:
             s.connect(str(path))
@@ -175,7 +191,8 @@ def _service_command(base: Path, module: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_relay(extra_params: str = "") -> Iterator[Relay]:
+def running_relay(static_password_hash: str | None = None) -> Iterator[Relay]:
+    """Start the services and Dovecot; with `static_password_hash`, Dovecot alone (baseline)."""
     if os.geteuid() != 0 or shutil.which("dovecot") is None:
         raise RuntimeError("needs root and Debian's dovecot-imapd (scripts/test installs it)")
     vmail = pwd.getpwnam("vmail")
@@ -203,7 +220,7 @@ def running_relay(extra_params: str = "") -> Iterator[Relay]:
         "[params]\nmail_domain = example.org\n"
         f"mailboxes_dir = {mailboxes}\n"
         # the test machine may be busy or small; the resource gate has its own unit tests
-        "max_load_1m = 1000\nmin_available_memory = 0\nmin_free_disk_space = 0\n" + extra_params
+        "max_load_1m = 1000\nmin_available_memory = 0\nmin_free_disk_space = 0\n"
     )
     relay.ini.chmod(0o644)
     relay.dovecot_conf.write_text(
@@ -212,6 +229,11 @@ def running_relay(extra_params: str = "") -> Iterator[Relay]:
             port=port,
             mailboxes=mailboxes,
             lastlogin_socket=relay.lastlogin_socket,
+            auth=(
+                DICT_AUTH.format(base=base)
+                if static_password_hash is None
+                else STATIC_AUTH.format(password_hash=static_password_hash, mailboxes=mailboxes)
+            ),
         )
     )
     (base / "auth-dict.conf.ext").write_text(
@@ -241,8 +263,8 @@ def running_relay(extra_params: str = "") -> Iterator[Relay]:
                 procs.append(
                     subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **_as_vmail())  # type: ignore[call-overload]
                 )
-        wait_for(lambda: _can_connect_unix(relay.doveauth_socket), what="doveauth socket")
-        wait_for(lambda: _can_connect_unix(relay.lastlogin_socket), what="lastlogin socket")
+        wait_for(lambda: can_connect_unix(relay.doveauth_socket), what="doveauth socket")
+        wait_for(lambda: can_connect_unix(relay.lastlogin_socket), what="lastlogin socket")
         procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(relay.dovecot_conf)]))
         wait_for(lambda: _can_connect_tcp(port), what="dovecot IMAP port")
         yield relay

@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -250,3 +252,45 @@ def test_logs_hold_no_credentials(
     passdb(auth, "refuseduser@example.org", "short")
     for needle in ("loggedusr", "refuseduser", "secret-password", "wrong-password"):
         assert needle not in caplog.text
+
+
+@pytest.mark.parametrize("program", ["doveauth", "lastlogin"])
+@pytest.mark.parametrize(
+    ("ini_text", "words"),
+    [
+        ("[params]\nmail_domain = example.org\nmax_mailbox_size = 500X\n", "max_mailbox_size"),
+        ("[params]\nusername_min_length = 3\n", "mail_domain"),
+        (None, "readable file"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(
+    tmp_path: Path, program: str, ini_text: str | None, words: str
+) -> None:
+    ini = tmp_path / "chatmail.ini"
+    if ini_text is not None:
+        ini.write_text(ini_text)
+    exe = Path(sys.executable).parent / program
+    result = subprocess.run(
+        [str(exe), str(tmp_path / "x.socket"), str(ini)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert words in result.stderr and str(ini) in result.stderr
+
+
+def test_unusable_socket_path_is_one_line(tmp_path: Path) -> None:
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(f"[params]\nmail_domain = example.org\nmailboxes_dir = {tmp_path}\n")
+    sock = tmp_path / "missing-dir" / "doveauth.socket"
+    exe = Path(sys.executable).parent / "doveauth"
+    result = subprocess.run(
+        [str(exe), str(sock), str(ini)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on {sock}" in result.stderr

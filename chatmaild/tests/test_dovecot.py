@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from dovecot_harness import Relay
 
-from chatmaild import accounts
+from chatmaild import accounts, pwhash
 
 pytestmark = pytest.mark.dovecot
 
@@ -174,3 +174,13 @@ def test_logs_hold_no_address_or_password(relay: Relay) -> None:
         for needle in ("privacy01", "privacy02", password, "wrong-pass-77", "127.0.0.1"):
             assert needle not in text, f"{name} log holds {needle!r}"
     assert "created account" in relay.service_log("doveauth")
+
+
+def test_passwords_with_quotes_and_backslashes(relay: Relay) -> None:
+    # Dovecot escapes these with %E inside the passdb key; doveauth must undo it exactly
+    password = "q\"uo'te\\back\\"
+    login(relay, "escaping1@example.org", password).logout()
+    assert pwhash.verify_password(
+        password, (relay.mailboxes / "escaping1@example.org" / "password").read_text()
+    )
+    assert refused(relay, "escaping1@example.org", "q\"uo'te\\back")

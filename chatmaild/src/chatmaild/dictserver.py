@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import dictproto as dp
+from .service import fail
 
 log = logging.getLogger(__name__)
 
@@ -201,4 +202,8 @@ def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(socket_path, backend, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        # e.g. the socket's directory is missing or not ours: one line, no traceback
+        fail(f"cannot listen on {socket_path}: {e.strerror}")

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ log = logging.getLogger("doveauth")
 PASSDB_PREFIX = "shared/passdb/"
 USERDB_PREFIX = "shared/userdb/"
 DEFAULT_NOCREATE_FILE = Path("/etc/chatmail-nocreate")
+RECORD_CACHE_SIZE = 100_000  # accounts whose login record stays in memory (~40 MB at most)
 
 
 def split_passdb_key(rest: str) -> tuple[str, str] | None:
@@ -66,6 +68,7 @@ class AuthDict:
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
         self.nocreate_file = nocreate_file
         self.take_readings = take_readings
+        self._records: dict[str, tuple[tuple[int, int, int], str]] = {}
         self.name_limits = accounts.NameLimits(
             config.username_min_length, config.username_max_length, config.password_min_length
         )
@@ -96,18 +99,43 @@ class AuthDict:
             return await self.passdb(addr, password)
         return None
 
+    def existing_record(self, addr: str) -> str | None:
+        """The JSON record of an existing account, or None.
+
+        Records are cached, each validated by a stat of its password file on every use: a
+        replaced file (new inode), a touched one (the last-login day changes the ctime) or a
+        deleted account is read again, so the cache never outlives the disk.
+        """
+        path = self.mailboxes.password_path(addr)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._records.pop(addr, None)
+            return None
+        version = (st.st_ino, st.st_ctime_ns, st.st_size)
+        cached = self._records.get(addr)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        stored = self.mailboxes.password_hash(addr)
+        if stored is None:
+            return None
+        record = self.record(addr, stored)
+        if len(self._records) >= RECORD_CACHE_SIZE:
+            del self._records[next(iter(self._records))]  # the oldest entry
+        self._records[addr] = (version, record)
+        return record
+
     def userdb(self, addr: str) -> str | None:
         if accounts.address_error(addr, self.domain) is not None:
             return None
-        stored = self.mailboxes.password_hash(addr)
-        return None if stored is None else self.record(addr, stored)
+        return self.existing_record(addr)
 
     async def passdb(self, addr: str, password: str) -> str | None:
         if accounts.address_error(addr, self.domain) is not None:
             return None
-        stored = self.mailboxes.password_hash(addr)
-        if stored is not None:
-            return self.record(addr, stored)
+        existing = self.existing_record(addr)
+        if existing is not None:
+            return existing
         reason = self.refusal(addr, password)
         if reason is not None:
             log.warning("registration rejected: %s", reason)
