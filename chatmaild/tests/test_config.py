@@ -11,6 +11,7 @@ from chatmaild.config import (
     parse_size,
     read_config,
     render_ini,
+    render_reference,
     unknown_keys,
 )
 
@@ -215,3 +216,9 @@ def test_reading_warns_about_unknown_keys(tmp_path: Path, caplog: pytest.LogCapt
     text = caplog.text
     assert "max_mailbox_sise" in text and str(path) in text
     assert "no longer used" in text and "passthrough_senders" in text
+
+
+def test_config_reference_is_up_to_date() -> None:
+    doc = Path(__file__).parents[2] / "doc" / "config.md"
+    regenerate = "venv/bin/python -m chatmaild.config > doc/config.md"
+    assert doc.read_text() == render_reference(), f"doc/config.md drifted: run `{regenerate}`"

@@ -387,3 +387,36 @@ def render_ini(mail_domain: str, overrides: Mapping[str, str] | None = None) -> 
     for key, value in overrides.items():
         lines.append(f"{key} = {value}")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_reference() -> str:
+    """The Markdown reference of every key, generated from the model (doc/config.md)."""
+    lines = [
+        "# `chatmail.ini` reference",
+        "",
+        "<!-- generated from chatmaild/src/chatmaild/config.py by"
+        " `python -m chatmaild.config > doc/config.md`; a test fails when it drifts -->",
+        "",
+        f"All keys live in the `[{SECTION}]` section. Only `mail_domain` is required;"
+        " `cmdeploy init` writes every other key commented out with its default.",
+        "Sizes accept K, M, G suffixes (binary: 1M = 1048576 bytes).",
+        "",
+        "| Key | Default | Meaning |",
+        "|---|---|---|",
+    ]
+    for f in dataclasses.fields(Config):
+        if f.name == "mail_domain":
+            default = "required"
+        elif f.default is None:
+            default = "unset"
+        elif f.default == "":
+            default = '""'
+        else:
+            default = f"`{f.metadata['example'] or _format_default(f.default)}`"
+        doc = f.metadata["doc"].replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{f.name}` | {default} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_reference(), end="")
