@@ -23,6 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import accounts, dictserver, resources
@@ -69,6 +70,9 @@ class AuthDict:
         self.nocreate_file = nocreate_file
         self.take_readings = take_readings
         self._records: dict[str, tuple[tuple[int, int, int], str]] = {}
+        # Creation hashes (GIL released) and fsyncs: two threads per core keep every core
+        # hashing while others wait on the disk; more threads only add contention.
+        self._creators = ThreadPoolExecutor(2 * (os.cpu_count() or 1), "create-account")
         self.name_limits = accounts.NameLimits(
             config.username_min_length, config.username_max_length, config.password_min_length
         )
@@ -140,7 +144,10 @@ class AuthDict:
         if reason is not None:
             log.warning("registration rejected: %s", reason)
             return None
-        new_hash, created = await asyncio.to_thread(self.mailboxes.create, addr, password)
+        loop = asyncio.get_running_loop()
+        new_hash, created = await loop.run_in_executor(
+            self._creators, self.mailboxes.create, addr, password
+        )
         if created:
             log.info("created account %s", accounts.log_id(addr))
         return self.record(addr, new_hash)

@@ -7,12 +7,12 @@ logins hash in parallel on several cores.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import secrets
 
 SCHEME_PREFIX = "{SHA512-CRYPT}"
-_SALT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # struct crypt_data is 32768 bytes in libxcrypt and smaller in older glibc; this covers both.
 _CRYPT_DATA_SIZE = 32768 + 4096
 
@@ -32,7 +32,8 @@ _crypt_r = _load_crypt_r()
 def sha512_crypt(password: str, salt: str | None = None) -> str:
     """The crypt(3) string `$6$<salt>$<hash>` of `password`."""
     if salt is None:
-        salt = "".join(secrets.choice(_SALT_ALPHABET) for _ in range(16))
+        # 12 random bytes are 16 base64 characters; '+' is the one not in crypt's alphabet
+        salt = base64.b64encode(secrets.token_bytes(12)).decode("ascii").replace("+", ".")
     data = ctypes.create_string_buffer(_CRYPT_DATA_SIZE)
     result = _crypt_r(password.encode("utf-8"), f"$6${salt}".encode("ascii"), data)
     if not result or result.startswith(b"*"):
