@@ -1,8 +1,10 @@
 """A private instance of Debian's Dovecot for component tests and the auth benchmark.
 
 It has its own base_dir, config and log in a temporary directory, listens for plaintext IMAP
-on a high loopback port (plaintext auth is allowed only here), and asks the doveauth and
-lastlogin services over their unix sockets exactly as a relay's Dovecot does.
+on a high loopback port (plaintext auth is allowed only here) and for LMTP on a unix socket,
+and includes the chatmail fragment that cmdeploy installs on a relay
+(`cmdeploy/src/cmdeploy/dovecot/`), so it asks doveauth, lastlogin and chatmail-metadata over
+their unix sockets exactly as a relay's Dovecot does. Push notifications go to a local fake.
 """
 
 from __future__ import annotations
@@ -16,35 +18,30 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import chatmaild
+from fakepush import FakePushServer, running_fake_push
 
-DOVECOT_CONF = """\
+import chatmaild
+from cmdeploy.templates import render
+
+TEST_ENVIRONMENT = """\
 # Private test instance of Dovecot, written by chatmaild/tests/dovecot_harness.py.
 base_dir = {base}/run
 state_dir = {base}/state
 instance_name = chatmail-test-{port}
 log_path = {base}/dovecot.log
-protocols = imap
+protocols = imap lmtp
 listen = 127.0.0.1
 ssl = no
 # Only this loopback test instance accepts plaintext logins without TLS.
 disable_plaintext_auth = no
-auth_mechanisms = plain
-auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@[]
 auth_failure_delay = 0
 default_internal_user = dovecot
 default_login_user = dovenull
-mail_location = maildir:{mailboxes}/%u
-mail_uid = vmail
-mail_gid = vmail
 first_valid_uid = 1
-mail_plugins = $mail_plugins
-
-{auth}
 
 service imap-login {{
   inet_listener imap {{
@@ -57,6 +54,11 @@ service imap-login {{
   service_count = 0
   process_min_avail = 2
 }}
+service lmtp {{
+  unix_listener {base}/lmtp.socket {{
+    mode = 0666
+  }}
+}}
 service stats {{
   unix_listener stats-reader {{
     mode = 0666
@@ -65,37 +67,11 @@ service stats {{
     mode = 0666
   }}
 }}
-service anvil {{
-  # All test clients come from 127.0.0.1, as a relay's clients do behind its 443
-  # multiplexer: the auth penalty per IP would only slow everyone down (spec §6).
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-
-protocol imap {{
-  mail_plugins = $mail_plugins last_login
-}}
-plugin {{
-  last_login_dict = proxy:{lastlogin_socket}:lastlogin
-  last_login_key = last-login/%u
-  last_login_precision = s
-}}
-"""
-
-DICT_AUTH = """\
-passdb {{
-  driver = dict
-  args = {base}/auth-dict.conf.ext
-}}
-userdb {{
-  driver = dict
-  args = {base}/auth-dict.conf.ext
-}}
 """
 
 # The benchmark's baseline: Dovecot checks every login against one fixed hash, asks nobody.
 STATIC_AUTH = """\
+auth_mechanisms = plain
 passdb {{
   driver = static
   args = password={password_hash}
@@ -104,16 +80,20 @@ userdb {{
   driver = static
   args = uid=vmail gid=vmail home={mailboxes}/%u
 }}
+mail_location = maildir:{mailboxes}/%u
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 """
 
-AUTH_DICT_CONF = """\
-uri = proxy:{doveauth_socket}:auth
-iterate_disable = no
-iterate_prefix = userdb/
-default_pass_scheme = plain
-password_key = passdb/%Ew"%Eu
-user_key = userdb/%Eu
-"""
+SERVICES = {
+    # name: (module, extra arguments)
+    "doveauth": ("doveauth", ["--nocreate-file", "{nocreate}"]),
+    "lastlogin": ("lastlogin", []),
+    "metadata": ("metadata", []),
+}
 
 
 def free_port() -> int:
@@ -122,9 +102,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.02)
@@ -149,17 +129,25 @@ def _can_connect_tcp(port: int) -> bool:
 
 @dataclass
 class Relay:
-    """The chatmaild services and a private Dovecot, all started for one test session."""
+    """The chatmaild services and a private Dovecot, all started for one test module."""
 
     base: Path
     ini: Path
     mailboxes: Path
     imap_port: int
-    doveauth_socket: Path
-    lastlogin_socket: Path
+    lmtp_socket: Path
+    sockets: Path
     nocreate_file: Path
+    turn_secret_file: Path
     dovecot_conf: Path
-    service_logs: dict[str, Path]
+    push: FakePushServer
+
+    def socket(self, name: str) -> Path:
+        return self.sockets / f"{name}.socket"
+
+    @property
+    def doveauth_socket(self) -> Path:
+        return self.socket("doveauth")
 
     def doveadm(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -175,19 +163,49 @@ class Relay:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def service_log(self, name: str) -> str:
-        return self.service_logs[name].read_text(errors="replace")
-
-
-def _as_vmail() -> dict[str, object]:
-    """subprocess arguments that run a service as vmail, as on a relay."""
-    pw = pwd.getpwnam("vmail")
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        return (self.base / f"{name}.log").read_text(errors="replace")
 
 
 def _service_command(base: Path, module: str) -> list[str]:
+    # The services run as vmail, which may not read this checkout or the test runner's
+    # Python (e.g. under /root): Debian's python3 runs a copy of the package instead.
     code = f"import sys; sys.path.insert(0, {str(base / 'lib')!r}); "
     code += f"from chatmaild.{module} import main; main(sys.argv[1:])"
     return ["/usr/bin/python3", "-c", code]
+
+
+def _vmail_dir(path: Path, vmail: pwd.struct_passwd) -> Path:
+    path.mkdir()
+    os.chown(path, vmail.pw_uid, vmail.pw_gid)
+    return path
+
+
+def _write_config(relay: Relay, static_password_hash: str | None) -> None:
+    environment = TEST_ENVIRONMENT.format(base=relay.base, port=relay.imap_port)
+    if static_password_hash is not None:
+        auth = STATIC_AUTH.format(password_hash=static_password_hash, mailboxes=relay.mailboxes)
+        relay.dovecot_conf.write_text(environment + auth)
+        return
+    auth_dict_conf = relay.base / "auth-dict.conf.ext"
+    auth_dict_conf.write_text(
+        render("dovecot", "auth-dict.conf.ext.j2", doveauth_socket=relay.socket("doveauth"))
+    )
+    push_lua = relay.base / "push_notification.lua"
+    push_lua.write_text(render("dovecot", "push_notification.lua"))
+    chatmail_conf = relay.base / "chatmail.conf"
+    chatmail_conf.write_text(
+        render(
+            "dovecot",
+            "chatmail.conf.j2",
+            auth_dict_conf=auth_dict_conf,
+            mailboxes_dir=relay.mailboxes,
+            metadata_socket=relay.socket("metadata"),
+            lastlogin_socket=relay.socket("lastlogin"),
+            push_lua=push_lua,
+            admin_mail="privacy@example.org",
+        )
+    )
+    relay.dovecot_conf.write_text(environment + f"!include {chatmail_conf}\n")
 
 
 @contextlib.contextmanager
@@ -198,76 +216,58 @@ def running_relay(static_password_hash: str | None = None) -> Iterator[Relay]:
     vmail = pwd.getpwnam("vmail")
     base = Path(tempfile.mkdtemp(prefix="chatmail-dovecot-"))
     base.chmod(0o755)
-    mailboxes = base / "mailboxes"
-    mailboxes.mkdir()
-    os.chown(mailboxes, vmail.pw_uid, vmail.pw_gid)
-    sockets = base / "sockets"
-    sockets.mkdir()
-    os.chown(sockets, vmail.pw_uid, vmail.pw_gid)
-    port = free_port()
-    relay = Relay(
-        base=base,
-        ini=base / "chatmail.ini",
-        mailboxes=mailboxes,
-        imap_port=port,
-        doveauth_socket=sockets / "doveauth.socket",
-        lastlogin_socket=sockets / "lastlogin.socket",
-        nocreate_file=base / "nocreate",
-        dovecot_conf=base / "dovecot.conf",
-        service_logs={"doveauth": base / "doveauth.log", "lastlogin": base / "lastlogin.log"},
-    )
-    relay.ini.write_text(
-        "[params]\nmail_domain = example.org\n"
-        f"mailboxes_dir = {mailboxes}\n"
-        # the test machine may be busy or small; the resource gate has its own unit tests
-        "max_load_1m = 1000\nmin_available_memory = 0\nmin_free_disk_space = 0\n"
-    )
-    relay.ini.chmod(0o644)
-    relay.dovecot_conf.write_text(
-        DOVECOT_CONF.format(
-            base=base,
-            port=port,
-            mailboxes=mailboxes,
-            lastlogin_socket=relay.lastlogin_socket,
-            auth=(
-                DICT_AUTH.format(base=base)
-                if static_password_hash is None
-                else STATIC_AUTH.format(password_hash=static_password_hash, mailboxes=mailboxes)
-            ),
-        )
-    )
-    (base / "auth-dict.conf.ext").write_text(
-        AUTH_DICT_CONF.format(doveauth_socket=relay.doveauth_socket)
-    )
-    # The services run as vmail, which may not read this checkout or the test runner's
-    # Python (e.g. under /root): run Debian's python3 on a copy of the package instead.
-    shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        services = {
-            "doveauth": [
-                *_service_command(base, "doveauth"),
-                str(relay.doveauth_socket),
-                str(relay.ini),
-                "--nocreate-file",
-                str(relay.nocreate_file),
-            ],
-            "lastlogin": [
-                *_service_command(base, "lastlogin"),
-                str(relay.lastlogin_socket),
-                str(relay.ini),
-            ],
-        }
-        for name, argv in services.items():
-            with open(relay.service_logs[name], "wb") as log:
-                procs.append(
-                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **_as_vmail())  # type: ignore[call-overload]
-                )
-        wait_for(lambda: can_connect_unix(relay.doveauth_socket), what="doveauth socket")
-        wait_for(lambda: can_connect_unix(relay.lastlogin_socket), what="lastlogin socket")
-        procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(relay.dovecot_conf)]))
-        wait_for(lambda: _can_connect_tcp(port), what="dovecot IMAP port")
-        yield relay
+        with running_fake_push() as push:
+            relay = Relay(
+                base=base,
+                ini=base / "chatmail.ini",
+                mailboxes=_vmail_dir(base / "mailboxes", vmail),
+                imap_port=free_port(),
+                lmtp_socket=base / "lmtp.socket",
+                sockets=_vmail_dir(base / "sockets", vmail),
+                nocreate_file=base / "nocreate",
+                turn_secret_file=base / "turn-secret",
+                dovecot_conf=base / "dovecot.conf",
+                push=push,
+            )
+            relay.turn_secret_file.write_text("test-turn-secret\n")
+            relay.turn_secret_file.chmod(0o644)
+            relay.ini.write_text(
+                "[params]\nmail_domain = example.org\n"
+                f"mailboxes_dir = {relay.mailboxes}\n"
+                f"push_endpoint = {push.url}\n"
+                f"turn_secret_file = {relay.turn_secret_file}\n"
+                # the test machine may be busy or small; the resource gate has its unit tests
+                "max_load_1m = 1000\nmin_available_memory = 0\nmin_free_disk_space = 0\n"
+            )
+            relay.ini.chmod(0o644)
+            _write_config(relay, static_password_hash)
+            if static_password_hash is None:
+                shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
+                for name, (module, extra) in SERVICES.items():
+                    argv = [
+                        *_service_command(base, module),
+                        str(relay.socket(name)),
+                        str(relay.ini),
+                        *(arg.format(nocreate=relay.nocreate_file) for arg in extra),
+                    ]
+                    with open(base / f"{name}.log", "wb") as log:
+                        procs.append(
+                            subprocess.Popen(
+                                argv,
+                                stdout=log,
+                                stderr=subprocess.STDOUT,
+                                user=vmail.pw_uid,
+                                group=vmail.pw_gid,
+                                extra_groups=[],
+                            )
+                        )
+                for name in SERVICES:
+                    wait_for(lambda n=name: can_connect_unix(relay.socket(n)), what=name)
+            procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(relay.dovecot_conf)]))
+            wait_for(lambda: _can_connect_tcp(relay.imap_port), what="dovecot IMAP port")
+            yield relay
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

@@ -94,6 +94,13 @@ def parse_text(raw: str) -> str:
     return raw.strip()
 
 
+def parse_url(raw: str) -> str:
+    text = raw.strip()
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError("an http:// or https:// URL")
+    return text
+
+
 def parse_mail_domain(raw: str) -> str:
     """A DNS name (optionally starting with `_` for self-signed TLS) or an IPv4 address."""
     text = raw.strip().lower().rstrip(".")
@@ -193,7 +200,19 @@ class Config:
         False, parse_bool, "Offer IMAP COMPRESS (turns off hibernation of idle connections)."
     )
     turn_socket_path: str = _param(
-        "/run/chatmail-turn/turn.socket", parse_text, "Where TURN credentials come from."
+        "/run/chatmail-turn/turn.socket",
+        parse_text,
+        "Kept for old configs; unused: TURN credentials come from turn_secret_file.",
+    )
+    turn_secret_file: str = _param(
+        "/etc/chatmail/turn-secret",
+        parse_text,
+        "File holding the secret shared with coturn; TURN credentials are derived from it.",
+    )
+    push_endpoint: str = _param(
+        "https://notifications.delta.chat/notify",
+        parse_url,
+        "Where push notifications are POSTed (the Delta Chat notification service).",
     )
     iroh_relay: str | None = _param(
         None,

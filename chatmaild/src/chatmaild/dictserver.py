@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -192,18 +192,25 @@ async def serve(
         socket_path.unlink()
 
 
-def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
-    """Serve until SIGTERM or SIGINT; then stop listening and remove the socket."""
+def run_service(socket_path: Path, serve_until: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `serve_until(stop)` until SIGTERM or SIGINT sets `stop`.
+
+    A socket that cannot be created (missing directory, no permission) ends the process with
+    one line naming it, not a traceback.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(socket_path, backend, stop)
+        await serve_until(stop)
 
     try:
         asyncio.run(main())
     except OSError as e:
-        # e.g. the socket's directory is missing or not ours: one line, no traceback
         fail(f"cannot listen on {socket_path}: {e.strerror}")
+
+
+def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
+    run_service(socket_path, lambda stop: serve(socket_path, backend, stop))
