@@ -18,7 +18,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from . import dictproto as dp
 from .service import fail
@@ -156,38 +156,37 @@ def _remove_stale_socket(path: Path) -> None:
         pass
 
 
-async def start_dict_server(
-    socket_path: Path, backend: DictBackend, mode: int = 0o660
-) -> asyncio.AbstractServer:
-    _remove_stale_socket(socket_path)
-
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_client(backend, reader, writer)
-
-    server = await asyncio.start_unix_server(
-        client, path=str(socket_path), limit=MAX_LINE, backlog=LISTEN_BACKLOG
-    )
-    os.chmod(socket_path, mode)
-    return server
-
-
 async def serve(
     socket_path: Path,
     backend: DictBackend,
     stop: asyncio.Event,
     on_ready: Callable[[], object] = lambda: None,
+    mode: int = 0o660,
 ) -> None:
     """Serve until `stop` is set; then close the listener and every client connection."""
-    server = await start_dict_server(socket_path, backend)
+    _remove_stale_socket(socket_path)
+    connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = cast("asyncio.Task[Any]", asyncio.current_task())  # never None inside a task
+        connections[task] = writer
+        try:
+            await _serve_client(backend, reader, writer)
+        finally:
+            connections.pop(task, None)
+
+    server = await asyncio.start_unix_server(
+        client, path=str(socket_path), limit=MAX_LINE, backlog=LISTEN_BACKLOG
+    )
+    os.chmod(socket_path, mode)
     log.info("listening on %s", socket_path)
     on_ready()
     async with server:
         await stop.wait()
-    current = asyncio.current_task()
-    clients = [t for t in asyncio.all_tasks() if t is not current]
-    for task in clients:
-        task.cancel()
-    await asyncio.gather(*clients, return_exceptions=True)
+    # Closing a connection ends its reader with EOF, so each client task finishes normally.
+    for writer in list(connections.values()):
+        writer.close()
+    await asyncio.gather(*connections, return_exceptions=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
 

@@ -21,6 +21,8 @@ def render(component: str, name: str, **variables: Any) -> str:
         # config files, not HTML: escaping would corrupt them
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,  # {% ... %} lines leave no blank line behind
+        lstrip_blocks=True,
         autoescape=False,  # noqa: S701
     )
     return env.from_string(text).render(managed_by=MANAGED_BY, **variables)
