@@ -1,0 +1,109 @@
+"""The replies of the encryption gate (relay-spec §4.8) as `Reject` exceptions.
+
+A check raises `Reject`; exactly one place, the SMTP/HTTP front end, turns it into the reply
+line with `Reject.reply()`. `public` is what the client or peer reads; `private` is the reason
+for our logs and never holds an address, subject or body text. The constructors below are the
+only way the texts of §4.8 are spelled, so the tests can pin each one.
+"""
+
+from __future__ import annotations
+
+# An address or header value shown in a reply is cut to this many characters, so that even
+# `Invalid FROM <a> for <b>` stays below the 512-octet reply line limit of RFC 5321 §4.5.3.1.5.
+_MAX_SHOWN = 200
+
+
+def _single_line_ascii(text: str) -> str:
+    """`text` with anything but printable ASCII replaced: a reply can never be split or smuggled."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+
+
+def _shown(value: str) -> str:
+    text = _single_line_ascii(value)
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+class Reject(Exception):
+    """A message or command the gate refuses, with the SMTP reply that says so."""
+
+    def __init__(self, code: int, enhanced: str | None, public: str, private: str) -> None:
+        super().__init__(private)  # str(exc) is the private reason: safe for logs
+        self.code = code
+        self.enhanced = enhanced
+        self.public = _single_line_ascii(public)
+        self.private = private
+
+    def reply(self) -> str:
+        """The reply line, no CRLF: e.g. `523 Encryption Needed: Invalid Unencrypted Mail`."""
+        if self.enhanced:
+            return f"{self.code} {self.enhanced} {self.public}"
+        return f"{self.code} {self.public}"
+
+    def __repr__(self) -> str:
+        return f"Reject({self.code}, {self.enhanced!r}, private={self.private!r})"
+
+
+def invalid_from_address(mail_from: str) -> Reject:
+    """§4.4.1: a MAIL FROM address without exactly one `@`."""
+    return Reject(
+        500, None, f"Invalid from address <{_shown(mail_from)}>", "MAIL FROM without exactly one @"
+    )
+
+
+def too_much_mail(mail_from: str, until: str) -> Reject:
+    """§4.4.2: over the rate limit (the front end decides that, and closes the connection).
+
+    The reference writes the enhanced code with a colon (`450 4.7.1: Too much...`), which is not
+    an RFC 3463 code a client would parse; keeping the reply byte-identical matters more, so the
+    code sits in the public text and `enhanced` stays None.
+    """
+    return Reject(
+        450,
+        None,
+        f"4.7.1: Too much mail from <{_shown(mail_from)}>, rate limited until {_shown(until)}",
+        "sender over the rate limit",
+    )
+
+
+def message_too_large() -> Reject:
+    """§4.1: DATA over `max_message_size` (the front end measures, and closes the connection)."""
+    return Reject(552, None, "Message exceeds maximum size", "message over max_message_size")
+
+
+def parse_failed(why: str) -> Reject:
+    """§4.4.4: bytes that are not a message. `why` names the failure, never its content."""
+    return Reject(500, None, "Failed to parse message", f"unparsable message: {why}")
+
+
+def invalid_from_header(why: str) -> Reject:
+    """§4.4.4: no single address can be taken from the From header.
+
+    The reply names the kind of failure ("missing", "more than one address", ...) instead of
+    echoing the header: a header is arbitrary bytes from the sender.
+    """
+    return Reject(500, None, f"Invalid FROM header: {why}", f"From header: {why}")
+
+
+def from_mismatch(from_addr: str, mail_from: str) -> Reject:
+    """§4.4.4: outgoing From header address differs from MAIL FROM (ignoring case)."""
+    return Reject(
+        500,
+        None,
+        f"Invalid FROM <{_shown(from_addr)}> for <{_shown(mail_from)}>",
+        "From header address differs from MAIL FROM",
+    )
+
+
+def encryption_needed(why: str) -> Reject:
+    """§4.4.7, §4.5.5: cleartext where it is not allowed (code 523 of RFC 5248)."""
+    return Reject(523, None, "Encryption Needed: Invalid Unencrypted Mail", why)
+
+
+def no_dkim_signature() -> Reject:
+    """§4.6: incoming mail without any DKIM-Signature header."""
+    return Reject(554, "5.7.1", "No DKIM signature found", "no DKIM-Signature header")
+
+
+def no_valid_dkim_signature() -> Reject:
+    """§4.6: no DKIM signature that both verifies and aligns with the From domain."""
+    return Reject(554, "5.7.1", "No valid DKIM signature found", "no valid aligned DKIM signature")

@@ -1,0 +1,1014 @@
+"""Write the filtermail test corpus: tests/data/mail/*.eml and tests/data/mail/verdicts.toml.
+
+    venv/bin/python chatmaild/tests/data/make_corpus.py      # needs GnuPG (`gpg`) on PATH
+
+The valid PGP/MIME messages are made by real GnuPG with fresh keys in a temporary GNUPGHOME;
+the near-misses are derived from them by editing armor, MIME structure or the packet stream
+(re-armored with a correct CRC24, so each file breaks exactly one rule). The output is
+committed, so the tests need no gpg. Running this again replaces every encrypted file (new
+keys, new session keys) but must not change a single verdict.
+
+Everything is CRLF, as SMTP DATA is, unless a file's name says otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUT = Path(__file__).parent / "mail"
+ALICE = "alice@example.org"  # the sender, unless a case says otherwise
+BOB = "bob@example.org"  # the recipient, unless a case says otherwise
+CAROL = "carol@example.org"
+PEER_DAEMON = "MAILER-DAEMON@peer.example"
+CRLF = "\r\n"
+ACCEPT = "accept"
+
+Verdict = str | int  # "accept" or the reply code
+
+
+@dataclass
+class Case:
+    name: str
+    file: str
+    about: str
+    outgoing: Verdict | None
+    incoming: Verdict | None
+    env: dict[str, object] = field(default_factory=dict)
+
+
+FILES: dict[str, bytes] = {}
+CASES: list[Case] = []
+
+
+def add(
+    name: str,
+    data: str | bytes,
+    about: str,
+    outgoing: Verdict | None,
+    incoming: Verdict | None,
+    **env: object,
+) -> None:
+    """Register a new file `name`.eml and its case."""
+    assert name not in FILES, name
+    FILES[name] = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    CASES.append(Case(name, f"{name}.eml", about, outgoing, incoming, env))
+
+
+def again(
+    name: str,
+    file: str,
+    about: str,
+    outgoing: Verdict | None,
+    incoming: Verdict | None,
+    **env: object,
+) -> None:
+    """Another case for an existing file, with a different envelope."""
+    assert file in FILES, file
+    CASES.append(Case(name, f"{file}.eml", about, outgoing, incoming, env))
+
+
+# --- GnuPG
+
+
+@contextmanager
+def gnupg_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="corpus-gnupg-"))
+    try:
+        yield home
+    finally:
+        # the agent that gpg started for this home only
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def gpg(home: Path, *args: str, stdin: bytes = b"", passphrase: str = "") -> bytes:
+    cmd = ["gpg", "--homedir", str(home), "--batch", "--quiet", "--pinentry-mode", "loopback"]
+    cmd += ["--passphrase", passphrase, "--trust-model", "always", *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, check=True).stdout
+
+
+def armored(home: Path, *args: str, stdin: bytes, passphrase: str = "") -> str:
+    text = gpg(home, "--armor", *args, stdin=stdin, passphrase=passphrase).decode("ascii")
+    assert "Version:" not in text  # GnuPG 2.2 emits no armor headers by default
+    return text.strip().replace("\n", CRLF)
+
+
+# --- OpenPGP packets and armor, independent of the code under test
+
+
+def crc24(data: bytes) -> bytes:
+    crc = 0xB704CE
+    for byte in data:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    return (crc & 0xFFFFFF).to_bytes(3, "big")
+
+
+def armor(data: bytes, headers: tuple[str, ...] = ()) -> str:
+    text = base64.b64encode(data).decode("ascii")
+    lines = ["-----BEGIN PGP MESSAGE-----", *headers, ""]
+    lines += [text[i : i + 64] for i in range(0, len(text), 64)]
+    lines += ["=" + base64.b64encode(crc24(data)).decode("ascii"), "-----END PGP MESSAGE-----"]
+    return CRLF.join(lines)
+
+
+def dearmor(text: str) -> bytes:
+    lines = text.split(CRLF)
+    blank = lines.index("")
+    body = [line for line in lines[blank + 1 :] if not line.startswith(("=", "-----"))]
+    return base64.b64decode("".join(body))
+
+
+def split_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """(tag, body) of each packet, partial chunks joined."""
+    packets = []
+    pos = 0
+    while pos < len(data):
+        ctb = data[pos]
+        pos += 1
+        if ctb & 0x40:
+            tag, body = ctb & 0x3F, b""
+            while True:
+                first = data[pos]
+                partial = 224 <= first < 255
+                if first < 192:
+                    n, pos = first, pos + 1
+                elif first < 224:
+                    n, pos = ((first - 192) << 8) + data[pos + 1] + 192, pos + 2
+                elif first == 255:
+                    n, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+                else:
+                    n, pos = 1 << (first & 0x1F), pos + 1
+                body += data[pos : pos + n]
+                pos += n
+                if not partial:
+                    break
+        else:
+            tag, size = (ctb >> 2) & 0x0F, 1 << (ctb & 3)
+            n = int.from_bytes(data[pos : pos + size], "big")
+            body = data[pos + size : pos + size + n]
+            pos += size + n
+        packets.append((tag, body))
+    return packets
+
+
+def new_length(n: int, five: bool = False) -> bytes:
+    if five or n >= 8384:
+        return b"\xff" + n.to_bytes(4, "big")
+    if n < 192:
+        return bytes([n])
+    n -= 192
+    return bytes([(n >> 8) + 192, n & 0xFF])
+
+
+def new_packet(tag: int, body: bytes, five: bool = False) -> bytes:
+    return bytes([0xC0 | tag]) + new_length(len(body), five) + body
+
+
+def old_packet(tag: int, body: bytes, length_type: int) -> bytes:
+    ctb = bytes([0x80 | tag << 2 | length_type])
+    if length_type == 3:
+        return ctb + body
+    return ctb + len(body).to_bytes(1 << length_type, "big") + body
+
+
+def partial_packet(tag: int, body: bytes, exponent: int) -> bytes:
+    """`body` as partial chunks of 2**exponent octets, closed by a definite length."""
+    out, size = bytes([0xC0 | tag]), 1 << exponent
+    while len(body) > size:
+        out += bytes([224 + exponent]) + body[:size]
+        body = body[size:]
+    return out + new_length(len(body)) + body
+
+
+# --- MIME
+
+
+def message(headers: list[tuple[str, str]], body: str) -> str:
+    return "".join(f"{k}: {v}{CRLF}" for k, v in headers) + CRLF + body
+
+
+def part(ctype: str, body: str, *extra: tuple[str, str]) -> str:
+    return message([("Content-Type", ctype), *extra], body)
+
+
+def multipart(parts: list[str], boundary: str = "XbOuNdArYx") -> str:
+    body = "".join(f"--{boundary}{CRLF}{p}{CRLF}" for p in parts)
+    return body + f"--{boundary}--{CRLF}"
+
+
+def envelope_headers(
+    subject: str = "[...]", from_: str = ALICE, to: str = BOB
+) -> list[tuple[str, str]]:
+    return [
+        ("From", from_),
+        ("To", to),
+        ("Subject", subject),
+        ("Date", "Thu, 01 Jan 2026 12:00:00 +0000"),
+        ("Message-ID", "<corpus@example.org>"),
+        ("MIME-Version", "1.0"),
+    ]
+
+
+def control_part(body: str = "Version: 1" + CRLF, ctype: str = "application/pgp-encrypted") -> str:
+    return part(ctype, body, ("Content-Description", "PGP/MIME version identification"))
+
+
+def data_part(armor_text: str, ctype: str = "application/octet-stream", *extra: str) -> str:
+    headers = [("Content-Description", "OpenPGP encrypted message")]
+    headers += [tuple(h.split(": ", 1)) for h in extra]  # type: ignore[misc]
+    return part(f'{ctype}; name="encrypted.asc"', armor_text + CRLF, *headers)
+
+
+ENCRYPTED_TYPE = 'multipart/encrypted; protocol="application/pgp-encrypted"; boundary="XbOuNdArYx"'
+
+
+def encrypted(
+    armor_text: str,
+    *,
+    parts: list[str] | None = None,
+    top: str = ENCRYPTED_TYPE,
+    headers: list[tuple[str, str]] | None = None,
+) -> str:
+    if parts is None:
+        parts = [control_part(), data_part(armor_text)]
+    head = (headers or envelope_headers()) + [("Content-Type", top)]
+    return message(head, multipart(parts))
+
+
+def cleartext(headers: list[tuple[str, str]] | None = None, text: str = "Hello!") -> str:
+    head = (headers or envelope_headers()) + [("Content-Type", "text/plain; charset=utf-8")]
+    return message(head, text + CRLF)
+
+
+# --- the catalogue
+
+PLAINTEXT = ("Content-Type: text/plain; charset=utf-8" + CRLF + CRLF + "Hi Bob!" + CRLF).encode()
+
+
+def build_encrypted(home: Path) -> str:
+    """Make keys, add the GnuPG-made valid cases; return the one-recipient armor to derive from."""
+    gpg(home, "--quick-gen-key", f"Bob <{BOB}>", "future-default", "default", "never")
+    gpg(home, "--quick-gen-key", f"Carol <{CAROL}>", "rsa2048", "sign,encr", "never")
+    to_bob = ("--encrypt", "--recipient", BOB)
+    bob = armored(home, *to_bob, stdin=PLAINTEXT)
+    add("enc-bob", encrypted(bob), "GnuPG, one X25519 recipient: PKESK, SEIPD", ACCEPT, ACCEPT)
+    both = armored(home, *to_bob, "--recipient", CAROL, stdin=PLAINTEXT)
+    add(
+        "enc-bob-carol",
+        encrypted(both),
+        "GnuPG, two recipients (X25519, RSA): PKESK, PKESK (2-octet old format), SEIPD",
+        ACCEPT,
+        ACCEPT,
+        rcpts=[BOB, CAROL],
+    )
+    sym = armored(home, "--symmetric", stdin=PLAINTEXT, passphrase="corpus")
+    add("enc-symmetric", encrypted(sym), "GnuPG --symmetric: SKESK, SEIPD", ACCEPT, ACCEPT)
+    mixed = armored(home, "--symmetric", *to_bob, stdin=PLAINTEXT, passphrase="corpus")
+    add(
+        "enc-symmetric-and-bob",
+        encrypted(mixed),
+        "GnuPG --symmetric --encrypt: PKESK, SKESK, SEIPD",
+        ACCEPT,
+        ACCEPT,
+    )
+    # Random bytes do not compress, and from a pipe gpg does not know the size: partial lengths.
+    large = armored(home, *to_bob, "--compress-algo", "none", stdin=os.urandom(20000))
+    assert any(224 <= b < 255 for b in dearmor(large)[96:100]), "expected a partial length"
+    add(
+        "enc-large-partial",
+        encrypted(large),
+        "GnuPG, 20 kB: SEIPD in partial chunks",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "pkt-store-only",
+        encrypted(armored(home, "--store", stdin=PLAINTEXT)),
+        "GnuPG --store: one compressed packet (old format, indeterminate length), no encryption",
+        523,
+        523,
+    )
+    add(
+        "pkt-signed-only",
+        encrypted(armored(home, "--sign", "--local-user", BOB, stdin=PLAINTEXT)),
+        "GnuPG --sign: signed but not encrypted",
+        523,
+        523,
+    )
+    return bob
+
+
+def build_valid_variants(bob: str) -> None:
+    lines = bob.split(CRLF)  # BEGIN, "", data..., =CRC, END
+    with_version = CRLF.join([lines[0], "Version: GnuPG v2", *lines[1:]])
+    add(
+        "enc-version-header",
+        encrypted(with_version),
+        "a Version armor header: refused outgoing, skipped incoming",
+        523,
+        ACCEPT,
+    )
+    no_blank_version = CRLF.join([lines[0], "Version: GnuPG v2", *lines[2:]])
+    add(
+        "enc-version-header-no-blank-line",
+        encrypted(no_blank_version),
+        "Version header directly followed by data (the blank line is optional)",
+        523,
+        ACCEPT,
+    )
+    no_blank = CRLF.join([lines[0], *lines[2:]])
+    add("enc-no-blank-line", encrypted(no_blank), "no blank line after BEGIN", ACCEPT, ACCEPT)
+    blanks = CRLF.join([lines[0], "", "", "", *lines[2:]])
+    add("enc-extra-blank-lines", encrypted(blanks), "blank lines after BEGIN", ACCEPT, ACCEPT)
+    trailing = bob + CRLF * 3
+    add("enc-trailing-blank-lines", encrypted(trailing), "CRLFs after END", ACCEPT, ACCEPT)
+    preamble = encrypted(bob).replace(
+        "\r\n\r\n--XbOuNdArYx\r\n",
+        "\r\n\r\nThis is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n--XbOuNdArYx\r\n",
+        1,
+    )
+    add(
+        "enc-preamble-epilogue",
+        preamble + "epilogue" + CRLF,
+        "MIME preamble (as Thunderbird writes it) and epilogue are ignored",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "enc-no-close-delimiter",
+        encrypted(bob).replace("--XbOuNdArYx--" + CRLF, ""),
+        "closing MIME delimiter missing: the parser recovers both parts intact",
+        ACCEPT,
+        ACCEPT,
+    )
+    crc = lines[-2]
+    wrong_crc = bob.replace(CRLF + crc + CRLF, CRLF + "=AAAA" + CRLF)
+    add("enc-wrong-crc", encrypted(wrong_crc), "wrong CRC24 (not verified)", ACCEPT, ACCEPT)
+    upper = encrypted(bob, top=ENCRYPTED_TYPE.replace("multipart/encrypted", "Multipart/Encrypted"))
+    upper = upper.replace("application/pgp-encrypted\r\n", "Application/PGP-Encrypted\r\n")
+    upper = upper.replace("application/octet-stream", "Application/Octet-Stream")
+    add("enc-uppercase-types", upper, "MIME types in mixed case", ACCEPT, ACCEPT)
+    padded = encrypted(
+        bob, parts=[control_part(CRLF + "  Version: 1  " + CRLF * 2), data_part(bob)]
+    )
+    add("enc-version-1-padded", padded, "control body with blank lines and spaces", ACCEPT, ACCEPT)
+    add(
+        "enc-from-display-name",
+        encrypted(bob, headers=envelope_headers(from_=f'"Alice Liddell" <{ALICE}>')),
+        "From with a quoted display name",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "enc-from-uppercase",
+        encrypted(bob, headers=envelope_headers(from_=ALICE.upper())),
+        "From differs from MAIL FROM only in case",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "enc-from-folded",
+        encrypted(bob, headers=envelope_headers(from_=f"Alice{CRLF} <{ALICE}>")),
+        "From header folded over two lines",
+        ACCEPT,
+        ACCEPT,
+    )
+    sj_headers = [*envelope_headers(), ("Secure-Join", "vc-auth")]
+    add(
+        "enc-securejoin-vc-auth",
+        encrypted(bob, headers=sj_headers),
+        "a later Secure-Join step, encrypted",
+        ACCEPT,
+        ACCEPT,
+    )
+    again(
+        "enc-bob-from-mismatch",
+        "enc-bob",
+        "MAIL FROM differs from From: refused outgoing, envelope <> incoming",
+        500,
+        ACCEPT,
+        mail_from="mallory@example.org",
+        envelope="",
+    )
+    again(
+        "enc-bob-null-sender",
+        "enc-bob",
+        "incoming with MAIL FROM <>: accepted, envelope stays <>",
+        None,
+        ACCEPT,
+        mail_from="",
+        envelope="",
+    )
+    again(
+        "enc-bob-srs",
+        "enc-bob",
+        "incoming through an SRS forwarder: envelope <>",
+        None,
+        ACCEPT,
+        mail_from="SRS0=HHH=TT=example.org=alice@forwarder.example",
+        envelope="",
+    )
+    add(
+        "enc-lf-only",
+        encrypted(bob).replace(CRLF, "\n"),
+        "the whole message with LF line endings: the armor needs CRLF after BEGIN",
+        523,
+        523,
+    )
+
+
+def build_mime_near_misses(bob: str) -> None:
+    text_part = part("text/plain", "Hello" + CRLF)
+    cases: list[tuple[str, str, str]] = [
+        ("mime-one-part", encrypted(bob, parts=[control_part()]), "only the control part"),
+        ("mime-only-data-part", encrypted(bob, parts=[data_part(bob)]), "only the data part"),
+        (
+            "mime-three-parts",
+            encrypted(bob, parts=[control_part(), data_part(bob), text_part]),
+            "a third part after the two",
+        ),
+        (
+            "mime-extra-part-first",
+            encrypted(bob, parts=[text_part, control_part(), data_part(bob)]),
+            "a text part before the two",
+        ),
+        (
+            "mime-swapped-order",
+            encrypted(bob, parts=[data_part(bob), control_part()]),
+            "data part before control part",
+        ),
+        (
+            "mime-multipart-mixed",
+            encrypted(bob, top='multipart/mixed; boundary="XbOuNdArYx"'),
+            "the two parts under multipart/mixed",
+        ),
+        (
+            "mime-nested-multipart",
+            encrypted(
+                bob,
+                parts=[
+                    control_part(),
+                    message(
+                        [("Content-Type", 'multipart/mixed; boundary="inner"')],
+                        multipart([data_part(bob)], "inner"),
+                    ),
+                ],
+            ),
+            "data part wrapped in a nested multipart",
+        ),
+        (
+            "mime-no-boundary",
+            encrypted(bob, top='multipart/encrypted; protocol="application/pgp-encrypted"'),
+            "multipart/encrypted without a boundary parameter",
+        ),
+        (
+            "mime-inline-pgp",
+            cleartext(text=bob),
+            "inline PGP: the armor in a text/plain body",
+        ),
+        (
+            "mime-control-text-plain",
+            encrypted(bob, parts=[control_part(ctype="text/plain"), data_part(bob)]),
+            "control part typed text/plain",
+        ),
+        (
+            "mime-data-text-plain",
+            encrypted(bob, parts=[control_part(), data_part(bob, "text/plain")]),
+            "data part typed text/plain",
+        ),
+        (
+            "mime-data-pgp-encrypted",
+            encrypted(bob, parts=[control_part(), data_part(bob, "application/pgp-encrypted")]),
+            "data part typed application/pgp-encrypted",
+        ),
+        (
+            "mime-data-base64-transfer-encoding",
+            encrypted(
+                bob,
+                parts=[
+                    control_part(),
+                    part(
+                        "application/octet-stream",
+                        base64.encodebytes(bob.encode()).decode().replace("\n", CRLF),
+                        ("Content-Transfer-Encoding", "base64"),
+                    ),
+                ],
+            ),
+            "armor sent base64-encoded: bodies are checked as transmitted",
+        ),
+        ("version-missing", encrypted(bob, parts=[control_part(""), data_part(bob)]), "empty"),
+        (
+            "version-2",
+            encrypted(bob, parts=[control_part("Version: 2" + CRLF), data_part(bob)]),
+            "Version: 2",
+        ),
+        (
+            "version-lowercase",
+            encrypted(bob, parts=[control_part("version: 1" + CRLF), data_part(bob)]),
+            "version: 1",
+        ),
+        (
+            "version-extra-line",
+            encrypted(bob, parts=[control_part("Version: 1\r\nComment: x\r\n"), data_part(bob)]),
+            "Version: 1 and another line",
+        ),
+        (
+            "version-no-space",
+            encrypted(bob, parts=[control_part("Version:1" + CRLF), data_part(bob)]),
+            "Version:1",
+        ),
+    ]
+    for name, data, about in cases:
+        add(name, data, about, 523, 523)
+    idna = control_part("Version: 1\udcff" + CRLF, "application/pgp-encrypted; charset=idna")
+    add(
+        "version-8bit-idna-charset",
+        encrypted(bob, parts=[idna, data_part(bob)]),
+        "an 8-bit byte in a part whose charset's codec raises: a verdict, not a crash",
+        523,
+        523,
+    )
+
+
+def build_armor_near_misses(bob: str) -> None:
+    lines = bob.split(CRLF)
+    begin, end, data_line = lines[0], lines[-1], lines[2]
+    not_pgp = base64.b64encode(b"Delta Chat is a decentralized and secure messenger app.")
+    empty = CRLF.join([begin, "", "=" + base64.b64encode(crc24(b"")).decode(), end])
+    variants: list[tuple[str, str, str]] = [
+        ("armor-no-begin", CRLF.join(lines[1:]), "BEGIN line missing"),
+        (
+            "armor-begin-signature",
+            bob.replace("PGP MESSAGE", "PGP SIGNATURE"),
+            "BEGIN/END PGP SIGNATURE",
+        ),
+        ("armor-no-end", CRLF.join(lines[:-1]), "END line missing"),
+        ("armor-lf-only", bob.replace(CRLF, "\n"), "armor with LF line endings"),
+        ("armor-garbage-after-end", bob + CRLF + "garbage", "text after END"),
+        ("armor-text-before-begin", "Here it is:" + CRLF + bob, "text before BEGIN"),
+        ("armor-blank-line-before-begin", CRLF + bob, "a blank line before BEGIN"),
+        (
+            "armor-comment-header",
+            CRLF.join([begin, "Comment: hi", *lines[1:]]),
+            "a Comment armor header",
+        ),
+        (
+            "armor-version-then-comment",
+            CRLF.join([begin, "Version: x", "Comment: hi", *lines[1:]]),
+            "Version and then Comment header",
+        ),
+        (
+            "armor-comment-then-version",
+            CRLF.join([begin, "Comment: hi", "Version: x", *lines[1:]]),
+            "Comment and then Version header",
+        ),
+        (
+            "armor-two-version-headers",
+            CRLF.join([begin, "Version: x", "Version: y", *lines[1:]]),
+            "two Version headers",
+        ),
+        ("armor-end-trailing-space", bob + " ", "a space after END"),
+        ("armor-begin-trailing-space", bob.replace(begin, begin + " ", 1), "a space after BEGIN"),
+        ("armor-lowercase-begin", bob.replace(begin, begin.lower(), 1), "BEGIN in lowercase"),
+        (
+            "armor-bad-base64-char",
+            bob.replace(data_line, data_line[:10] + "*" + data_line[11:], 1),
+            "a character outside the base64 alphabet",
+        ),
+        (
+            "armor-space-in-base64",
+            bob.replace(data_line, data_line[:10] + " " + data_line[10:], 1),
+            "a space inside a base64 line",
+        ),
+        (
+            "armor-base64-char-missing",
+            bob.replace(data_line, data_line[1:], 1),
+            "one base64 character dropped",
+        ),
+        ("armor-empty", empty, "no data between the header and the CRC"),
+        (
+            "armor-not-openpgp",
+            CRLF.join([begin, "", not_pgp.decode(), "=AAAA", end]),
+            "valid base64 that is not OpenPGP",
+        ),
+    ]
+    for name, armor_text, about in variants:
+        add(name, encrypted(armor_text), about, 523, 523)
+
+
+def build_packet_variants(bob: str) -> None:
+    packets = split_packets(dearmor(bob))
+    (pkesk_tag, pkesk), (seipd_tag, seipd) = packets
+    assert (pkesk_tag, seipd_tag) == (1, 18), packets
+    good_pkesk, good_seipd = new_packet(1, pkesk), new_packet(18, seipd)
+    marker = new_packet(10, b"PGP")
+    valid: list[tuple[str, bytes, str]] = [
+        ("pkt-new-format", good_pkesk + good_seipd, "PKESK rewritten in new format"),
+        (
+            "pkt-five-octet-lengths",
+            new_packet(1, pkesk, five=True) + new_packet(18, seipd, five=True),
+            "5-octet lengths",
+        ),
+        (
+            "pkt-old-format-four-octet",
+            old_packet(1, pkesk, 2) + good_seipd,
+            "PKESK in old format with a 4-octet length",
+        ),
+        (
+            "pkt-partial-chunks",
+            good_pkesk + partial_packet(18, seipd, 4),
+            "SEIPD split into 16-octet partial chunks",
+        ),
+        ("pkt-seipd-only", good_seipd, "SEIPD without a session-key packet (vacuous rule)"),
+    ]
+    for name, data, about in valid:
+        add(name, encrypted(armor(data)), about, ACCEPT, ACCEPT)
+    partial = good_pkesk + partial_packet(18, seipd, 4)
+    invalid: list[tuple[str, bytes, str]] = [
+        ("pkt-pkesk-only", good_pkesk, "no SEIPD"),
+        ("pkt-seipd-then-pkesk", good_seipd + good_pkesk, "SEIPD first, PKESK last"),
+        ("pkt-two-seipd", good_pkesk + good_seipd + good_seipd, "two SEIPD"),
+        ("pkt-sed-tag9", good_pkesk + new_packet(9, seipd), "last packet SED (tag 9), no MDC"),
+        ("pkt-aead-tag20", good_pkesk + new_packet(20, seipd), "last packet AEAD (tag 20)"),
+        ("pkt-trailing-byte", good_pkesk + good_seipd + b"\x00", "a byte after SEIPD"),
+        ("pkt-trailing-marker", good_pkesk + good_seipd + marker, "a marker packet after SEIPD"),
+        ("pkt-marker-first", marker + good_pkesk + good_seipd, "a marker packet first"),
+        (
+            "pkt-literal-before-seipd",
+            good_pkesk + new_packet(11, b"b\x00\x00\x00\x00\x00cleartext") + good_seipd,
+            "a literal data packet (cleartext) before SEIPD",
+        ),
+        (
+            "pkt-old-indeterminate-pkesk",
+            old_packet(1, pkesk + good_seipd, 3),
+            "old-format indeterminate length, swallowing the rest",
+        ),
+        ("pkt-truncated-seipd", good_pkesk + good_seipd[:-1], "SEIPD one octet short"),
+        (
+            "pkt-short-length",
+            good_pkesk + new_packet(18, seipd[:-1]) + seipd[-1:],
+            "SEIPD length one short, leaving a trailing octet",
+        ),
+        (
+            "pkt-truncated-header",
+            good_pkesk + bytes([0xC0 | 18, 0xFF, 0x00]),
+            "data ends inside a 5-octet length",
+        ),
+        ("pkt-partial-truncated", partial[:-20], "data ends inside a partial chunk"),
+        (
+            "pkt-partial-unterminated",
+            good_pkesk + bytes([0xC0 | 18, 224 + 4]) + seipd[:16],
+            "data ends after a partial chunk, without a final length",
+        ),
+        ("pkt-no-tag-bit", b"\x41" + good_pkesk[1:] + good_seipd, "first octet without bit 7"),
+        ("pkt-reserved-tag0", new_packet(0, b"x") + good_seipd, "reserved tag 0 before SEIPD"),
+    ]
+    for name, data, about in invalid:
+        add(name, encrypted(armor(data)), about, 523, 523)
+
+
+def securejoin(step: str | None, body: str, ctype: str = "text/plain", parts: int = 1) -> str:
+    head = envelope_headers() + ([("Secure-Join", step)] if step else [])
+    head.append(("Content-Type", 'multipart/mixed; boundary="XbOuNdArYx"'))
+    return message(head, multipart([part(ctype, body + CRLF)] * parts))
+
+
+def build_securejoin() -> None:
+    add(
+        "securejoin-vc-request",
+        securejoin("vc-request", "Secure-Join: vc-request"),
+        "the opening step, contact",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "securejoin-vg-request",
+        securejoin("vg-request", "Secure-Join: vg-request"),
+        "the opening step, group",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "securejoin-case-and-space",
+        securejoin("vc-request", CRLF + "  SECURE-JOIN: VC-Request  " + CRLF),
+        "body trimmed and lowercased before comparing",
+        ACCEPT,
+        ACCEPT,
+    )
+    add(
+        "securejoin-steps-differ",
+        securejoin("vg-request", "secure-join: vc-request"),
+        "header and body name different opening steps (each is one of the two)",
+        ACCEPT,
+        ACCEPT,
+    )
+    flat = message(
+        [*envelope_headers(), ("Secure-Join", "vc-request"), ("Content-Type", "text/plain")],
+        "secure-join: vc-request" + CRLF,
+    )
+    nested = message(
+        [
+            *envelope_headers(),
+            ("Secure-Join", "vc-request"),
+            ("Content-Type", 'multipart/mixed; boundary="outer"'),
+        ],
+        multipart(
+            [
+                message(
+                    [("Content-Type", 'multipart/alternative; boundary="inner"')],
+                    multipart([part("text/plain", "secure-join: vc-request" + CRLF)], "inner"),
+                )
+            ],
+            "outer",
+        ),
+    )
+    near: list[tuple[str, str, str]] = [
+        (
+            "securejoin-extra-text",
+            securejoin("vc-request", "secure-join: vc-request" + CRLF + "hi"),
+            "text after the step",
+        ),
+        (
+            "securejoin-text-html",
+            securejoin("vc-request", "secure-join: vc-request", "text/html"),
+            "text/html",
+        ),
+        (
+            "securejoin-two-parts",
+            securejoin("vc-request", "secure-join: vc-request", parts=2),
+            "two parts",
+        ),
+        ("securejoin-vc-auth", securejoin("vc-auth", "secure-join: vc-auth"), "a later step"),
+        (
+            "securejoin-body-later-step",
+            securejoin("vc-request", "secure-join: vc-auth-required"),
+            "header vc-request, body a later step",
+        ),
+        ("securejoin-not-multipart", flat, "top-level text/plain"),
+        ("securejoin-no-header", securejoin(None, "secure-join: vc-request"), "no header"),
+        (
+            "securejoin-header-uppercase",
+            securejoin("VC-REQUEST", "secure-join: vc-request"),
+            "header value in uppercase",
+        ),
+        ("securejoin-nested", nested, "text/plain inside a nested multipart"),
+    ]
+    for name, data, about in near:
+        add(name, data, about, 523, 523)
+
+
+def autocrypt_setup(
+    subject: str = "Autocrypt Setup Message", ctype: str = "multipart/mixed"
+) -> str:
+    setup = part("application/autocrypt-setup", "-----BEGIN PGP MESSAGE-----" + CRLF)
+    head = envelope_headers(subject=subject, to=ALICE)
+    head += [("Autocrypt-Setup-Message", "v1")]
+    if ctype.startswith("multipart/"):
+        head.append(("Content-Type", f'{ctype}; boundary="XbOuNdArYx"'))
+        return message(head, multipart([part("text/plain", "Setup" + CRLF), setup]))
+    return message([*head, ("Content-Type", ctype)], "Setup" + CRLF)
+
+
+def build_autocrypt_setup() -> None:
+    add(
+        "asm-self",
+        autocrypt_setup(),
+        "self-sent Autocrypt Setup Message (never accepted incoming: cleartext)",
+        ACCEPT,
+        523,
+        rcpts=[ALICE],
+    )
+    again(
+        "asm-self-rcpt-case",
+        "asm-self",
+        "recipient differs from From only in case",
+        ACCEPT,
+        None,
+        rcpts=["Alice@Example.ORG"],
+    )
+    again("asm-to-bob", "asm-self", "sent to someone else", 523, 523, rcpts=[BOB])
+    again("asm-self-and-bob", "asm-self", "to oneself and another", 523, 523, rcpts=[ALICE, BOB])
+    add(
+        "asm-wrong-subject",
+        autocrypt_setup(subject="Re: Autocrypt Setup Message"),
+        "wrong subject",
+        523,
+        523,
+        rcpts=[ALICE],
+    )
+    add(
+        "asm-encoded-subject",
+        autocrypt_setup(subject="=?utf-8?q?Autocrypt_Setup_Message?="),
+        "RFC 2047 encoded subject: compared as transmitted",
+        523,
+        523,
+        rcpts=[ALICE],
+    )
+    add(
+        "asm-text-plain",
+        autocrypt_setup(ctype="text/plain"),
+        "text/plain, not multipart/mixed",
+        523,
+        523,
+        rcpts=[ALICE],
+    )
+
+
+def report(from_: str, auto_submitted: str | None, ctype: str = "multipart/report") -> str:
+    head = envelope_headers(subject="Undelivered Mail Returned to Sender", from_=from_, to=ALICE)
+    if auto_submitted is not None:
+        head.append(("Auto-Submitted", auto_submitted))
+    if not ctype.startswith("multipart/"):
+        return message([*head, ("Content-Type", ctype)], "It bounced." + CRLF)
+    head.append(("Content-Type", f'{ctype}; report-type=delivery-status; boundary="XbOuNdArYx"'))
+    status = "Reporting-MTA: dns; peer.example" + CRLF + CRLF + "Final-Recipient: rfc822; x@y"
+    parts = [
+        part("text/plain", "It bounced." + CRLF),
+        part("message/delivery-status", status + CRLF + "Action: failed" + CRLF),
+    ]
+    return message(head, multipart(parts))
+
+
+def build_reports() -> None:
+    bounce = dict(mail_from="", rcpts=[ALICE], envelope="")
+    daemon = f"{PEER_DAEMON} (Mail Delivery System)"
+    add("report-bounce", report(daemon, "auto-replied"), "a peer's bounce", None, ACCEPT, **bounce)
+    again(
+        "report-bounce-outgoing",
+        "report-bounce",
+        "no mailer-daemon exception outgoing",
+        523,
+        None,
+        mail_from=PEER_DAEMON,
+        rcpts=[ALICE],
+    )
+    near: list[tuple[str, str, str]] = [
+        ("report-no-auto-submitted", report(daemon, None), "no Auto-Submitted"),
+        ("report-empty-auto-submitted", report(daemon, ""), "empty Auto-Submitted"),
+        (
+            "report-postmaster",
+            report("postmaster@peer.example", "auto-replied"),
+            "From local part postmaster",
+        ),
+        (
+            "report-mailer-daemon-suffix",
+            report("mailer-daemon-x@peer.example", "auto-replied"),
+            "From local part mailer-daemon-x",
+        ),
+        ("report-text-plain", report(daemon, "auto-replied", "text/plain"), "text/plain"),
+    ]
+    for name, data, about in near:
+        add(name, data, about, None, 523, **bounce)
+    mdn = report(ALICE, "auto-replied").replace("delivery-status", "disposition-notification")
+    add("report-unencrypted-mdn", mdn, "a cleartext read receipt from a user", 523, 523)
+
+
+def build_cleartext() -> None:
+    add("cleartext", cleartext(), "plain text to an account that enforces encryption", 523, 523)
+    again(
+        "cleartext-old-account",
+        "cleartext",
+        "recipient without enforceE2EEincoming (an account from before 1.6.0)",
+        523,
+        ACCEPT,
+        enforcing=[],
+    )
+    again(
+        "cleartext-one-of-two-enforces",
+        "cleartext",
+        "two recipients, one enforces",
+        523,
+        523,
+        rcpts=[BOB, CAROL],
+        enforcing=[CAROL],
+    )
+    for name, rcpt, about in [
+        ("cleartext-rcpt-no-at", "bob", "invalid recipient without @ counts as enforcing"),
+        ("cleartext-rcpt-slash", "../bob@example.org", "recipient with / counts as enforcing"),
+        ("cleartext-rcpt-empty", "", "empty recipient counts as enforcing"),
+    ]:
+        again(name, "cleartext", about, 523, 523, rcpts=[rcpt], enforcing=[])
+    for name, rcpt, about in [
+        ("cleartext-rcpt-case", "Bob@Example.ORG", "other case reaches the same mailbox"),
+        ("cleartext-rcpt-detail", "bob+news@example.org", "+detail reaches the same mailbox"),
+    ]:
+        again(name, "cleartext", about, 523, 523, rcpts=[rcpt], enforcing=[BOB])
+    add(
+        "cleartext-lf-only",
+        cleartext().replace(CRLF, "\n"),
+        "LF line endings, to an old account",
+        523,
+        ACCEPT,
+        enforcing=[],
+    )
+
+
+def build_malformed(bob: str) -> None:
+    def without_from(extra: list[tuple[str, str]]) -> str:
+        head = [h for h in envelope_headers() if h[0] != "From"] + extra
+        return encrypted(bob, headers=head)
+
+    cases: list[tuple[str, str | bytes, str]] = [
+        ("from-missing", without_from([]), "no From header"),
+        ("from-empty", without_from([("From", "")]), "empty From header"),
+        ("from-no-address", without_from([("From", "Alice")]), "From without an address"),
+        (
+            "from-two-addresses",
+            without_from([("From", f"{ALICE}, {BOB}")]),
+            "two addresses in From",
+        ),
+        (
+            "from-two-headers",
+            without_from([("From", ALICE), ("From", BOB)]),
+            "two From headers",
+        ),
+        ("from-two-at", without_from([("From", "alice@evil@example.org")]), "two @ in From"),
+        (
+            "from-8bit-latin1",
+            encrypted(bob).replace(f"From: {ALICE}", f"From: Al\udce9ice <{ALICE}>"),
+            "From with a non-UTF-8 byte",
+        ),
+        ("not-a-message", b"\x00\x01\x02 binary junk \xff\xfe" * 10, "no header fields"),
+        ("empty", b"", "zero bytes"),
+    ]
+    for name, data, about in cases:
+        add(name, data, about, 500, 500)
+
+
+GITATTRIBUTES = """\
+# SMTP data is CRLF (a few files are deliberately LF-only or binary): git must not convert.
+*.eml -text
+"""
+
+
+def toml_value(value: object) -> str:
+    return json.dumps(value)  # JSON strings, numbers and arrays of them are valid TOML
+
+
+def manifest() -> str:
+    out = [
+        "# The filtermail corpus: which verdict each message gets (relay-spec §4.2-4.5).",
+        "# Generated by ../make_corpus.py; edit that, not this.",
+        "#",
+        '# outgoing / incoming: "accept" or the reply code; a missing key means not tested.',
+        "# mail_from, rcpts: the envelope (defaults below); enforcing: the recipients whose",
+        "# mailbox has enforceE2EEincoming (default: every recipient, as for accounts since",
+        "# 1.6.0); envelope: the sender check_incoming returns (default: mail_from).",
+        "",
+        "[defaults]",
+        f"mail_from = {toml_value(ALICE)}",
+        f"rcpts = {toml_value([BOB])}",
+    ]
+    for case in CASES:
+        out += [
+            "",
+            "[[case]]",
+            f"name = {toml_value(case.name)}",
+            f"file = {toml_value(case.file)}",
+        ]
+        out.append(f"about = {toml_value(case.about)}")
+        for key, value in [("outgoing", case.outgoing), ("incoming", case.incoming)]:
+            if value is not None:
+                out.append(f"{key} = {toml_value(value)}")
+        out += [f"{key} = {toml_value(value)}" for key, value in case.env.items()]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    with gnupg_home() as home:
+        bob = build_encrypted(home)
+    build_valid_variants(bob)
+    build_mime_near_misses(bob)
+    build_armor_near_misses(bob)
+    build_packet_variants(bob)
+    build_securejoin()
+    build_autocrypt_setup()
+    build_reports()
+    build_cleartext()
+    build_malformed(bob)
+    if OUT.exists():
+        for old in OUT.glob("*.eml"):
+            old.unlink()
+    OUT.mkdir(exist_ok=True)
+    for name, data in FILES.items():
+        (OUT / f"{name}.eml").write_bytes(data)
+    (OUT / "verdicts.toml").write_text(manifest(), encoding="utf-8")
+    (OUT / ".gitattributes").write_text(GITATTRIBUTES, encoding="utf-8")
+    print(f"{len(FILES)} files, {len(CASES)} cases in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
