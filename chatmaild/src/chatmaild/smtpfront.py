@@ -1,0 +1,227 @@
+"""The SMTP side of filtermail: the server Postfix's before-queue proxy filter talks to (§4.1).
+
+A deliberately small and strict ESMTP server (RFC 5321): HELO, EHLO, MAIL, RCPT, DATA, RSET,
+NOOP and QUIT; anything else gets `500 Command not recognized`. Every line must end in CRLF:
+a bare LF closes the connection, so no one can smuggle a second message past the gate.
+Every read has a timeout. A message over `max_size` gets `552 Message exceeds maximum size`
+and the connection is closed. MAIL and RCPT parameters (SIZE, BODY, ORCPT, NOTIFY, ...) are
+accepted and ignored.
+
+What is accepted is the `Gate`'s decision: it may raise `Reject` at MAIL FROM or after DATA,
+and exactly one place here turns a `Reject` into the reply line. An unexpected exception
+becomes `451 4.3.0` and a log line naming only the exception type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from .smtpreject import Reject
+
+log = logging.getLogger("filtermail")
+
+READ_TIMEOUT = 120.0  # Postfix's smtpd_proxy_timeout is 100 s: it gives up first
+MAX_COMMAND_LINE = 2048
+_PATH_RE = re.compile(r"^(FROM|TO):\s*<([^<>]*)>(\s+.*)?$", re.IGNORECASE)
+
+
+class Gate(Protocol):
+    def check_sender(self, mail_from: str) -> None:
+        """Raise Reject to refuse MAIL FROM; a 450 (rate limit) also closes the connection."""
+
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        """Check and re-inject the message; the reply line, or raise Reject."""
+
+
+@dataclass
+class Envelope:
+    mail_from: str | None = None
+    rcpts: list[str] = field(default_factory=list)
+
+
+class ConnectionClosed(Exception):
+    """The connection must end: bare LF, timeout, size, or the client went away."""
+
+
+def parse_path(argument: str, keyword: str) -> str | None:
+    """`FROM:<addr> PARAMS` -> addr (without the brackets); None if malformed."""
+    m = _PATH_RE.match(argument.strip())
+    if not m or m.group(1).upper() != keyword:
+        return None
+    return m.group(2).strip()
+
+
+def unstuff(lines: list[bytes]) -> bytes:
+    """The message from DATA lines (each with its CRLF): a leading dot is removed (§4.5.2)."""
+    return b"".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+class SmtpSession:
+    def __init__(
+        self,
+        gate: Gate,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hostname: str,
+        max_size: int,
+        timeout: float = READ_TIMEOUT,
+    ) -> None:
+        self.gate = gate
+        self.reader = reader
+        self.writer = writer
+        self.hostname = hostname
+        self.max_size = max_size
+        self.timeout = timeout
+        self.envelope = Envelope()
+
+    async def reply(self, line: str) -> None:
+        self.writer.write(line.encode("ascii", "replace") + b"\r\n")
+        await self.writer.drain()
+
+    async def readline(self, limit: int) -> bytes:
+        try:
+            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.timeout)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            raise ConnectionClosed from None
+        except asyncio.LimitOverrunError:
+            await self.reply("500 Line too long")
+            raise ConnectionClosed from None
+        if not line.endswith(b"\r\n"):
+            log.warning("closing connection: line not ending in CRLF")
+            raise ConnectionClosed
+        if len(line) > limit:
+            await self.reply("500 Line too long")
+            raise ConnectionClosed
+        return line
+
+    async def run(self) -> None:
+        await self.reply("220 filtermail SMTP")
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                line = await self.readline(MAX_COMMAND_LINE)
+                text = line[:-2].decode("utf-8", "replace")
+                verb, _, argument = text.partition(" ")
+                handler = self.handlers.get(verb.upper())
+                if handler is None:
+                    await self.reply("500 Command not recognized")
+                    continue
+                await handler(self, argument)
+
+    async def on_helo(self, argument: str) -> None:
+        self.envelope = Envelope()
+        await self.reply(f"250 {self.hostname}")
+
+    async def on_ehlo(self, argument: str) -> None:
+        self.envelope = Envelope()
+        for line in (f"250-{self.hostname}", "250-8BITMIME", "250-SMTPUTF8"):
+            await self.reply(line)
+        await self.reply(f"250 SIZE {self.max_size}")
+
+    async def on_mail(self, argument: str) -> None:
+        if self.envelope.mail_from is not None:
+            await self.reply("503 Sender already given")
+            return
+        addr = parse_path(argument, "FROM")
+        if addr is None:
+            await self.reply("501 Syntax: MAIL FROM:<address>")
+            return
+        try:
+            self.gate.check_sender(addr)
+        except Reject as e:
+            log.info("refused sender: %s", e.private)
+            await self.reply(e.reply())
+            if e.code == 450:  # rate limited: the spec closes the connection
+                raise ConnectionClosed from None
+            return
+        self.envelope.mail_from = addr
+        await self.reply("250 OK")
+
+    async def on_rcpt(self, argument: str) -> None:
+        if self.envelope.mail_from is None:
+            await self.reply("503 Need MAIL before RCPT")
+            return
+        addr = parse_path(argument, "TO")
+        if not addr:
+            await self.reply("501 Syntax: RCPT TO:<address>")
+            return
+        self.envelope.rcpts.append(addr)
+        await self.reply("250 OK")
+
+    async def on_data(self, argument: str) -> None:
+        envelope = self.envelope
+        if envelope.mail_from is None or not envelope.rcpts:
+            await self.reply("503 Need MAIL and RCPT before DATA")
+            return
+        await self.reply("354 End data with <CR><LF>.<CR><LF>")
+        data = await self.read_data()
+        self.envelope = Envelope()
+        await self.reply(await self.decide(envelope.mail_from, envelope.rcpts, data))
+
+    async def read_data(self) -> bytes:
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = await self.readline(self.max_size + 3)
+            if line == b".\r\n":
+                return unstuff(lines)
+            size += len(line)
+            if size > self.max_size:
+                await self.reply("552 Message exceeds maximum size")
+                raise ConnectionClosed
+            lines.append(line)
+
+    async def decide(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        """The one place where the outcome of a message becomes its reply."""
+        try:
+            return await self.gate.deliver(mail_from, rcpts, data)
+        except Reject as e:
+            log.info("rejected message: %s", e.private)
+            return e.reply()
+        except Exception as e:  # noqa: BLE001 (message boundary: answer 451, keep serving)
+            log.error("message failed: %s", type(e).__name__)
+            return "451 4.3.0 Internal error, please try again later"
+
+    async def on_rset(self, argument: str) -> None:
+        self.envelope = Envelope()
+        await self.reply("250 OK")
+
+    async def on_noop(self, argument: str) -> None:
+        await self.reply("250 OK")
+
+    async def on_quit(self, argument: str) -> None:
+        await self.reply("221 Bye")
+        raise ConnectionClosed
+
+    handlers: ClassVar[dict[str, Callable[[SmtpSession, str], Awaitable[None]]]] = {
+        "HELO": on_helo,
+        "EHLO": on_ehlo,
+        "MAIL": on_mail,
+        "RCPT": on_rcpt,
+        "DATA": on_data,
+        "RSET": on_rset,
+        "NOOP": on_noop,
+        "QUIT": on_quit,
+    }
+
+
+async def start_smtp_server(
+    gate: Gate, host: str, port: int, hostname: str, max_size: int
+) -> asyncio.AbstractServer:
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await SmtpSession(gate, reader, writer, hostname, max_size).run()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # a DATA line may be as long as the whole message; the session enforces the real limits
+    return await asyncio.start_server(session, host, port, limit=max_size + 1024)

@@ -1,0 +1,399 @@
+"""filtermail over real sockets: an SMTP client, the gate, and a recording re-injection sink."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import smtplib
+import socket
+import threading
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+
+from chatmaild.filtermail import IncomingGate, OutgoingGate
+from chatmaild.mxdeliv import start_mxdeliv_server
+from chatmaild.ratelimit import RateLimiter
+from chatmaild.reinject import Reinjector
+from chatmaild.smtpfront import start_smtp_server
+from chatmaild.smtpreject import no_dkim_signature
+
+MAIL = Path(__file__).parent / "data" / "mail"
+ENCRYPTED = (MAIL / "enc-bob.eml").read_bytes()
+CLEARTEXT = (MAIL / "cleartext.eml").read_bytes()
+ALICE, BOB = "alice@example.org", "bob@example.org"
+MAX_SIZE = 100_000
+
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@dataclass
+class Sink:
+    """Stands in for Postfix's re-injection port: records what it is handed."""
+
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    reply: str = "250 OK"
+
+    def check_sender(self, mail_from: str) -> None:
+        pass
+
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        self.messages.append((mail_from, rcpts, data))
+        return self.reply
+
+
+class FakeVerifier:
+    """DKIM as a switch: the real verifier has its own tests with signed messages."""
+
+    def __init__(self) -> None:
+        self.signed = True
+        self.domains: list[str] = []
+
+    def check(self, data: bytes, from_domain: str) -> None:
+        self.domains.append(from_domain)
+        if not self.signed:
+            raise no_dkim_signature()
+
+
+@dataclass
+class Ports:
+    outgoing: int
+    incoming: int
+    http: int
+    sink: Sink
+    verifier: FakeVerifier
+    enforcing: set[str]
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def serve(self, start: Awaitable[asyncio.AbstractServer]) -> int:
+        """Start a server in the loop; its port."""
+        server = self.run(start)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        async def cancel_all() -> None:
+            for server in self.servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Ports]:
+    config = make_config(tmp_path)
+    loop = LoopThread()
+    sink = Sink()
+    verifier = FakeVerifier()
+    enforcing = {BOB}
+    sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
+    reinjector = Reinjector("127.0.0.1", sink_port)
+    outgoing = OutgoingGate(config, reinjector, RateLimiter(60, 3))
+    incoming = IncomingGate(config, reinjector, verifier, lambda rcpt: rcpt in enforcing)  # type: ignore[arg-type]
+    ports = [
+        loop.serve(start_smtp_server(outgoing, "127.0.0.1", 0, "filtermail", MAX_SIZE)),
+        loop.serve(start_smtp_server(incoming, "127.0.0.1", 0, "filtermail", MAX_SIZE)),
+        loop.serve(start_mxdeliv_server(incoming, "127.0.0.1", 0, MAX_SIZE)),
+    ]
+    try:
+        yield Ports(*ports, sink=sink, verifier=verifier, enforcing=enforcing)
+    finally:
+        loop.stop()
+
+
+def send(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, str]:
+    """Send one message; the reply to DATA (or the first refusal) as (code, text)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.ehlo("client.example")
+        code, text = smtp.mail(mail_from)
+        if code != 250:
+            return code, text.decode()
+        for rcpt in rcpts:
+            smtp.rcpt(rcpt)
+        code, text = smtp.data(data)
+        return code, text.decode()
+
+
+class RawClient:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.readline()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def readline(self) -> str:
+        return self.file.readline().decode()
+
+    def command(self, line: str) -> str:
+        self.send(line.encode() + b"\r\n")
+        return self.readline()
+
+    def closed(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- outgoing ------------------------------------------------------------------------------
+
+
+def test_encrypted_mail_is_reinjected_unchanged(gate: Ports) -> None:
+    assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED) == (250, "OK")
+    [(mail_from, rcpts, data)] = gate.sink.messages
+    assert (mail_from, rcpts) == (ALICE, [BOB])
+    assert data == crlf(ENCRYPTED)
+
+
+def test_cleartext_is_refused_and_not_reinjected(gate: Ports) -> None:
+    assert send(gate.outgoing, ALICE, [BOB], CLEARTEXT) == (
+        523,
+        "Encryption Needed: Invalid Unencrypted Mail",
+    )
+    assert gate.sink.messages == []
+
+
+def test_from_header_must_match_envelope(gate: Ports) -> None:
+    code, text = send(gate.outgoing, "mallory@example.org", [BOB], ENCRYPTED)
+    assert (code, text) == (500, "Invalid FROM <alice@example.org> for <mallory@example.org>")
+
+
+@pytest.mark.parametrize("mail_from", ["no-at-sign", "two@at@example.org"])
+def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
+    with RawClient(gate.outgoing) as client:
+        assert client.command(f"MAIL FROM:<{mail_from}>").startswith(
+            f"500 Invalid from address <{mail_from}>"
+        )
+
+
+def test_rate_limit_after_the_burst_closes_the_connection(gate: Ports) -> None:
+    for _ in range(3):  # the burst
+        assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED)[0] == 250
+    with RawClient(gate.outgoing) as client:
+        reply = client.command(f"MAIL FROM:<{ALICE}>")
+        assert reply.startswith(f"450 4.7.1: Too much mail from <{ALICE}>, rate limited until ")
+        assert client.closed()
+        # another sender is not affected
+        assert send(gate.outgoing, "bob@example.org", [ALICE], ENCRYPTED)[0] == 500  # From=alice
+
+
+def test_reinjection_refusal_is_passed_through(gate: Ports) -> None:
+    gate.sink.reply = "550 5.1.1 No such user"
+    assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED) == (550, "5.1.1 No such user")
+
+
+def test_reinjection_down_is_a_temporary_failure(gate: Ports) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    reinjector = Reinjector("127.0.0.1", dead_port)
+    reply = reinjector.send(ALICE, [BOB], ENCRYPTED)
+    assert reply.startswith("451 ")
+
+
+# --- SMTP strictness -----------------------------------------------------------------------
+
+
+def test_protocol_replies(gate: Ports) -> None:
+    with RawClient(gate.outgoing) as client:
+        assert client.greeting == "220 filtermail SMTP\r\n"
+        assert client.command("XYZZY") == "500 Command not recognized\r\n"
+        assert client.command("RCPT TO:<bob@example.org>").startswith("503 ")
+        assert client.command("DATA").startswith("503 ")
+        assert client.command("MAIL FROM alice").startswith("501 ")
+        assert client.command("NOOP") == "250 OK\r\n"
+        assert client.command(f"MAIL FROM:<{ALICE}> SIZE=1000 BODY=8BITMIME") == "250 OK\r\n"
+        assert client.command(f"RCPT TO:<{BOB}> NOTIFY=NEVER ORCPT=rfc822;{BOB}") == "250 OK\r\n"
+        assert client.command("RSET") == "250 OK\r\n"
+        assert client.command("DATA").startswith("503 ")
+        assert client.command("QUIT") == "221 Bye\r\n"
+        assert client.closed()
+
+
+def test_ehlo_advertises_the_size_limit(gate: Ports) -> None:
+    with smtplib.SMTP("127.0.0.1", gate.outgoing, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.esmtp_features["size"] == str(MAX_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("payload", "replies"),
+    [
+        (b"NOOP\n", 0),  # a bare LF command: no answer, the connection ends
+        # a bare LF inside DATA ends the connection before any verdict
+        (b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nX: y\n", 3),
+    ],
+)
+def test_bare_lf_closes_the_connection(gate: Ports, payload: bytes, replies: int) -> None:
+    with RawClient(gate.outgoing) as client:
+        client.send(payload)
+        lines = []
+        while line := client.readline():
+            lines.append(line)
+    assert len(lines) == replies  # and then EOF: closed by the server
+    assert gate.sink.messages == []
+
+
+def test_oversized_data_is_552_and_closes(gate: Ports) -> None:
+    with RawClient(gate.outgoing) as client:
+        for line in (f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{BOB}>"):
+            assert client.command(line).startswith("250")
+        assert client.command("DATA").startswith("354")
+        client.send((b"X" * 998 + b"\r\n") * (MAX_SIZE // 1000 + 5))
+        assert client.readline() == "552 Message exceeds maximum size\r\n"
+        assert client.closed()
+        assert gate.sink.messages == []
+
+
+def test_dot_stuffing_is_undone(gate: Ports) -> None:
+    head, sep, rest = crlf(ENCRYPTED).partition(b"\r\n\r\n")
+    dotted = head + sep + b".a preamble line starting with a dot\r\n..two\r\n" + rest
+    assert send(gate.outgoing, ALICE, [BOB], dotted) == (250, "OK")
+    assert gate.sink.messages[0][2] == dotted
+
+
+# --- incoming ------------------------------------------------------------------------------
+
+
+def test_incoming_encrypted_is_accepted_and_dkim_checked(gate: Ports) -> None:
+    assert send(gate.incoming, ALICE, [BOB], ENCRYPTED) == (250, "OK")
+    assert gate.verifier.domains == ["example.org"]
+    assert gate.sink.messages[0][0] == ALICE
+
+
+def test_incoming_sender_mismatch_becomes_null_sender(gate: Ports) -> None:
+    assert send(gate.incoming, "bounces+srs@lists.example.net", [BOB], ENCRYPTED)[0] == 250
+    assert gate.sink.messages[0][0] == ""
+
+
+def test_incoming_cleartext_depends_on_the_recipient(gate: Ports) -> None:
+    assert send(gate.incoming, ALICE, [BOB], CLEARTEXT)[0] == 523
+    assert send(gate.incoming, ALICE, ["legacy01@example.org"], CLEARTEXT)[0] == 250
+    assert send(gate.incoming, ALICE, ["legacy01@example.org", BOB], CLEARTEXT)[0] == 523
+
+
+def test_incoming_without_dkim_is_refused(gate: Ports) -> None:
+    gate.verifier.signed = False
+    assert send(gate.incoming, ALICE, [BOB], ENCRYPTED) == (554, "5.7.1 No DKIM signature found")
+    assert gate.sink.messages == []
+
+
+# --- /mxdeliv ------------------------------------------------------------------------------
+
+
+def post(
+    port: int,
+    body: bytes,
+    headers: dict[str, str] | list[tuple[str, str]],
+    method: str = "POST",
+    path: str = "/mxdeliv",
+) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest(method, path)
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        conn.putheader(name, value)
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body)
+    response = conn.getresponse()
+    text = response.read().decode().strip()
+    conn.close()
+    return response.status, text
+
+
+def test_mxdeliv_accepts_and_reinjects_to_every_recipient(gate: Ports) -> None:
+    headers = [("X-MAIL-FROM", ALICE), ("X-MAIL-TO", BOB), ("X-MAIL-TO", "carol@example.org")]
+    assert post(gate.http, ENCRYPTED, headers) == (200, "250 OK")
+    assert gate.sink.messages[0][:2] == (ALICE, [BOB, "carol@example.org"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "expected"),
+    [
+        ("GET", "/mxdeliv", b"", {"X-MAIL-TO": BOB}, (405, "only POST")),
+        ("POST", "/other", ENCRYPTED, {"X-MAIL-TO": BOB}, (404, "not found")),
+        (
+            "POST",
+            "/mxdeliv",
+            ENCRYPTED,
+            {"X-MAIL-FROM": ALICE},
+            (400, "501 no X-MAIL-TO recipient"),
+        ),
+        (
+            "POST",
+            "/mxdeliv",
+            CLEARTEXT,
+            {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB},
+            (400, "523 Encryption Needed: Invalid Unencrypted Mail"),
+        ),
+        (
+            "POST",
+            "/mxdeliv",
+            b"x" * (MAX_SIZE + 1),
+            {"X-MAIL-TO": BOB},
+            (413, "552 Message exceeds maximum size"),
+        ),
+    ],
+)
+def test_mxdeliv_answers(
+    gate: Ports,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    expected: tuple[int, str],
+) -> None:
+    assert post(gate.http, body, headers, method, path) == expected
+    assert gate.sink.messages == []
+
+
+def test_mxdeliv_garbage_request(gate: Ports) -> None:
+    with socket.create_connection(("127.0.0.1", gate.http), timeout=10) as s:
+        s.sendall(b"HELLO THERE\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+# --- privacy -------------------------------------------------------------------------------
+
+
+def test_logs_hold_no_addresses(gate: Ports, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
+    send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
+    send(gate.incoming, "someone@elsewhere.example", [BOB], CLEARTEXT)
+    post(gate.http, CLEARTEXT, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})
+    assert "passed the gate" in caplog.text and "rejected" in caplog.text
+    for needle in ("alice", "bob", "elsewhere", "Subject"):
+        assert needle not in caplog.text
