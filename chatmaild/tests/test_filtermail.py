@@ -75,6 +75,7 @@ class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.servers: list[asyncio.AbstractServer] = []
+        self.reinjectors: list[Reinjector] = []
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -91,6 +92,8 @@ class LoopThread:
         async def cancel_all() -> None:
             for server in self.servers:
                 server.close()
+            for reinjector in self.reinjectors:
+                await reinjector.close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -111,6 +114,7 @@ def gate(tmp_path: Path) -> Iterator[Ports]:
     enforcing = {BOB}
     sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
     reinjector = Reinjector("127.0.0.1", sink_port)
+    loop.reinjectors.append(reinjector)
     outgoing = OutgoingGate(config, reinjector, RateLimiter(60, 3))
     incoming = IncomingGate(config, reinjector, verifier, lambda rcpt: rcpt in enforcing)  # type: ignore[arg-type]
     ports = [
@@ -219,7 +223,7 @@ def test_reinjection_down_is_a_temporary_failure(gate: Ports) -> None:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
     reinjector = Reinjector("127.0.0.1", dead_port)
-    reply = reinjector.send(ALICE, [BOB], ENCRYPTED)
+    reply = asyncio.run(reinjector.deliver(ALICE, [BOB], ENCRYPTED))
     assert reply.startswith("451 ")
 
 
@@ -397,3 +401,49 @@ def test_logs_hold_no_addresses(gate: Ports, caplog: pytest.LogCaptureFixture) -
     assert "passed the gate" in caplog.text and "rejected" in caplog.text
     for needle in ("alice", "bob", "elsewhere", "Subject"):
         assert needle not in caplog.text
+
+
+# --- incoming with the real DKIM verifier --------------------------------------------------
+
+
+def test_incoming_gate_with_real_dkim(tmp_path: Path) -> None:
+    """A signed encrypted message passes; the same message altered in transit does not."""
+    import dkim  # type: ignore[import-untyped]
+
+    from chatmaild.dkimcheck import DkimVerifier
+
+    keys = Path(__file__).parent / "data" / "dkim"
+    zone = {
+        "sel._domainkey.example.org": [
+            b"v=DKIM1; k=rsa; p=" + (keys / "test-a.p").read_bytes().strip()
+        ]
+    }
+    signed_data = crlf(ENCRYPTED)
+    signature = dkim.sign(
+        signed_data,
+        b"sel",
+        b"example.org",
+        (keys / "test-a.private").read_bytes(),
+        include_headers=[b"from", b"to", b"subject"],
+    )
+    signed = signature + signed_data
+    loop = LoopThread()
+    sink = Sink()
+    try:
+        sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
+        reinjector = Reinjector("127.0.0.1", sink_port)
+        loop.reinjectors.append(reinjector)
+        gate = IncomingGate(
+            make_config(tmp_path),
+            reinjector,
+            DkimVerifier(resolve_txt=zone.get),
+            lambda rcpt: True,
+        )
+        port = loop.serve(start_smtp_server(gate, "127.0.0.1", 0, "filtermail", MAX_SIZE))
+        assert send(port, ALICE, [BOB], signed) == (250, "OK")
+        tampered = signed.replace(b"Subject: [...]", b"Subject: [..!]")
+        assert send(port, ALICE, [BOB], tampered) == (554, "5.7.1 No valid DKIM signature found")
+        assert send(port, ALICE, [BOB], signed_data) == (554, "5.7.1 No DKIM signature found")
+        assert [m[2] for m in sink.messages] == [signed]
+    finally:
+        loop.stop()

@@ -5,53 +5,142 @@ incoming mail to `postfix_reinject_port_incoming` (10026: on to LMTP). Postfix's
 is passed through to the client: a refusal there reaches the sender as it was given. A
 failure without any reply (Postfix down, connection lost) becomes a 451, so the message is
 retried later and never lost.
+
+A small asyncio SMTP client (RFC 5321) with a pool of idle connections: a message costs
+MAIL, RCPT and DATA round trips on an open connection, not a new connection and EHLO each
+time. A pooled connection that turns out to be dead is replaced once, transparently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import smtplib
-from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("filtermail")
 
 TIMEOUT = 60.0
+MAX_IDLE = 16
+TEMPORARY_FAILURE = "451 4.3.0 Could not hand the message on, please try again later"
 
 
-def _reply(code: int, message: bytes | str) -> str:
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-    return f"{code} {' '.join(text.split())}"  # one line, whatever Postfix sent
+class ReplyError(Exception):
+    """Postfix refused a step; `reply` is its reply line, to pass on."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, a dot doubled at each line start, CRLF.CRLF at the end."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def reply(self) -> tuple[int, str]:
+        """Read one (possibly multi-line) reply: its code and its text on one line."""
+        texts = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), TIMEOUT)
+            if len(line) < 4 or not line[:3].isdigit():
+                raise ConnectionError("malformed or missing SMTP reply")
+            texts.append(line[4:].decode("utf-8", "replace").strip())
+            if line[3:4] != b"-":
+                return int(line[:3]), " ".join(t for t in texts if t)
+
+    async def command(self, line: bytes, expect: int) -> None:
+        self.writer.write(line)
+        await asyncio.wait_for(self.writer.drain(), TIMEOUT)
+        code, text = await self.reply()
+        if code != expect:
+            raise ReplyError(f"{code} {text}".rstrip())
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Reinjector:
-    def __init__(self, host: str, port: int, threads: int = 32) -> None:
+    def __init__(self, host: str, port: int, hostname: str = "filtermail") -> None:
         self.host = host
         self.port = port
-        self._pool = ThreadPoolExecutor(threads, "reinject")
+        self.hostname = hostname
+        self._idle: list[Connection] = []
 
-    def send(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        """Deliver to Postfix; returns the reply line for the client (blocking)."""
-        try:
-            with smtplib.SMTP(self.host, self.port, timeout=TIMEOUT) as smtp:
-                refused = smtp.sendmail(mail_from, rcpts, data)
-        except smtplib.SMTPRecipientsRefused as e:
-            code, message = next(iter(e.recipients.values()))
-            return _reply(code, message)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as e:
-            return _reply(e.smtp_code, e.smtp_error)
-        except smtplib.SMTPResponseException as e:
-            return _reply(e.smtp_code, e.smtp_error)
-        except (OSError, smtplib.SMTPException) as e:
-            log.error("re-injection failed: %s", type(e).__name__)
-            return "451 4.3.0 Could not hand the message on, please try again later"
-        if refused:
-            # Postfix took the message for some recipients only: say so for the rest
-            code, message = next(iter(refused.values()))
-            log.warning("re-injection refused %d of %d recipients", len(refused), len(rcpts))
-            return _reply(code, message)
-        return "250 OK"
+    async def _connect(self) -> Connection:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), TIMEOUT
+        )
+        conn = Connection(reader, writer)
+        code, _ = await conn.reply()
+        if code != 220:
+            conn.close()
+            raise ConnectionError("no SMTP greeting")
+        await conn.command(f"EHLO {self.hostname}\r\n".encode(), 250)
+        return conn
+
+    async def _transaction(
+        self, conn: Connection, mail_from: str, rcpts: list[str], data: bytes
+    ) -> None:
+        await conn.command(f"MAIL FROM:<{mail_from}>\r\n".encode(), 250)
+        for rcpt in rcpts:
+            await conn.command(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
+        await conn.command(b"DATA\r\n", 354)
+        await conn.command(dot_stuff(data), 250)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.send, mail_from, rcpts, data)
+        """Hand the message to Postfix; the reply line for the client."""
+        for attempt in range(2):
+            pooled = bool(self._idle) and attempt == 0
+            try:
+                conn = self._idle.pop() if pooled else await self._connect()
+            except ReplyError as e:
+                return e.reply
+            except (OSError, TimeoutError, EOFError) as e:
+                log.error("re-injection failed: %s", type(e).__name__)
+                return TEMPORARY_FAILURE
+            try:
+                await self._transaction(conn, mail_from, rcpts, data)
+            except ReplyError as e:
+                await self._release_after_refusal(conn)
+                return e.reply
+            except (OSError, TimeoutError, EOFError) as e:
+                conn.close()
+                if pooled:
+                    continue  # Postfix closed the idle connection: try a fresh one
+                log.error("re-injection failed: %s", type(e).__name__)
+                return TEMPORARY_FAILURE
+            self._release(conn)
+            return "250 OK"
+        return TEMPORARY_FAILURE
+
+    def _release(self, conn: Connection) -> None:
+        if len(self._idle) < MAX_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _release_after_refusal(self, conn: Connection) -> None:
+        """After a refused step the transaction must be reset before the next one."""
+        try:
+            await conn.command(b"RSET\r\n", 250)
+        except (ReplyError, OSError, TimeoutError, EOFError):
+            conn.close()
+            return
+        self._release(conn)
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
+        self._idle.clear()

@@ -1,0 +1,51 @@
+"""The benchmark scripts run on a tiny workload and print well-formed figures.
+
+No timing is asserted: the figures are for people (see the notes of each run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def run_bench(script: str, tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / script), "--seconds", "0.3", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dict(json.loads(out.read_text()))
+
+
+@pytest.mark.skipif(
+    shutil.which("smtp-sink") is None and not os.environ.get("CI"), reason="needs postfix"
+)
+def test_filtermail_benchmark(tmp_path: Path) -> None:
+    figures = run_bench("bench_filtermail.py", tmp_path, "--clients", "2")
+    results = figures["results"]
+    assert isinstance(results, dict) and set(results) == {"2KB", "1MB"}
+    for row in results.values():
+        assert row["filtermail_msgs_per_s"] > 0 and row["baseline_msgs_per_s"] > 0
+        assert row["ratio"] > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root")
+def test_auth_benchmark(tmp_path: Path) -> None:
+    figures = run_bench("bench_auth.py", tmp_path, "--clients", "2")
+    results = figures["results"]
+    assert isinstance(results, dict)
+    assert results["dict: first-login creations"] > 0
+    assert results["dovecot: existing-account logins"] > 0
