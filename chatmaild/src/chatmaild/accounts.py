@@ -112,8 +112,9 @@ class Mailboxes:
                 return existing, False
             stored = pwhash.hash_password(password)
             (home / ENFORCE_E2EE_FILE).touch(mode=0o600)
+            # No fsync of the directory: if a crash loses the new entry, the app's next login
+            # creates the account again with the same password.
             fsutil.write_atomic(home / PASSWORD_FILE, stored.encode("ascii"))
-            fsutil.fsync_dir(home)
         return stored, True
 
     def addresses(self) -> list[str]:

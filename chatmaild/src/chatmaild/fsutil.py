@@ -34,14 +34,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float, poll: float = 0.005) -> Iterator[None]:
     """An exclusive flock on `path` (created if missing), waiting at most `timeout` seconds.
