@@ -101,6 +101,16 @@ def parse_url(raw: str) -> str:
     return text
 
 
+def parse_ip_list(raw: str) -> str:
+    addresses = raw.split()
+    try:
+        for address in addresses:
+            ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError("IP addresses separated by spaces") from None
+    return " ".join(addresses)
+
+
 def parse_mail_domain(raw: str) -> str:
     """A DNS name (optionally starting with `_` for self-signed TLS) or an IPv4 address."""
     text = raw.strip().lower().rstrip(".")
@@ -195,6 +205,17 @@ class Config:
     )
     disable_ipv6: bool = _param(False, parse_bool, "Listen on IPv4 only.")
     acme_email: str = _param("", parse_text, "E-mail address for the ACME (Let's Encrypt) account.")
+    acme_directory_url: str = _param(
+        "https://acme-v02.api.letsencrypt.org/directory",
+        parse_url,
+        "ACME directory the certificate is requested from (a test CA in the lab).",
+    )
+    dns_forwarders: str = _param(
+        "",
+        parse_ip_list,
+        "Space-separated resolver IPs for the relay's unbound to forward to; empty: "
+        "resolve from the root servers.",
+    )
     imap_rawlog: bool = _param(False, parse_bool, "Write raw IMAP traffic logs into each home.")
     imap_compress: bool = _param(
         False, parse_bool, "Offer IMAP COMPRESS (turns off hibernation of idle connections)."
