@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -20,12 +21,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fakepush import FakePushServer, running_fake_push
 
 import chatmaild
-from cmdeploy.templates import render
+from chatmaild.config import read_config
+from cmdeploy.dovecot import chatmail_conf, dovecot_files
+from cmdeploy.layout import Layout
 
 TEST_ENVIRONMENT = """\
 # Private test instance of Dovecot, written by chatmaild/tests/dovecot_harness.py.
@@ -186,30 +189,31 @@ def _write_config(relay: Relay, static_password_hash: str | None) -> None:
         auth = STATIC_AUTH.format(password_hash=static_password_hash, mailboxes=relay.mailboxes)
         relay.dovecot_conf.write_text(environment + auth)
         return
-    auth_dict_conf = relay.base / "auth-dict.conf.ext"
-    auth_dict_conf.write_text(
-        render("dovecot", "auth-dict.conf.ext.j2", doveauth_socket=relay.socket("doveauth"))
+    layout = Layout(
+        read_config(relay.ini),
+        doveauth_socket=PurePosixPath(relay.socket("doveauth")),
+        lastlogin_socket=PurePosixPath(relay.socket("lastlogin")),
+        metadata_socket=PurePosixPath(relay.socket("metadata")),
     )
-    push_lua = relay.base / "push_notification.lua"
-    push_lua.write_text(render("dovecot", "push_notification.lua"))
-    chatmail_conf = relay.base / "chatmail.conf"
-    chatmail_conf.write_text(
-        render(
-            "dovecot",
-            "chatmail.conf.j2",
-            auth_dict_conf=auth_dict_conf,
-            mailboxes_dir=relay.mailboxes,
-            metadata_socket=relay.socket("metadata"),
-            lastlogin_socket=relay.socket("lastlogin"),
-            push_lua=push_lua,
-            admin_mail="privacy@example.org",
-        )
+    # the quota warning runs as vmail: the same copy of chatmaild the services use
+    quota_expire = relay.base / "chatmail-quota-expire"
+    argv = " ".join(shlex.quote(arg) for arg in _service_command(relay.base, "quota_expire"))
+    quota_expire.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
+    quota_expire.chmod(0o755)
+    conf_dir = PurePosixPath(relay.base)
+    files = dovecot_files(layout, conf_dir)
+    files[str(conf_dir / "chatmail.conf")] = chatmail_conf(
+        layout, conf_dir, quota_expire=quota_expire
     )
-    relay.dovecot_conf.write_text(environment + f"!include {chatmail_conf}\n")
+    for name in ("chatmail.conf", "auth-dict.conf.ext", "push_notification.lua"):
+        (relay.base / name).write_text(files[str(conf_dir / name)])
+    relay.dovecot_conf.write_text(environment + f"!include {relay.base / 'chatmail.conf'}\n")
 
 
 @contextlib.contextmanager
-def running_relay(static_password_hash: str | None = None) -> Iterator[Relay]:
+def running_relay(
+    static_password_hash: str | None = None, extra_params: str = ""
+) -> Iterator[Relay]:
     """Start the services and Dovecot; with `static_password_hash`, Dovecot alone (baseline)."""
     if os.geteuid() != 0 or shutil.which("dovecot") is None:
         raise RuntimeError("needs root and Debian's dovecot-imapd (scripts/test installs it)")
@@ -238,8 +242,10 @@ def running_relay(static_password_hash: str | None = None) -> Iterator[Relay]:
                 f"mailboxes_dir = {relay.mailboxes}\n"
                 f"push_endpoint = {push.url}\n"
                 f"turn_secret_file = {relay.turn_secret_file}\n"
+                "privacy_mail = privacy@example.org\n"
                 # the test machine may be busy or small; the resource gate has its unit tests
                 "max_load_1m = 1000\nmin_available_memory = 0\nmin_free_disk_space = 0\n"
+                + extra_params
             )
             relay.ini.chmod(0o644)
             _write_config(relay, static_password_hash)

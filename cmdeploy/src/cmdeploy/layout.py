@@ -40,8 +40,6 @@ class Layout:
     dkim_key: PurePosixPath = PurePosixPath("/etc/dkimkeys/opendkim.private")
     dkim_selector: str = "opendkim"
 
-    dovecot_push_lua: PurePosixPath = PurePosixPath("/etc/dovecot/push_notification.lua")
-    dovecot_auth_dict: PurePosixPath = PurePosixPath("/etc/dovecot/auth-dict.conf.ext")
     www_root: PurePosixPath = PurePosixPath("/var/www/chatmail")
     acme_webroot: PurePosixPath = PurePosixPath("/var/lib/chatmail/acme-webroot")
     turn_secret: PurePosixPath = PurePosixPath("/etc/chatmail/turn-secret")

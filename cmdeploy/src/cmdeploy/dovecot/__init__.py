@@ -1,0 +1,64 @@
+"""Dovecot's configuration on a relay (relay-spec §2, §6, §7).
+
+`dovecot_files` renders every file the deploy installs. `chatmail_conf` alone is what makes
+any Dovecot a chatmail relay's: the component tests include exactly it into a private test
+instance, so tests and relays run the same settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from ..layout import Layout
+from ..templates import render
+
+CONF_DIR = PurePosixPath("/etc/dovecot")
+# imap-login processes kept ready; each serves many connections (high-performance mode)
+LOGIN_PROCESSES = 4
+
+
+def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **overrides: object) -> str:
+    config = layout.config
+    quota_mb = max(1, config.max_mailbox_size // 2**20)
+    variables: dict[str, object] = {
+        "auth_dict_conf": conf_dir / "auth-dict.conf.ext",
+        "mailboxes_dir": layout.mailboxes,
+        "metadata_socket": layout.metadata_socket,
+        "lastlogin_socket": layout.lastlogin_socket,
+        "push_lua": conf_dir / "push_notification.lua",
+        "admin_mail": config.privacy_mail,
+        "imap_compress": config.imap_compress,
+        "imap_rawlog": config.imap_rawlog,
+        "quota_mb": quota_mb,
+        # chatmail-quota-expire takes MB with decimals: exact for small quotas too
+        "quota_target_mb": f"{config.max_mailbox_size * 0.7 / 2**20:g}",
+        "max_message_size": config.max_message_size,
+        "quota_expire": layout.bin("chatmail-quota-expire"),
+    }
+    variables.update(overrides)
+    return render("dovecot", "chatmail.conf.j2", **variables)
+
+
+def dovecot_files(layout: Layout, conf_dir: PurePosixPath = CONF_DIR) -> dict[str, str]:
+    """{remote path: content} of Dovecot's configuration."""
+    config = layout.config
+    tls = layout.tls
+    return {
+        str(conf_dir / "dovecot.conf"): render(
+            "dovecot",
+            "dovecot.conf.j2",
+            disable_ipv6=config.disable_ipv6,
+            tls_cert=tls.cert,
+            tls_key=tls.key,
+            chatmail_conf=conf_dir / "chatmail.conf",
+            sasl_socket=layout.sasl_socket,
+            lmtp_socket=layout.lmtp_socket,
+            login_processes=LOGIN_PROCESSES,
+            max_imap_connections=config.max_imap_connections,
+        ),
+        str(conf_dir / "chatmail.conf"): chatmail_conf(layout, conf_dir),
+        str(conf_dir / "auth-dict.conf.ext"): render(
+            "dovecot", "auth-dict.conf.ext.j2", doveauth_socket=layout.doveauth_socket
+        ),
+        str(conf_dir / "push_notification.lua"): render("dovecot", "push_notification.lua"),
+    }

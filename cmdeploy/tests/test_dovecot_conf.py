@@ -1,0 +1,100 @@
+"""The relay's Dovecot configuration, checked by Debian's own doveconf."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from chatmaild.config import Config
+from cmdeploy.dovecot import dovecot_files
+from cmdeploy.layout import Layout
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("doveconf") is None and not os.environ.get("CI"), reason="needs dovecot-core"
+)
+
+CONFIGS = {
+    "acme": {"mail_domain": "chat.example.org"},
+    "self": {"mail_domain": "_chat.example.org", "imap_compress": "true"},
+    "ipv4": {"mail_domain": "192.0.2.10", "disable_ipv6": "true", "imap_rawlog": "true"},
+    "external": {
+        "mail_domain": "chat.example.org",
+        "tls_external_cert_and_key": "/srv/tls/cert.pem /srv/tls/key.pem",
+        "max_mailbox_size": "2G",
+        "privacy_mail": "privacy@example.org",
+    },
+}
+
+
+def render(tmp_path: Path, params: dict[str, str]) -> Path:
+    """Write the files under tmp_path, TLS files included, and return dovecot.conf."""
+    config = Config.from_params(params)
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    layout = Layout(config)
+    for path in (layout.tls.cert, layout.tls.key):
+        local = tmp_path / str(path).lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("dummy\n")
+    conf_dir = PurePosixPath(tmp_path)
+    for name, content in dovecot_files(layout, conf_dir).items():
+        # the TLS paths point into the relay's filesystem; redirect them into tmp_path
+        for path in (layout.tls.cert, layout.tls.key):
+            content = content.replace(f"<{path}", f"<{tmp_path}{path}")
+        Path(name).write_text(content)
+    return tmp_path / "dovecot.conf"
+
+
+def doveconf(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["doveconf", "-c", str(conf), *args], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_doveconf_accepts_the_configuration(tmp_path: Path, name: str) -> None:
+    conf = render(tmp_path, CONFIGS[name])
+    result = doveconf(conf, "-n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no warnings either
+
+
+def value(conf: Path, setting: str) -> str:
+    result = doveconf(conf, "-h", setting)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_settings_a_client_relies_on(tmp_path: Path) -> None:
+    conf = render(tmp_path, CONFIGS["acme"])
+    assert value(conf, "imap_capability") == "+XDELTAPUSH XCHATMAIL"
+    assert value(conf, "ssl") == "required"
+    assert value(conf, "ssl_min_protocol") == "TLSv1.3"
+    assert value(conf, "protocols") == "imap lmtp"
+    assert value(conf, "listen") == "*, ::"
+    assert value(conf, "imap_hibernate_timeout") == "30 secs"
+    assert "%u" not in value(conf, "mail_log_prefix")  # no account names in the log
+    assert "%r" not in value(conf, "login_log_format_elements")  # nor client addresses
+
+
+def test_settings_follow_the_config(tmp_path: Path) -> None:
+    conf = render(tmp_path, CONFIGS["external"])
+    plugin = doveconf(conf, "-n", "plugin").stdout
+    assert "quota_rule = *:storage=2048M" in plugin
+    assert "quota-warning 1433.6 %h" in plugin  # 70 % of 2048 MiB
+    assert value(conf, "mail_server_admin") == "mailto:privacy@example.org"
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "expected"),
+    [
+        ("ipv4", "listen", "*"),  # disable_ipv6
+        ("self", "imap_hibernate_timeout", "0"),  # COMPRESS turns hibernation off
+    ],
+)
+def test_options(tmp_path: Path, name: str, setting: str, expected: str) -> None:
+    assert value(render(tmp_path, CONFIGS[name]), setting) == expected
