@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chatmaild.config import ConfigError, parse_mail_domain, render_ini
+from chatmaild.config import ConfigError, parse_mail_domain, read_config, render_ini
 
 
 class UsageError(Exception):
@@ -68,6 +68,24 @@ def first_steps(domain: str) -> str:
     )
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import DeployError, run_deploy
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    try:
+        return run_deploy(
+            config,
+            args.config,
+            host,
+            dry_run=args.dry_run,
+            verbose=args.verbose,
+            disable_mail=args.disable_mail,
+        )
+    except DeployError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -86,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", help="the relay's mail domain, e.g. chat.example.org")
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", parents=[common], help="deploy the relay onto its server")
+    p.add_argument("--ssh-host", help="host to deploy to (default: mail_domain; @local: here)")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--disable-mail", action="store_true", help="install, but stop mail services")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

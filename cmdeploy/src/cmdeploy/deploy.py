@@ -1,0 +1,363 @@
+"""The pyinfra deploy of a chatmail relay, run by `cmdeploy run` (relay-spec §9).
+
+pyinfra executes this file against one host. Components come in the order of the list at
+the bottom; all installs run first, then all configures, then all activates
+(`CMDEPLOY_STAGES` selects stages). A service restarts only when one of its files changed,
+and only after its configuration was validated (`postconf`, `doveconf -n`, `nginx -t`).
+Keys and secrets are generated once, on the relay, and kept.
+
+Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
+its dependencies as wheels, built on the operator's machine), `CHATMAIL_WEBSITE` (a built web site
+directory, optional), `CHATMAIL_DISABLE_MAIL`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from pyinfra import host  # type: ignore[attr-defined]  # set while a deploy runs
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import File, FileContents
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from chatmaild.config import read_config
+
+# absolute imports: pyinfra executes this file as a script, not as part of the package
+from cmdeploy.chatmaild import chatmaild_files, services
+from cmdeploy.dovecot import dovecot_files
+from cmdeploy.journald import journald_files
+from cmdeploy.layout import Layout
+from cmdeploy.nginx import nginx_files
+from cmdeploy.opendkim import genkey_command, opendkim_files
+from cmdeploy.postfix import postfix_files, postmap_needed
+from cmdeploy.templates import render
+from cmdeploy.unbound import unbound_files
+
+Ops = list[OperationMeta]
+
+
+def put(
+    contents: dict[str, str], mode: str = "644", user: str = "root", group: str = "root"
+) -> Ops:
+    return [
+        files.put(
+            name=f"Install {path}",
+            src=io.StringIO(text),
+            dest=path,
+            mode=mode,
+            user=user,
+            group=group,
+        )
+        for path, text in contents.items()
+    ]
+
+
+def restart(unit: str, changed: Ops, check: str | None = None) -> None:
+    """Keep `unit` enabled and running; restart it if any of `changed` changed, after
+    `check` (a command that validates its configuration) succeeded."""
+    if changed:
+        if check:
+            server.shell(
+                name=f"Validate the {unit} configuration",
+                commands=[check],
+                _if=any_changed(*changed),
+            )
+        systemd.service(
+            name=f"Restart {unit}",
+            service=unit,
+            restarted=True,
+            daemon_reload=True,
+            _if=any_changed(*changed),
+        )
+    systemd.service(name=f"Run {unit}", service=unit, running=True, enabled=True)
+
+
+def missing(path: object) -> bool:
+    """Whether a file is absent on the relay (a fact gathered before any change)."""
+    return host.get_fact(File, path=str(path)) is None
+
+
+class Component:
+    """One piece of the relay; override what applies."""
+
+    packages: tuple[str, ...] = ()
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.changed: Ops = []
+
+    def install(self) -> None:
+        if self.packages:
+            apt.packages(
+                name=f"Install {', '.join(self.packages)}",
+                packages=list(self.packages),
+                no_recommends=True,
+            )
+
+    def configure(self) -> None:
+        pass
+
+    def activate(self) -> None:
+        pass
+
+
+class Base(Component):
+    packages = ("ca-certificates", "openssl", "python3-venv", "rsync")
+
+    def install(self) -> None:
+        apt.update(name="Update package lists", cache_time=24 * 3600)
+        super().install()
+        server.user(  # noqa: S604 (`shell` is the user's login shell, not a command)
+            name="Create user vmail",
+            user="vmail",
+            home="/home/vmail",
+            shell="/usr/sbin/nologin",
+            system=True,
+            create_home=True,
+        )
+
+    def configure(self) -> None:
+        files.directory(
+            name="Mailboxes directory",
+            path=str(self.layout.mailboxes),
+            user="vmail",
+            group="vmail",
+            mode="700",
+        )
+        put({"/etc/mailname": self.layout.config.mail_domain + "\n"})
+
+
+class Journald(Component):
+    def configure(self) -> None:
+        self.changed = put(journald_files(self.layout))
+
+    def activate(self) -> None:
+        restart("systemd-journald", self.changed)
+
+
+class Unbound(Component):
+    packages = ("unbound", "dns-root-data")
+
+    def configure(self) -> None:
+        self.changed = put(unbound_files(self.layout))
+        put({"/etc/resolv.conf": "# managed by cmdeploy\nnameserver 127.0.0.1\n"})
+
+    def activate(self) -> None:
+        restart("unbound", self.changed, check="unbound-checkconf")
+
+
+class Tls(Component):
+    def configure(self) -> None:
+        tls = self.layout.tls
+        if tls.mode == "self":
+            domain = self.layout.config.mail_domain
+            names = f"DNS:{domain},DNS:www.{domain},DNS:mta-sts.{domain}"
+            if self.layout.config.is_ipv4:
+                names = f"IP:{domain}"
+            if not missing(tls.cert):
+                return
+            server.shell(
+                name="Self-signed certificate (once)",
+                commands=[
+                    f"openssl req -x509 -newkey ec"
+                    f" -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 -subj /CN={domain}"
+                    f" -addext subjectAltName={names} -addext basicConstraints=critical,CA:FALSE"
+                    f" -addext extendedKeyUsage=serverAuth,clientAuth"
+                    f" -keyout {tls.key} -out {tls.cert}"
+                ],
+            )
+
+
+class Chatmaild(Component):
+    def configure(self) -> None:
+        layout = self.layout
+        wheels = sorted(Path(os.environ["CHATMAILD_WHEELS"]).glob("*.whl"))
+        remote = f"{layout.lib_dir}/wheels"
+        files.directory(name="chatmaild wheel directory", path=remote, mode="755")
+        uploaded = [
+            files.put(name=f"Upload {w.name}", src=str(w), dest=f"{remote}/{w.name}")
+            for w in wheels
+        ]
+        chatmaild_wheel = next(w.name for w in wheels if w.name.startswith("chatmaild-"))
+        installed = server.shell(
+            name="Install chatmaild into its venv",
+            commands=[
+                f"test -x {layout.venv}/bin/python || python3 -m venv {layout.venv}",
+                f"{layout.venv}/bin/pip install --quiet --no-index --find-links {remote}"
+                f" --force-reinstall {remote}/{chatmaild_wheel}",
+            ],
+            _if=any_changed(*uploaded),
+        )
+        ini = files.put(
+            name="Install chatmail.ini",
+            src=os.environ["CHATMAIL_INI"],
+            dest=str(layout.ini),
+            mode="644",
+        )
+        secret = host.get_fact(FileContents, path=str(layout.turn_secret))
+        if not secret:
+            # generated once per relay, kept on it: later deploys read it back
+            put({str(layout.turn_secret): secrets.token_hex(32) + "\n"}, mode="640", group="vmail")
+        units = put(chatmaild_files(layout))
+        self.changed = [*uploaded, installed, ini, *units]
+
+    def activate(self) -> None:
+        for service in services(self.layout):
+            restart(f"{service.unit}.service", self.changed)
+        systemd.service(
+            name="Daily expiry timer", service="chatmail-expire.timer", running=True, enabled=True
+        )
+
+
+class OpenDkim(Component):
+    packages = ("opendkim", "opendkim-tools")
+
+    def configure(self) -> None:
+        layout = self.layout
+        key = layout.dkim_key
+        if missing(key):
+            server.shell(
+                name="DKIM key (once)",
+                commands=[
+                    f"mkdir -p {key.parent}",
+                    " ".join(genkey_command(layout)),
+                    f"chown -R opendkim:opendkim {key.parent}",
+                ],
+            )
+        files.directory(
+            name="OpenDKIM socket directory",
+            path=str(layout.opendkim_socket.parent),
+            user="opendkim",
+            group="postfix",
+            mode="750",
+        )
+        server.user(
+            name="postfix may use the DKIM socket", user="postfix", groups=["opendkim"], append=True
+        )
+        self.changed = put(opendkim_files(layout))
+
+    def activate(self) -> None:
+        if not self.layout.config.is_ipv4:  # IPv4 relays sign nothing (spec §5)
+            restart("opendkim", self.changed, check="opendkim -n")
+
+
+class Dovecot(Component):
+    packages = ("dovecot-imapd", "dovecot-lmtpd")
+
+    def configure(self) -> None:
+        self.changed = put(dovecot_files(self.layout))
+
+    def activate(self) -> None:
+        restart("dovecot", self.changed, check="doveconf -n >/dev/null")
+
+
+class Postfix(Component):
+    packages = ("postfix",)
+
+    def configure(self) -> None:
+        contents = postfix_files(self.layout)
+        self.changed = put(contents)
+        maps = [path for path in contents if postmap_needed(path)]
+        if maps:
+            server.shell(
+                name="Postfix lookup tables",
+                commands=[f"postmap {path}" for path in maps],
+                _if=any_changed(*self.changed),
+            )
+
+    def activate(self) -> None:
+        # any warning from postconf fails the deploy (spec §9)
+        check = 'test -z "$(postconf -n 2>&1 >/dev/null)"'
+        restart("postfix", self.changed, check=check)
+
+
+class Nginx(Component):
+    packages = ("nginx", "libnginx-mod-stream", "fcgiwrap")
+
+    def configure(self) -> None:
+        self.changed = put(nginx_files(self.layout))
+        website = os.environ.get("CHATMAIL_WEBSITE")
+        if website:
+            self.changed.append(
+                files.sync(
+                    name="Upload the web pages",
+                    src=website,
+                    dest=str(self.layout.www_root),
+                    user="www-data",
+                    group="www-data",
+                    delete=True,
+                )
+            )
+
+    def activate(self) -> None:
+        systemd.service(name="Run fcgiwrap", service="fcgiwrap.socket", running=True, enabled=True)
+        restart("nginx", self.changed, check="nginx -t -q")
+
+
+class Coturn(Component):
+    packages = ("coturn",)
+
+    def configure(self) -> None:
+        secret = host.get_fact(FileContents, path=str(self.layout.turn_secret))
+        if not secret:
+            return  # written this very run by Chatmaild: coturn gets it on the next deploy
+        conf = render(
+            "coturn",
+            "turnserver.conf.j2",
+            port=3478,
+            listen_addresses=[],
+            relay_addresses=[],
+            min_port=49152,
+            max_port=65535,
+            realm=self.layout.config.mail_domain,
+            secret="".join(secret).strip(),
+            denied_peers=[
+                "0.0.0.0/8",
+                "10.0.0.0/8",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "::1",
+                "fc00::/7",
+                "fe80::/10",
+            ],
+        )
+        self.changed = put({"/etc/turnserver.conf": conf}, mode="640", group="turnserver")
+
+    def activate(self) -> None:
+        restart("coturn", self.changed)
+
+
+# The relay, in deploy order: what a later component needs is already in place.
+COMPONENTS: list[Callable[[Layout], Component]] = [
+    Base,
+    Journald,
+    Unbound,
+    Tls,
+    Chatmaild,
+    OpenDkim,
+    Dovecot,
+    Postfix,
+    Nginx,
+    Coturn,
+]
+
+
+def deploy() -> None:
+    config = read_config(os.environ["CHATMAIL_INI"])
+    layout = Layout(config)
+    stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
+    components = [make(layout) for make in COMPONENTS]
+    for stage in ("install", "configure", "activate"):
+        if stage in stages:
+            for component in components:
+                getattr(component, stage)()
+
+
+deploy()

@@ -1,0 +1,133 @@
+"""Postfix on a relay: every SMTP door of the mail flow (relay-spec §1.1, §1.2, §5).
+
+Peers deliver on 25 (STARTTLS mandatory), Delta Chat submits on 587 (STARTTLS) and 465
+(implicit TLS) after a Dovecot SASL login. Each of these smtpd listeners hands the live SMTP
+dialogue to filtermail (before-queue `smtpd_proxy_filter`, spec §4.1), which re-injects what it
+accepts into one of two loopback listeners: outgoing mail gets its headers cleaned and its
+DKIM signature there, incoming mail goes on to Dovecot over LMTP. Remote delivery is Postfix's
+own SMTP client with verified TLS (spec §1.3 policy exceptions), not the reference relay's
+filtermail transport.
+
+`postfix_files` renders every file the deploy installs; it is pure, so tests render it into a
+temp directory and check it with Debian's `postconf` and `postmap`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import PurePosixPath
+
+from ..layout import Layout
+from ..templates import render
+
+CONFIG_DIR = PurePosixPath("/etc/postfix")
+# Debian's compiled-in queue_directory, which main.cf leaves alone. Every Postfix daemon runs
+# with it as working directory (and as root when chrooted), so sockets inside it are named
+# relative to it: the same text works with and without chroot.
+QUEUE_DIRECTORY = PurePosixPath("/var/spool/postfix")
+
+# The lookup tables beside main.cf, each rendered from `<name>.j2`. All are regexp: tables,
+# read as text when a process starts: none needs `postmap`; `postfix reload` picks up a change.
+TABLES = ("submission_header_cleanup", "lmtp_header_cleanup", "login_map", "tls_policy")
+POSTMAP_NEEDED: frozenset[str] = frozenset()
+
+# at least two labels and a non-numeric last one: Postfix refuses a numeric myhostname
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$",
+    re.IGNORECASE,
+)
+
+
+def postmap_needed(path: str) -> bool:
+    """Whether the file at `path` must be compiled with `postmap` after it changed."""
+    return PurePosixPath(path).name in POSTMAP_NEEDED
+
+
+def postfix_files(
+    layout: Layout,
+    myhostname: str | None = None,
+    config_dir: PurePosixPath = CONFIG_DIR,
+) -> dict[str, str]:
+    """{remote path: content} of Postfix's configuration.
+
+    `myhostname`: the name Postfix gives itself in its greeting, HELO and Received headers.
+    By default the mail domain. An IPv4 relay has no domain: pass the reverse-pointer name of
+    its address (a fact of the host, spec §5); without one, Postfix takes the host's own name,
+    since it refuses a numeric myhostname.
+    """
+    config = layout.config
+    if myhostname is not None:
+        myhostname = myhostname.removesuffix(".")  # as a PTR record names it
+    if myhostname is not None and not _HOSTNAME_RE.match(myhostname):
+        raise ValueError(f"myhostname {myhostname!r}: expected a host name such as mx.example.org")
+    if myhostname is None and not config.is_ipv4:
+        myhostname = config.mail_domain
+    tables = {name: config_dir / name for name in TABLES}
+    # IPv4 relays have no DKIM key (spec §5): peers cannot look one up for an IP address
+    milter = None if config.is_ipv4 else f"unix:{_in_spool(layout.opendkim_socket)}"
+    networks = ["127.0.0.0/8"] if config.disable_ipv6 else ["127.0.0.0/8", "[::1]/128"]
+    reinject_host = _ip(config.postfix_host, "postfix_host")
+    if not reinject_host.is_loopback:
+        # filtermail runs on this host: it connects from the address it re-injects to
+        networks.append(_network(reinject_host))
+    tls = layout.tls
+    main_cf = render(
+        "postfix",
+        "main.cf.j2",
+        myhostname=myhostname,
+        address_domain=config.address_domain,
+        inet_protocols="ipv4" if config.disable_ipv6 else "all",
+        mynetworks=" ".join(networks),
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        tls_mode=tls.mode,
+        sasl_path=_in_spool(layout.sasl_socket),
+        lmtp_socket=_in_spool(layout.lmtp_socket),
+        milter=milter,
+        max_message_size=config.max_message_size,
+        tables=tables,
+    )
+    filtermail = _ip(config.filtermail_host, "filtermail_host")
+    master_cf = render(
+        "postfix",
+        "master.cf.j2",
+        filter_outgoing=_host_port(filtermail, config.filtermail_smtp_port),
+        filter_incoming=_host_port(filtermail, config.filtermail_smtp_port_incoming),
+        reinject=_host_port(reinject_host, config.postfix_reinject_port),
+        reinject_incoming=_host_port(reinject_host, config.postfix_reinject_port_incoming),
+        max_smtp_connections=config.max_smtp_connections,
+        # 0 would mean "no limit" to Postfix, not "none per IP"
+        per_ip_connections=max(1, config.max_smtp_connections // 5),
+        milter=milter,
+        tables=tables,
+    )
+    files = {
+        str(config_dir / "main.cf"): main_cf,
+        str(config_dir / "master.cf"): master_cf,
+    }
+    for name, path in tables.items():
+        files[str(path)] = render("postfix", f"{name}.j2")
+    return files
+
+
+def _in_spool(path: PurePosixPath) -> PurePosixPath:
+    """A socket in Postfix's spool, named relative to the queue directory."""
+    if not path.is_relative_to(QUEUE_DIRECTORY):
+        raise ValueError(f"{path}: Postfix reaches only sockets below {QUEUE_DIRECTORY}")
+    return path.relative_to(QUEUE_DIRECTORY)
+
+
+def _ip(value: str, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{key} = {value!r}: Postfix needs an IP address here") from None
+
+
+def _host_port(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"[{ip}]/128" if ip.version == 6 else f"{ip}/32"

@@ -1,0 +1,102 @@
+"""`cmdeploy run`: deploy the relay onto its host with pyinfra over SSH (relay-spec §9).
+
+The chatmaild wheel is built here, on the operator's machine, and uploaded; the relay needs
+no checkout. pyinfra runs `deploy.py` against `root@<host>` (or `@local`), with the inputs
+in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from chatmaild.config import Config
+
+DEPLOY = Path(__file__).with_name("deploy.py")
+CHECKOUT = Path(__file__).resolve().parents[3]
+CHATMAILD = CHECKOUT / "chatmaild"
+WWW_SOURCE = CHECKOUT / "www" / "src"
+
+
+class DeployError(Exception):
+    """A step of the deploy failed; the message says which and what to do."""
+
+
+def build_wheels(dest: Path) -> Path:
+    """chatmaild and its dependencies as wheels in `dest`: the relay installs them without
+    reaching any package index (all are pure Python)."""
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(dest), str(CHATMAILD)]
+    # a fixed timestamp makes the same source give the same wheel, so an unchanged relay
+    # is not reinstalled and restarted
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0 or not list(dest.glob("chatmaild-*.whl")):
+        raise DeployError(f"building the chatmaild wheels failed: {result.stderr.strip()[-500:]}")
+    return dest
+
+
+def build_website(config: Config, dest: Path) -> Path | None:
+    """The relay's pages, built here (spec §8 `www_folder`): the bundled ones when it is
+    empty, the operator's when it names a directory (built first if it holds `src/`),
+    none when it names a path that does not exist."""
+    from .www import build_site
+
+    if config.www_folder:
+        folder = Path(config.www_folder).expanduser()
+        if not folder.exists():
+            return None
+        if not (folder / "src").is_dir():
+            return folder
+        source = folder / "src"
+    else:
+        source = WWW_SOURCE
+    build_site(config, source, dest)
+    return dest
+
+
+def pyinfra_command(host: str, dry_run: bool, verbose: bool) -> list[str]:
+    pyinfra = str(Path(sys.executable).with_name("pyinfra"))
+    argv = [pyinfra, "--yes"]
+    if dry_run:
+        argv.append("--dry")
+    if verbose:
+        argv.append("-v")
+    if host != "@local":
+        argv += ["--ssh-user", "root"]
+    return [*argv, host, str(DEPLOY)]
+
+
+def run_deploy(
+    config: Config,
+    ini: Path,
+    host: str,
+    dry_run: bool = False,
+    verbose: bool = False,
+    disable_mail: bool = False,
+) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = build_wheels(Path(tmp) / "wheels")
+        website = build_website(config, Path(tmp) / "www")
+        env = {
+            **os.environ,
+            "CHATMAIL_INI": str(ini.resolve()),
+            "CHATMAILD_WHEELS": str(wheels),
+            "CHATMAIL_WEBSITE": str(website) if website else "",
+            "CHATMAIL_DISABLE_MAIL": "1" if disable_mail else "",
+        }
+        print(f"deploying {config.mail_domain} to {host} ...", flush=True)
+        result = subprocess.run(pyinfra_command(host, dry_run, verbose), env=env, check=False)
+    if result.returncode != 0:
+        raise DeployError(
+            f"the deploy to {host} failed (pyinfra exit status {result.returncode}); the "
+            "output above names the failing step. Fix it and run `cmdeploy run` again: "
+            "steps that already succeeded are skipped."
+        )
+    print(
+        f"\n{config.mail_domain} is deployed. Next: `cmdeploy dns` lists the DNS records "
+        "to create or fix."
+    )
+    return 0
