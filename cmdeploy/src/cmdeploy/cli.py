@@ -1,8 +1,10 @@
 """The `cmdeploy` command line (relay-spec §9).
 
-Subcommands so far: `init` writes a commented `chatmail.ini` generated from the config model
-and tells the operator which DNS records to create first. Every subcommand takes `--config`
-(default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one clear line and exit 2.
+`init` writes a commented `chatmail.ini` generated from the config model and tells the
+operator which DNS records to create first; `run` deploys; `dns` checks the records (or
+writes a zone file); `status` shows one screen about the running relay. Every subcommand
+takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
+clear line and exit 2.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from chatmaild.config import ConfigError, parse_mail_domain, read_config, render_ini
+from chatmaild.config import Config, ConfigError, parse_mail_domain, read_config, render_ini
+
+from .layout import Layout
+from .remote import RelayState, RemoteError, read_state
 
 
 class UsageError(Exception):
@@ -86,6 +92,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def _relay_state(args: argparse.Namespace) -> tuple[Config, RelayState]:
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    try:
+        return config, read_state(Layout(config), host)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    import dns.resolver
+
+    from . import dns as relay_dns
+
+    config, state = _relay_state(args)
+    facts = relay_dns.RelayFacts(
+        ipv4=state.ipv4[0] if state.ipv4 else None,
+        ipv6=state.ipv6[0] if state.ipv6 else None,
+        dkim_public_key_b64=relay_dns.dkim_key_from_pem(state.dkim_public_pem) or None,
+        acme_account_uri=state.acme_account_uri,
+        sts_id=None,
+    )
+    if args.zonefile:
+        now = datetime.now(UTC)
+        records = relay_dns.zone_records(config, facts, now)
+        args.zonefile.write_text(relay_dns.zonefile(records), encoding="utf-8")
+        print(f"wrote {len(records)} records for {config.mail_domain} to {args.zonefile}")
+        return 0
+    return relay_dns.run_dns_check(config, facts, dns.resolver.Resolver())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, state = _relay_state(args)
+    print(f"{config.mail_domain}   {state.version or 'version unknown'}")
+    print(f"addresses: {' '.join(state.ipv4 + state.ipv6) or 'none'}")
+    down = [unit for unit, active in state.active.items() if active != "active"]
+    print(f"services:  {len(state.active) - len(down)} of {len(state.active)} active", end="")
+    print(f"; not active: {', '.join(down)}" if down else "")
+    ports = sorted({a.rsplit(":", 1)[1] for a in state.listening if ":" in a}, key=int)
+    print(f"ports:     {' '.join(ports)}")
+    print(f"cert:      {state.cert_end or 'no certificate found'}")
+    print(f"queue:     {state.queue} message(s) waiting")
+    print(f"disk:      {' '.join(state.disk) if state.disk else 'unknown'} (size used avail use%)")
+    return 1 if down else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -110,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument("--disable-mail", action="store_true", help="install, but stop mail services")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("dns", parents=[common], help="check the DNS records, or write a zone")
+    p.add_argument("--ssh-host", help="relay to read the DKIM key from (default: mail_domain)")
+    p.add_argument("--zonefile", type=Path, help="write the records as a zone file instead")
+    p.set_defaults(func=cmd_dns)
+
+    p = sub.add_parser("status", parents=[common], help="services, ports, certificate, queue")
+    p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -8,7 +8,7 @@ Keys and secrets are generated once, on the relay, and kept.
 
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
 its dependencies as wheels, built on the operator's machine), `CHATMAIL_WEBSITE` (a built web site
-directory, optional), `CHATMAIL_DISABLE_MAIL`.
+directory, optional), `CHATMAIL_VERSION` (the checkout's commit), `CHATMAIL_DISABLE_MAIL`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from cmdeploy.templates import render
 from cmdeploy.unbound import unbound_files
 
 Ops = list[OperationMeta]
+MAIL_UNITS = ("postfix", "dovecot")
 
 
 def put(
@@ -59,7 +60,13 @@ def put(
 
 def restart(unit: str, changed: Ops, check: str | None = None) -> None:
     """Keep `unit` enabled and running; restart it if any of `changed` changed, after
-    `check` (a command that validates its configuration) succeeded."""
+    `check` (a command that validates its configuration) succeeded.
+
+    With `--disable-mail` (a migration step, spec §9) Postfix and Dovecot stay configured
+    but stopped and disabled."""
+    if unit in MAIL_UNITS and os.environ.get("CHATMAIL_DISABLE_MAIL"):
+        systemd.service(name=f"Stop {unit}", service=unit, running=False, enabled=False)
+        return
     if changed:
         if check:
             server.shell(
@@ -334,6 +341,13 @@ class Coturn(Component):
         restart("coturn", self.changed)
 
 
+class Version(Component):
+    def configure(self) -> None:
+        version = os.environ.get("CHATMAIL_VERSION", "")
+        if version:
+            put({str(self.layout.version_file): version + "\n"})
+
+
 # The relay, in deploy order: what a later component needs is already in place.
 COMPONENTS: list[Callable[[Layout], Component]] = [
     Base,
@@ -346,6 +360,7 @@ COMPONENTS: list[Callable[[Layout], Component]] = [
     Postfix,
     Nginx,
     Coturn,
+    Version,
 ]
 
 

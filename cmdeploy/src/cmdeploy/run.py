@@ -38,6 +38,17 @@ def build_wheels(dest: Path) -> Path:
     return dest
 
 
+def checkout_version() -> str:
+    """The commit deployed, `-dirty` with local changes: written to /etc/chatmail-version."""
+    result = subprocess.run(
+        ["git", "-C", str(CHECKOUT), "describe", "--always", "--dirty", "--abbrev=12"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
 def build_website(config: Config, dest: Path) -> Path | None:
     """The relay's pages, built here (spec §8 `www_folder`): the bundled ones when it is
     empty, the operator's when it names a directory (built first if it holds `src/`),
@@ -85,6 +96,7 @@ def run_deploy(
             "CHATMAIL_INI": str(ini.resolve()),
             "CHATMAILD_WHEELS": str(wheels),
             "CHATMAIL_WEBSITE": str(website) if website else "",
+            "CHATMAIL_VERSION": checkout_version(),
             "CHATMAIL_DISABLE_MAIL": "1" if disable_mail else "",
         }
         print(f"deploying {config.mail_domain} to {host} ...", flush=True)
@@ -95,8 +107,11 @@ def run_deploy(
             "output above names the failing step. Fix it and run `cmdeploy run` again: "
             "steps that already succeeded are skipped."
         )
-    print(
-        f"\n{config.mail_domain} is deployed. Next: `cmdeploy dns` lists the DNS records "
-        "to create or fix."
-    )
+    if dry_run:
+        print(f"\ndry run: nothing on {host} was changed.")
+    else:
+        print(
+            f"\n{config.mail_domain} is deployed. Next: `cmdeploy dns` lists the DNS records "
+            "to create or fix."
+        )
     return 0

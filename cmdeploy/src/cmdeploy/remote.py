@@ -1,0 +1,135 @@
+"""Facts read from a deployed relay over SSH, for `cmdeploy dns` and `cmdeploy status`.
+
+One `ssh root@<host> python3 -` per command: a small script (the relay has Debian's python3)
+prints a JSON object, parsed here. `@local` runs the script on this machine instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from .layout import Layout
+
+SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+
+FACTS_SCRIPT = r"""
+import glob, json, subprocess
+
+def run(*argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+def addresses(family):
+    found = []
+    for line in run("ip", "-o", family, "addr", "show", "scope", "global").splitlines():
+        fields = line.split()
+        keyword = "inet6" if family == "-6" else "inet"
+        if keyword in fields:
+            found.append(fields[fields.index(keyword) + 1].split("/")[0])
+    return found
+
+def acme_account():
+    for path in glob.glob("/etc/letsencrypt/accounts/*/directory/*/regr.json"):
+        try:
+            return json.load(open(path)).get("uri")
+        except (OSError, ValueError):
+            pass
+    return None
+
+units = UNITS
+print(json.dumps({
+    "ipv4": addresses("-4"),
+    "ipv6": addresses("-6"),
+    "dkim_public_pem": run("openssl", "rsa", "-in", DKIM_KEY, "-pubout"),
+    "acme_account_uri": acme_account(),
+    "active": {u: run("systemctl", "is-active", u).strip() for u in units},
+    "listening": sorted({l.split()[3] for l in run("ss", "-Hltn").splitlines() if l.strip()}),
+    "cert_end": run("openssl", "x509", "-noout", "-enddate", "-in", CERT).strip(),
+    "queue": len([l for l in run("postqueue", "-j").splitlines() if l.strip()]),
+    "disk": run("df", "-h", "--output=size,used,avail,pcent", MAILBOXES).splitlines()[-1:],
+    "version": run("cat", "/etc/chatmail-version").strip(),
+}))
+"""
+
+UNITS = [
+    "postfix",
+    "dovecot",
+    "nginx",
+    "opendkim",
+    "unbound",
+    "coturn",
+    "fcgiwrap.socket",
+    "doveauth",
+    "chatmail-lastlogin",
+    "chatmail-metadata",
+    "filtermail",
+    "filtermail-incoming",
+    "chatmail-expire.timer",
+]
+
+
+class RemoteError(Exception):
+    """The relay could not be reached or did not answer as expected."""
+
+
+@dataclass(frozen=True)
+class RelayState:
+    ipv4: list[str]
+    ipv6: list[str]
+    dkim_public_pem: str
+    acme_account_uri: str | None
+    active: dict[str, str]
+    listening: list[str]
+    cert_end: str
+    queue: int
+    disk: list[str]
+    version: str
+
+
+def facts_script(layout: Layout) -> str:
+    return (
+        FACTS_SCRIPT.replace("UNITS", repr(UNITS))
+        .replace("DKIM_KEY", repr(str(layout.dkim_key)))
+        .replace("CERT", repr(str(layout.tls.cert)))
+        .replace("MAILBOXES", repr(str(layout.mailboxes)))
+    )
+
+
+def command(host: str) -> list[str]:
+    if host == "@local":
+        return ["python3", "-"]
+    return ["ssh", *SSH_OPTIONS, f"root@{host}", "python3", "-"]
+
+
+def parse_state(output: str) -> RelayState:
+    try:
+        data: dict[str, Any] = json.loads(output)
+        return RelayState(**data)
+    except (ValueError, TypeError) as e:
+        raise RemoteError(f"unexpected answer from the relay ({type(e).__name__})") from None
+
+
+def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
+    try:
+        result = subprocess.run(
+            command(host),
+            input=facts_script(layout),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RemoteError(f"{host} did not answer within {timeout:g} s") from None
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RemoteError(
+            f"cannot read the relay's state from {host}: {detail[0]}. Check that "
+            f"`ssh root@{host}` works without a password prompt."
+        )
+    return parse_state(result.stdout)

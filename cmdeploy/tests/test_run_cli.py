@@ -1,0 +1,104 @@
+"""`cmdeploy run --dry-run`, `dns` and `status` without a relay: planning and reporting.
+
+Deploying for real into Debian hosts is the lab's job; here the deploy code runs against
+this machine in pyinfra's dry-run mode, which gathers facts but changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmdeploy import cli, remote
+from cmdeploy.remote import RelayState, RemoteError, parse_state
+
+STATE = RelayState(
+    ipv4=["192.0.2.10"],
+    ipv6=["2001:db8::10"],
+    dkim_public_pem="-----BEGIN PUBLIC KEY-----\nMIIBIjAN\nBgkqhk\n-----END PUBLIC KEY-----\n",
+    acme_account_uri=None,
+    active={"postfix": "active", "dovecot": "failed", "nginx": "active"},
+    listening=["0.0.0.0:25", "0.0.0.0:993", "[::]:443"],
+    cert_end="notAfter=Feb  1 00:00:00 2027 GMT",
+    queue=3,
+    disk=[" 20G  5G  15G  25%"],
+    version="abc123",
+)
+
+
+def write_ini(tmp_path: Path, domain: str) -> Path:
+    ini = tmp_path / "chatmail.ini"
+    assert cli.main(["init", domain, "--config", str(ini), "--force"]) == 0
+    return ini
+
+
+@pytest.mark.parametrize("domain", ["chat.example.org", "_chat.example.org", "192.0.2.10"])
+def test_dry_run_plans_the_whole_deploy(tmp_path: Path, domain: str) -> None:
+    ini = write_ini(tmp_path, domain)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmdeploy.cli",
+            "run",
+            "--config",
+            str(ini),
+            "--ssh-host",
+            "@local",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr  # pyinfra reports progress on stderr
+    assert "Ready:" in output and "deploy.py" in output
+    assert "dry run: nothing on @local was changed." in result.stdout
+
+
+def test_status_screen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = write_ini(tmp_path, "chat.example.org")
+    monkeypatch.setattr(cli, "read_state", lambda layout, host: STATE)
+    assert cli.main(["status", "--config", str(ini)]) == 1  # a service is down
+    out = capsys.readouterr().out
+    assert "chat.example.org   abc123" in out
+    assert "2 of 3 active; not active: dovecot" in out
+    assert "ports:     25 443 993" in out
+    assert "3 message(s) waiting" in out
+
+
+def test_dns_zonefile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ini = write_ini(tmp_path, "chat.example.org")
+    monkeypatch.setattr(cli, "read_state", lambda layout, host: STATE)
+    zone = tmp_path / "relay.zone"
+    assert cli.main(["dns", "--config", str(ini), "--zonefile", str(zone)]) == 0
+    text = zone.read_text()
+    assert re.search(r"^chat\.example\.org\.\s+3600 IN A\s+192\.0\.2\.10$", text, re.M)
+    assert re.search(r"^chat\.example\.org\.\s+3600 IN AAAA\s+2001:db8::10$", text, re.M)
+    assert "p=MIIBIjANBgkqhk" in text  # the relay's DKIM key, joined from its PEM lines
+
+
+def test_unreachable_relay_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = write_ini(tmp_path, "chat.example.org")
+    refused = "echo 'ssh: connect to host chat.example.org port 22: Connection refused' >&2"
+    monkeypatch.setattr(remote, "command", lambda host: ["sh", "-c", f"{refused}; exit 255"])
+    assert cli.main(["status", "--config", str(ini)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "Connection refused" in err and "ssh root@chat.example.org" in err
+
+
+@pytest.mark.parametrize("output", ["", "not json", '{"ipv4": []}'])
+def test_garbled_answers(output: str) -> None:
+    with pytest.raises(RemoteError, match="unexpected answer"):
+        parse_state(output)
