@@ -102,3 +102,36 @@ def test_unreachable_relay_is_one_clear_line(
 def test_garbled_answers(output: str) -> None:
     with pytest.raises(RemoteError, match="unexpected answer"):
         parse_state(output)
+
+
+def test_webdev_builds_the_pages_once_and_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import threading
+
+    from cmdeploy import run, www
+
+    ini = write_ini(tmp_path, "chat.example.org")
+    src = tmp_path / "www" / "src"
+    shutil.copytree(run.WWW_SOURCE, src)
+    monkeypatch.setattr(run, "WWW_SOURCE", src)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    real_watch = www.watch_and_rebuild
+
+    def one_build(*args, on_build, **kwargs):  # type: ignore[no-untyped-def]
+        stop = threading.Event()
+
+        def built(paths: list[Path]) -> None:
+            on_build(paths)
+            stop.set()
+
+        real_watch(*args, on_build=built, stop=stop, interval=0.05, **kwargs)
+
+    monkeypatch.setattr(www, "watch_and_rebuild", one_build)
+    assert cli.main(["webdev", "--config", str(ini)]) == 0
+    out = capsys.readouterr().out
+    assert f"into {tmp_path / 'www' / 'build'}" in out
+    assert "no display here" in out
+    assert (tmp_path / "www" / "build" / "index.html").exists()

@@ -138,6 +138,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if down else 0
 
 
+def cmd_webdev(args: argparse.Namespace) -> int:
+    """Build the pages into www/build, open them, rebuild on every change until Ctrl-C."""
+    import threading
+
+    from .run import WWW_SOURCE
+    from .www import WebsiteError, open_browser, watch_and_rebuild
+
+    config = read_config(args.config)
+    dest = WWW_SOURCE.parent / "build"
+    opened = threading.Event()
+
+    def built(paths: list[Path]) -> None:
+        print(f"built {len(paths)} files into {dest}", flush=True)
+        if not opened.is_set():
+            opened.set()
+            if not open_browser(dest / "index.html"):
+                print(f"no display here: open {dest / 'index.html'} in a browser", flush=True)
+
+    def failed(error: WebsiteError) -> None:
+        print(f"cmdeploy webdev: {error}", file=sys.stderr, flush=True)
+
+    try:
+        watch_and_rebuild(config, WWW_SOURCE, dest, on_build=built, on_error=failed)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -171,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="services, ports, certificate, queue")
     p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
+    p.set_defaults(func=cmd_webdev)
     return parser
 
 
