@@ -68,7 +68,12 @@ def test_opendkim_signs_only_originating_mail() -> None:
         ({"disable_ipv6": "true"}, ["do-ip6: no"], ["interface: ::1"]),
         (
             {"dns_forwarders": "192.0.2.53 2001:db8::53"},
-            ["forward-addr: 192.0.2.53", "forward-addr: 2001:db8::53", 'domain-insecure: "."'],
+            [
+                "forward-addr: 192.0.2.53",
+                "forward-addr: 2001:db8::53",
+                'module-config: "iterator"',
+                'local-zone: "test." nodefault',
+            ],
             [],
         ),
     ],
@@ -78,8 +83,14 @@ def test_unbound_config(
 ) -> None:
     ours = tmp_path / "chatmail.conf"
     ours.write_text(next(iter(unbound_files(layout(**params)).values())))
+    # as Debian's unbound.conf.d does: the root trust anchor, then our file
+    anchor = tmp_path / "root.key"
+    shutil.copy("/usr/share/dns/root.key", anchor)
     main = tmp_path / "unbound.conf"
-    main.write_text(f'server:\n    chroot: ""\n    directory: "{tmp_path}"\ninclude: "{ours}"\n')
+    main.write_text(
+        f'server:\n    chroot: ""\n    directory: "{tmp_path}"\n'
+        f'    auto-trust-anchor-file: "{anchor}"\ninclude: "{ours}"\n'
+    )
     result = subprocess.run(
         ["unbound-checkconf", str(main)], capture_output=True, text=True, check=False
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -166,6 +167,62 @@ def cmd_webdev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    import json
+
+    from . import lab
+
+    try:
+        if args.lab_command == "up":
+            state = lab.up(args.relays, deploy=not args.no_deploy)
+            for relay in lab.status(state)["relays"]:  # type: ignore[attr-defined]
+                print(
+                    f"{relay['domain']}: https://{relay['ip']}/ (in the lab: "
+                    f"`cmdeploy lab exec -- curl -k https://{relay['domain']}/`), "
+                    f"ssh: `cmdeploy lab shell {relay['domain']}`"
+                )
+            return 0
+        if args.lab_command == "down":
+            lab.down()
+            return 0
+        state = lab.State.load()
+        if not state.relays:
+            raise UsageError("the lab is not up: run `cmdeploy lab up` first")
+        if args.lab_command == "status":
+            info = lab.status(state)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                for relay in info["relays"]:  # type: ignore[attr-defined]
+                    print(f"{relay['domain']:<16} {relay['ip']:<14} {relay['config']}")
+                print(
+                    f"dns {info['dns']}, client namespace {info['client_netns']}, "
+                    f"push fake {info['push_fake']}"
+                )
+            return 0
+        if args.lab_command == "exec":
+            command = [c for c in args.command if c != "--"]
+            netns = lab.CLIENT_NETNS
+            return subprocess.run(["ip", "netns", "exec", netns, *command], check=False).returncode
+        relay = next((r for r in state.relays if args.host in (r.name, r.domain, r.ip)), None)
+        if relay is None:
+            raise UsageError(f"no lab relay named {args.host!r}")
+        env = lab.ssh_env()
+        ssh = [
+            "ssh",
+            "-i",
+            env["CMDEPLOY_SSH_KEY"],
+            "-o",
+            f"UserKnownHostsFile={env['CMDEPLOY_SSH_KNOWN_HOSTS']}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            f"root@{relay.ip}",
+        ]
+        return subprocess.run(ssh, check=False).returncode
+    except (lab.LabError, lab.hosts.HostError, lab.net.NetError) as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -202,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
     p.set_defaults(func=cmd_webdev)
+
+    p = sub.add_parser("lab", parents=[common], help="relays in local Debian hosts, for tests")
+    labsub = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+    up = labsub.add_parser("up", help="create the lab and deploy its relays")
+    up.add_argument("--relays", type=int, default=2, help="number of relays (default 2)")
+    up.add_argument("--no-deploy", action="store_true", help="boot the hosts, do not deploy")
+    st = labsub.add_parser("status", help="what the lab holds")
+    st.add_argument("--json", action="store_true", help="machine-readable")
+    ex = labsub.add_parser("exec", help="run a command in the lab's client namespace")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    sh = labsub.add_parser("shell", help="a root shell on a lab relay")
+    sh.add_argument("host", help="relay name, domain or address")
+    labsub.add_parser("down", help="remove everything the lab created")
+    p.set_defaults(func=cmd_lab)
     return parser
 
 

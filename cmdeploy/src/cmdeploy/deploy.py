@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyinfra import host  # type: ignore[attr-defined]  # set while a deploy runs
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -40,6 +41,9 @@ from cmdeploy.unbound import unbound_files
 
 Ops = list[OperationMeta]
 MAIL_UNITS = ("postfix", "dovecot")
+PENDING_RESTARTS = "/var/lib/chatmail/pending-restart"
+# While packages install, their services must not start with Debian's default configuration.
+POLICY_RC = "/usr/sbin/policy-rc.d"
 
 
 def put(
@@ -62,25 +66,26 @@ def restart(unit: str, changed: Ops, check: str | None = None) -> None:
     """Keep `unit` enabled and running; restart it if any of `changed` changed, after
     `check` (a command that validates its configuration) succeeded.
 
+    A change leaves a marker on the relay until the restart succeeded: a deploy that failed
+    in between restarts the unit on the next run although its files no longer change.
     With `--disable-mail` (a migration step, spec §9) Postfix and Dovecot stay configured
     but stopped and disabled."""
     if unit in MAIL_UNITS and os.environ.get("CHATMAIL_DISABLE_MAIL"):
         systemd.service(name=f"Stop {unit}", service=unit, running=False, enabled=False)
         return
+    marker = f"{PENDING_RESTARTS}/{unit}"
+    pending = not missing(marker)
     if changed:
+        files.directory(name="Pending restarts", path=PENDING_RESTARTS, mode="700")
+        files.file(name=f"Mark {unit} for restart", path=marker, _if=any_changed(*changed))
+    if changed or pending:
+        needed = None if pending else any_changed(*changed)
         if check:
-            server.shell(
-                name=f"Validate the {unit} configuration",
-                commands=[check],
-                _if=any_changed(*changed),
-            )
+            server.shell(name=f"Validate the {unit} configuration", commands=[check], _if=needed)
         systemd.service(
-            name=f"Restart {unit}",
-            service=unit,
-            restarted=True,
-            daemon_reload=True,
-            _if=any_changed(*changed),
+            name=f"Restart {unit}", service=unit, restarted=True, daemon_reload=True, _if=needed
         )
+        files.file(name=f"Restarted {unit}", path=marker, present=False)
     systemd.service(name=f"Run {unit}", service=unit, running=True, enabled=True)
 
 
@@ -118,6 +123,14 @@ class Base(Component):
 
     def install(self) -> None:
         apt.update(name="Update package lists", cache_time=24 * 3600)
+        files.put(
+            name="Hold services back while installing",
+            src=io.StringIO(
+                "#!/bin/sh\n# managed by cmdeploy, during package installs\nexit 101\n"
+            ),
+            dest=POLICY_RC,
+            mode="755",
+        )
         super().install()
         server.user(  # noqa: S604 (`shell` is the user's login shell, not a command)
             name="Create user vmail",
@@ -155,7 +168,10 @@ class Unbound(Component):
         put({"/etc/resolv.conf": "# managed by cmdeploy\nnameserver 127.0.0.1\n"})
 
     def activate(self) -> None:
-        restart("unbound", self.changed, check="unbound-checkconf")
+        # the root trust anchor appears at unbound's first start, which has not happened yet
+        # on a fresh host: the helper Debian's unit runs puts it in place first
+        check = "/usr/libexec/unbound-helper root_trust_anchor_update && unbound-checkconf"
+        restart("unbound", self.changed, check=check)
 
 
 class Tls(Component):
@@ -369,10 +385,27 @@ def deploy() -> None:
     layout = Layout(config)
     stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
     components = [make(layout) for make in COMPONENTS]
+    installed = host.get_fact(DebPackages) or {}
+    new_packages = [p for c in components for p in c.packages if p not in installed]
     for stage in ("install", "configure", "activate"):
-        if stage in stages:
-            for component in components:
-                getattr(component, stage)()
+        if stage not in stages:
+            continue
+        if stage == "install" and new_packages:
+            hold = files.put(
+                name="Hold services back while installing",
+                src=io.StringIO("#!/bin/sh\n# cmdeploy, while installing packages\nexit 101\n"),
+                dest=POLICY_RC,
+                mode="755",
+            )
+        for component in components:
+            getattr(component, stage)()
+        if stage == "install" and new_packages:
+            # decided when it runs: the file did not exist yet when the deploy was planned
+            server.shell(
+                name="Let services start again",
+                commands=[f"rm -f {POLICY_RC}"],
+                _if=hold.did_change,
+            )
 
 
 deploy()

@@ -7,6 +7,7 @@ prints a JSON object, parsed here. `@local` runs the script on this machine inst
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +101,25 @@ def facts_script(layout: Layout) -> str:
     )
 
 
+def ssh_options() -> list[str]:
+    """Batch-mode ssh, with the lab's key and known-hosts file when it sets them."""
+    options = list(SSH_OPTIONS)
+    if key := os.environ.get("CMDEPLOY_SSH_KEY"):
+        options += ["-i", key]
+    if known_hosts := os.environ.get("CMDEPLOY_SSH_KNOWN_HOSTS"):
+        options += [
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+        ]
+    return options
+
+
 def command(host: str) -> list[str]:
     if host == "@local":
         return ["python3", "-"]
-    return ["ssh", *SSH_OPTIONS, f"root@{host}", "python3", "-"]
+    return ["ssh", *ssh_options(), f"root@{host}", "python3", "-"]
 
 
 def parse_state(output: str) -> RelayState:

@@ -77,6 +77,11 @@ def pyinfra_command(host: str, dry_run: bool, verbose: bool) -> list[str]:
         argv.append("-v")
     if host != "@local":
         argv += ["--ssh-user", "root"]
+        # The lab gives its own key and known-hosts file (its hosts get new keys when rebuilt)
+        if key := os.environ.get("CMDEPLOY_SSH_KEY"):
+            argv += ["--ssh-key", key]
+        if known_hosts := os.environ.get("CMDEPLOY_SSH_KNOWN_HOSTS"):
+            argv += ["--data", f"ssh_known_hosts_file={known_hosts}"]
     return [*argv, host, str(DEPLOY)]
 
 

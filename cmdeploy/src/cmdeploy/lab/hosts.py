@@ -1,0 +1,153 @@
+"""Lab hosts: real Debian 12 systems booted with systemd-nspawn, each in its own namespace.
+
+A minimal Debian is bootstrapped once into `<lab>/base` (about a minute) and copied per host.
+Each host gets the lab's SSH key for root, the package proxy for apt, the lab DNS as its
+resolver, and boots with systemd as PID 1 (`--register=no`: this machine has no system bus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .net import GATEWAY, Namespace
+
+SUITE = "bookworm"
+INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,ca-certificates"
+PROXY_PORT = 8888
+SSH_OPTIONS = [
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=5",
+]
+
+
+class HostError(Exception):
+    pass
+
+
+def ensure_base_image(lab: Path, log: Path) -> Path:
+    base = lab / "base"
+    if (base / "etc" / "debian_version").exists() and (base / ".complete").exists():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    with open(log, "ab") as out:
+        result = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(base)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise HostError(f"debootstrap of the base image failed; see {log}")
+    (base / ".complete").touch()
+    return base
+
+
+def ensure_ssh_key(lab: Path) -> Path:
+    key = lab / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def prepare_tree(base: Path, tree: Path, hostname: str, key: Path) -> None:
+    if not (tree / ".complete").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(base), str(tree)], check=True)
+        (tree / ".complete").touch()
+    (tree / "etc" / "hostname").write_text(hostname + "\n")
+    ssh_dir = tree / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    proxy = f"http://{GATEWAY}:{PROXY_PORT}"
+    (tree / "etc" / "apt" / "apt.conf.d" / "90chatmail-lab-proxy").write_text(
+        f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
+    )
+    resolv = tree / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text(f"nameserver {GATEWAY}\n")
+
+
+def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
+    """Start the host; its nspawn process id (the lab records it to stop it later)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "-D",
+                str(tree),
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                f"--network-namespace-path=/run/netns/{ns.name}",
+                f"--machine={name}",
+                "--console=passive",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def ssh(
+    key: Path, address: str, command: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", *SSH_OPTIONS, "-i", str(key), f"root@{address}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_ready(key: Path, address: str, timeout: float = 120) -> None:
+    """Until systemd in the host says it is up (or degraded) and SSH answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = ssh(key, address, "systemctl is-system-running", timeout=10).stdout.strip()
+        except subprocess.TimeoutExpired:
+            state = ""
+        if state in ("running", "degraded"):
+            return
+        time.sleep(1)
+    raise HostError(f"lab host {address} did not come up within {timeout:g} s")
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_process(pid: int, timeout: float = 30) -> None:
+    """SIGTERM (nspawn turns it into a clean shutdown of the host), SIGKILL after `timeout`."""
+    if not alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

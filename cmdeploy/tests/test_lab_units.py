@@ -1,0 +1,66 @@
+"""The lab's bookkeeping, without bringing a lab up (that is `cmdeploy lab up`'s own test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmdeploy import lab
+from cmdeploy.lab import net, services
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(lab, "LAB", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("netns", "link"),
+    [
+        ("cmlab-client", "cm-client-h"),
+        ("cmlab-relay1", "cm-relay1-h"),
+        ("cmlab-relay12", "cm-relay12-h"),
+    ],
+)
+def test_host_link_names_are_unique_and_short(netns: str, link: str) -> None:
+    assert net.Namespace(netns, "10.231.0.5").host_link == link
+    assert len(link) <= 15  # the kernel's limit for interface names
+
+
+def test_state_round_trip_and_status_shape(lab_dir: Path) -> None:
+    state = lab.State()
+    state.relays.append(
+        lab.Relay("relay1", "_relay1.test", "10.231.0.11", "cmlab-relay1", "/x/relay1.ini", 42)
+    )
+    state.pids["dns"] = 7
+    state.save()
+    loaded = lab.State.load()
+    assert loaded == state
+    info = lab.status(loaded)
+    assert info["relays"] == [
+        {
+            "domain": "_relay1.test",
+            "ip": "10.231.0.11",
+            "ssh": "root@10.231.0.11",
+            "config": "/x/relay1.ini",
+        }
+    ]
+    assert {"dns", "client_netns", "ca_cert", "push_fake"} <= set(info)
+    assert info["push_fake"] == services.push_url()
+
+
+def test_zones_before_and_after_deploy(lab_dir: Path) -> None:
+    state = lab.State(relays=[lab.Relay("relay1", "_relay1.test", "10.231.0.11", "n", "c")])
+    before = lab.relay_zones(state)["_relay1.test"]
+    assert "_relay1.test. IN A 10.231.0.11" in before and "IN SOA" in before
+    (lab_dir / "relay1.zone").write_text("_relay1.test. 3600 IN MX 10 _relay1.test.\n")
+    after = lab.relay_zones(state)["_relay1.test"]
+    assert "IN MX 10 _relay1.test." in after and "IN NS ns._relay1.test." in after
+
+
+def test_lab_addresses_stay_in_the_lab_subnet() -> None:
+    assert net.GATEWAY in {str(a) for a in net.SUBNET}
+    assert net.CLIENT_IP in {str(a) for a in net.SUBNET}
+    assert net.SUBNET.is_private
