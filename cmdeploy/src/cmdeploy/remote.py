@@ -145,7 +145,7 @@ def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
     if result.returncode != 0:
         detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
         raise RemoteError(
-            f"cannot read the relay's state from {host}: {detail[0]}. Check that "
+            f"cannot read the relay's state from {host}: {detail[0].rstrip('.')}. Check that "
             f"`ssh root@{host}` works without a password prompt."
         )
     return parse_state(result.stdout)
