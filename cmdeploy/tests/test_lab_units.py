@@ -64,3 +64,10 @@ def test_lab_addresses_stay_in_the_lab_subnet() -> None:
     assert net.GATEWAY in {str(a) for a in net.SUBNET}
     assert net.CLIENT_IP in {str(a) for a in net.SUBNET}
     assert net.SUBNET.is_private
+
+
+def test_the_proxy_lets_lab_hosts_reach_debian_mirrors_only(lab_dir: Path) -> None:
+    conf = services.TINYPROXY_CONF.format(filter=lab_dir / "tinyproxy.allow")
+    assert "FilterDefaultDeny Yes" in conf  # a whitelist: everything else is refused
+    assert f"Listen {net.GATEWAY}" in conf and f"Allow {net.SUBNET}" in conf
+    assert services.ALLOWED_HOSTS == ("deb.debian.org", "security.debian.org")

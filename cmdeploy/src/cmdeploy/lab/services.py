@@ -17,8 +17,11 @@ from .net import GATEWAY, SUBNET
 
 PUSH_PORT = 8475
 
+# The only hosts lab hosts may reach through the proxy: Debian's package mirrors.
+ALLOWED_HOSTS = ("deb.debian.org", "security.debian.org")
+
 TINYPROXY_CONF = f"""\
-# chatmail lab package proxy: lab hosts fetch Debian packages through it
+# chatmail lab package proxy: lab hosts fetch Debian packages through it, nothing else
 Port {PROXY_PORT}
 Listen {GATEWAY}
 Timeout 600
@@ -26,6 +29,9 @@ Allow {SUBNET}
 ConnectPort 443
 MaxClients 100
 LogLevel Error
+Filter "{{filter}}"
+FilterType fnmatch
+FilterDefaultDeny Yes
 """
 
 NSD_CONF = """\
@@ -58,8 +64,10 @@ def start(argv: list[str], log: Path) -> int:
 
 
 def start_proxy(lab: Path) -> int:
+    allowed = lab / "tinyproxy.allow"
+    allowed.write_text("".join(f"{host}\n" for host in ALLOWED_HOSTS))
     conf = lab / "tinyproxy.conf"
-    conf.write_text(TINYPROXY_CONF)
+    conf.write_text(TINYPROXY_CONF.format(filter=allowed))
     return start(["tinyproxy", "-d", "-c", str(conf)], lab / "tinyproxy.log")
 
 
