@@ -15,6 +15,8 @@ from pathlib import Path
 
 from chatmaild.config import Config
 
+from .preflight import PreflightError, check_target
+
 DEPLOY = Path(__file__).with_name("deploy.py")
 CHECKOUT = Path(__file__).resolve().parents[3]
 CHATMAILD = CHECKOUT / "chatmaild"
@@ -93,6 +95,10 @@ def run_deploy(
     verbose: bool = False,
     disable_mail: bool = False,
 ) -> int:
+    try:
+        check_target(host)
+    except PreflightError as e:
+        raise DeployError(str(e)) from None
     with tempfile.TemporaryDirectory() as tmp:
         wheels = build_wheels(Path(tmp) / "wheels")
         website = build_website(config, Path(tmp) / "www")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import smtplib
@@ -204,33 +205,36 @@ def _tls12_only(relay: Relay) -> ssl.SSLContext:
     return ctx
 
 
+def _handshake_tls12(relay: Relay, port: int) -> None:
+    """Connect to `port` offering at most TLS 1.2 (STARTTLS on 587 and 143)."""
+    ctx = _tls12_only(relay)
+    conn: smtplib.SMTP | imaplib.IMAP4 | None = None
+    try:
+        if port == 465:
+            conn = smtplib.SMTP_SSL(relay.domain, port, context=ctx, timeout=NET_TIMEOUT)
+        elif port == 587:
+            conn = smtplib.SMTP(relay.domain, port, timeout=NET_TIMEOUT)
+            conn.ehlo()
+            conn.starttls(context=ctx)
+        elif port == 993:
+            conn = imaplib.IMAP4_SSL(relay.domain, port, ssl_context=ctx, timeout=NET_TIMEOUT)
+        else:
+            conn = imaplib.IMAP4(relay.domain, port, timeout=NET_TIMEOUT)
+            conn.starttls(ssl_context=ctx)
+    finally:
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                if isinstance(conn, smtplib.SMTP):
+                    conn.close()
+                else:
+                    conn.shutdown()
+
+
 @pytest.mark.parametrize("port", [465, 587, 993, 143])
 def test_client_ports_require_tls13(relay1: Relay, port: int) -> None:
     """Submission and IMAP refuse TLS 1.2 (relay-spec §5, §6: TLS >= 1.3)."""
     with pytest.raises(ssl.SSLError):
-        if port == 465:
-            close_smtp(
-                smtplib.SMTP_SSL(
-                    relay1.domain, port, context=_tls12_only(relay1), timeout=NET_TIMEOUT
-                )
-            )
-        elif port == 587:
-            conn = smtplib.SMTP(relay1.domain, port, timeout=NET_TIMEOUT)
-            try:
-                conn.ehlo()
-                conn.starttls(context=_tls12_only(relay1))
-            finally:
-                conn.close()
-        elif port == 993:
-            imaplib.IMAP4_SSL(
-                relay1.domain, port, ssl_context=_tls12_only(relay1), timeout=NET_TIMEOUT
-            ).shutdown()
-        else:
-            conn143 = imaplib.IMAP4(relay1.domain, port, timeout=NET_TIMEOUT)
-            try:
-                conn143.starttls(ssl_context=_tls12_only(relay1))
-            finally:
-                conn143.shutdown()
+        _handshake_tls12(relay1, port)
 
 
 def test_port_25_accepts_tls12(relay1: Relay) -> None:
