@@ -272,8 +272,8 @@ def test_subject_and_addresses_not_in_private_reason() -> None:
         (b"From: alice@example.org, bob@example.org", "Invalid FROM header: more than one address"),
         (b"From: a@x\r\nFrom: b@y", "Invalid FROM header: more than one From header"),
         (b"From: a@b@c", "Invalid FROM header: malformed address"),
-        (b"From: <@example.org>", "Invalid FROM header: no address"),
-        (b"From: <alice@>", "Invalid FROM header: no address"),
+        (b"From: <@example.org>", "Invalid FROM header: malformed address"),
+        (b"From: <alice@>", "Invalid FROM header: malformed address"),
         (b"From: <alice smith@example.org>", "Invalid FROM header: malformed address"),
         (b"From: Al\xe9 <alice@example.org>", "Invalid FROM header: not UTF-8"),
     ],
@@ -394,3 +394,20 @@ def test_deep_nesting_is_a_parse_failure_not_a_crash() -> None:
     with pytest.raises(Reject) as exc:
         check_outgoing(ALICE, [BOB], head + nested)
     assert exc.value.reply() == "500 Failed to parse message"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"From: user@[192.0.2.1]", "user@[192.0.2.1]"),  # an IPv4 relay's address
+        (b"From: Someone <user@[192.0.2.1]>", "user@[192.0.2.1]"),
+        (b'From: "Doe, Jane" <jane@example.org>', "jane@example.org"),
+        (b"From: jane@example.org (comment)", "jane@example.org"),
+    ],
+)
+def test_from_address_forms(header: bytes, expected: str) -> None:
+    from chatmaild.mailshape import from_address, parse_message
+
+    assert (
+        from_address(parse_message(header + b"\r\nTo: x@example.org\r\n\r\nbody\r\n")) == expected
+    )

@@ -13,11 +13,12 @@ becomes a 500. The verdicts that combine them live in `mailcheck`.
 
 from __future__ import annotations
 
+import email.errors
+import email.policy
 import re
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import Compat32
-from email.utils import getaddresses
 
 from . import openpgp
 from .smtpreject import invalid_from_header, parse_failed
@@ -125,8 +126,12 @@ def from_address(msg: Message) -> str:
     except UnicodeError:
         raise invalid_from_header("not UTF-8") from None
     try:
-        addresses = [addr for _name, addr in getaddresses([text]) if addr]
-    except MALFORMED_INPUT_ERRORS:
+        # The RFC 5322 parser of email.headerregistry, not email.utils.getaddresses: the
+        # latter's strict mode (Debian's fix for CVE-2023-27043) drops domain literals such
+        # as user@[192.0.2.1], the addresses of IPv4 relays.
+        header = email.policy.default.header_factory("From", text)
+        addresses = [str(a.addr_spec) for a in header.addresses if a.addr_spec]
+    except (*MALFORMED_INPUT_ERRORS, email.errors.HeaderParseError):
         raise invalid_from_header("unparsable") from None
     if not addresses:
         raise invalid_from_header("no address")

@@ -223,6 +223,31 @@ def cmd_lab(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    """The online suite: against the lab's relays when the lab is up, else the configured one."""
+    from . import lab
+    from .online import run_online_tests
+
+    state = lab.State.load() if (lab.LAB / "state.json").exists() else None
+    if state and state.relays and not args.ssh_host:
+        status = lab.status(state)
+    else:
+        config = read_config(args.config)
+        host = args.ssh_host or config.mail_domain
+        status = {
+            "relays": [
+                {
+                    "domain": config.mail_domain,
+                    "ip": host,
+                    "ssh": f"root@{host}",
+                    "config": str(args.config.resolve()),
+                }
+            ],
+            "client_netns": None,
+        }
+    return run_online_tests(status, args.pytest_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -259,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
     p.set_defaults(func=cmd_webdev)
+
+    p = sub.add_parser("test", parents=[common], help="the online test suite against relays")
+    p.add_argument("--ssh-host", help="test this relay instead of the lab's")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("lab", parents=[common], help="relays in local Debian hosts, for tests")
     labsub = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
