@@ -2,7 +2,11 @@
 # Create ./venv with chatmaild and cmdeploy installed editable, plus the development tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python3}
+# Debian's own Python by default: the one a relay runs chatmaild on (a difference between
+# Python builds once hid a bug that only showed on relays).
+default_python=python3
+[ -x /usr/bin/python3 ] && default_python=/usr/bin/python3
+python=${PYTHON:-$default_python}
 if [ ! -x venv/bin/python ]; then
     "$python" -m venv venv
 fi

@@ -245,7 +245,8 @@ def cmd_test(args: argparse.Namespace) -> int:
             ],
             "client_netns": None,
         }
-    return run_online_tests(status, args.pytest_args)
+    pytest_args = [a for a in args.pytest_args if a != "--"]
+    return run_online_tests(status, pytest_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", parents=[common], help="the online test suite against relays")
     p.add_argument("--ssh-host", help="test this relay instead of the lab's")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    p.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: passed on to pytest"
+    )
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("lab", parents=[common], help="relays in local Debian hosts, for tests")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import json
+import shlex
 import smtplib
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from chatmail_online import (
+    EHLO_NAME,
     NET_TIMEOUT,
     Credentials,
     Factory,
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def password_hash(relay: Relay, addr: str) -> str:
-    return relay.ssh(f"sha256sum '{relay.mailbox_dir(addr)}/password'").split()[0]
+    path = shlex.quote(f"{relay.mailbox_dir(addr)}/password")
+    return relay.ssh(f"sha256sum {path}").split()[0]
 
 
 def test_new_returns_credentials_in_the_domain(relay1: Relay, registry: Registry) -> None:
@@ -138,6 +141,32 @@ def test_short_password_refused(relay1: Relay, registry: Registry) -> None:
     assert not relay1.exists(relay1.mailbox_dir(addr))
 
 
+@pytest.mark.parametrize(
+    "kind", ["local part too short", "local part too long", "plus", "slash", "other domain"]
+)
+def test_creation_rules(kind: str, relay1: Relay, registry: Registry) -> None:
+    """Logins that may not create an account fail and leave nothing (relay-spec §2.2)."""
+    local = random_local(relay1)
+    addr = {
+        "local part too short": f"{local[: relay1.config.username_min_length - 1]}",
+        "local part too long": f"{local}x",
+        "plus": f"{local[:-1]}+",
+        "slash": f"a/{local[:-2]}",
+        "other domain": f"{local}@example.org",
+    }[kind]
+    if "@" not in addr:
+        addr = f"{addr}@{relay1.address_domain}"
+        registry.add_address(addr, relay1)
+    conn = imap_connect(relay1)
+    try:
+        with pytest.raises(imaplib.IMAP4.error):
+            conn.login(addr, random_password(relay1))
+    finally:
+        conn.shutdown()
+    if "/" not in addr:
+        assert not relay1.exists(relay1.mailbox_dir(addr))
+
+
 def test_two_users_may_share_a_password(relay1: Relay, registry: Registry) -> None:
     password = random_password(relay1)
     for _ in range(2):
@@ -176,7 +205,7 @@ def test_imap_143_requires_starttls(relay1: Relay, make_account: Factory) -> Non
 
 
 def test_submission_587_offers_auth_only_after_starttls(relay1: Relay) -> None:
-    conn = smtplib.SMTP(relay1.domain, 587, local_hostname="online-test.test", timeout=NET_TIMEOUT)
+    conn = smtplib.SMTP(relay1.domain, 587, local_hostname=EHLO_NAME, timeout=NET_TIMEOUT)
     try:
         conn.ehlo()
         assert conn.has_extn("starttls")
@@ -189,7 +218,7 @@ def test_submission_587_offers_auth_only_after_starttls(relay1: Relay) -> None:
 
 
 def test_port_25_requires_starttls_before_mail(relay1: Relay) -> None:
-    conn = smtplib.SMTP(relay1.domain, 25, local_hostname="online-test.test", timeout=NET_TIMEOUT)
+    conn = smtplib.SMTP(relay1.domain, 25, local_hostname=EHLO_NAME, timeout=NET_TIMEOUT)
     try:
         conn.ehlo()
         assert conn.has_extn("starttls")
@@ -239,7 +268,7 @@ def test_client_ports_require_tls13(relay1: Relay, port: int) -> None:
 
 def test_port_25_accepts_tls12(relay1: Relay) -> None:
     """Peers may use TLS 1.2 on port 25 (relay-spec §5)."""
-    conn = smtplib.SMTP(relay1.domain, 25, local_hostname="online-test.test", timeout=NET_TIMEOUT)
+    conn = smtplib.SMTP(relay1.domain, 25, local_hostname=EHLO_NAME, timeout=NET_TIMEOUT)
     try:
         conn.ehlo()
         assert conn.starttls(context=_tls12_only(relay1))[0] == 220

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import math
 import time
 
 import pytest
 from chatmail_online import (
     DELIVERY_TIMEOUT,
+    NET_TIMEOUT,
     REPORT,
     Factory,
     Registry,
@@ -55,6 +57,51 @@ def test_outgoing_cleartext_refused(
             conn, sender.addr, [rcpt], cleartext_message(sender.addr, rcpt, message_id(relay1))
         )
     assert (outcome.stage, f"{outcome.code} {outcome.text}") == ("data", ENCRYPTION_NEEDED)
+
+
+def autocrypt_setup_message(from_addr: str, to_addr: str, msgid: str) -> bytes:
+    """A cleartext Autocrypt Setup Message: multipart/mixed, its fixed Subject (§4.4.6)."""
+    head = [
+        f"From: {from_addr}",
+        f"To: {to_addr}",
+        "Subject: Autocrypt Setup Message",
+        f"Message-ID: {msgid}",
+        "MIME-Version: 1.0",
+        "Autocrypt-Setup-Message: v1",
+        'Content-Type: multipart/mixed; boundary="XbOuNdArYx"',
+    ]
+    body = [
+        "--XbOuNdArYx",
+        "Content-Type: text/plain",
+        "",
+        "Setup",
+        "",
+        "--XbOuNdArYx",
+        "Content-Type: application/autocrypt-setup",
+        "",
+        "-----BEGIN PGP MESSAGE-----",
+        "",
+        "--XbOuNdArYx--",
+    ]
+    return ("\r\n".join([*head, "", *body]) + "\r\n").encode()
+
+
+@pytest.mark.parametrize("to", ["self", "other"])
+def test_autocrypt_setup_message_only_to_self(
+    to: str, relay1: Relay, make_account: Factory
+) -> None:
+    sender = make_account(relay1)
+    rcpt = sender.addr if to == "self" else make_account(relay1).addr
+    msgid = message_id(relay1)
+    with sender.smtp() as conn:
+        outcome = transact(
+            conn, sender.addr, [rcpt], autocrypt_setup_message(sender.addr, rcpt, msgid)
+        )
+    if to == "other":
+        assert (outcome.stage, f"{outcome.code} {outcome.text}") == ("data", ENCRYPTION_NEEDED)
+        return
+    assert (outcome.stage, outcome.code) == ("done", 250), outcome
+    assert parse_mail(wait_for_message_id(sender, msgid))["Subject"] == "[...]"
 
 
 @pytest.mark.parametrize("forged", ["local", "foreign"])
@@ -116,6 +163,19 @@ def test_outgoing_encrypted_accepted_and_subject_hidden(
         assert msg.get_all(header) is None, f"delivered mail has {header}: {msg[header]}"
     assert client_ip.encode() not in raw, f"the sender's address {client_ip} is in the message"
     assert msg.get_content_type() == "multipart/encrypted"
+
+
+def test_oversized_message_refused(relay1: Relay, make_account: Factory) -> None:
+    """A message over `max_message_size` gets 552 (relay-spec §4.1, §5)."""
+    sender, recipient = make_account(relay1), make_account(relay1)
+    data = encrypted_message(sender.addr, recipient.addr, message_id(relay1))
+    line = b"A" * 76 + b"\r\n"
+    padding = line * (relay1.config.max_message_size // len(line) + 1)
+    head, _, body = data.partition(b"\r\n\r\n")
+    data = head + b"\r\n\r\n" + padding + body
+    with sender.smtp() as conn:
+        outcome = transact(conn, sender.addr, [recipient.addr], data)
+    assert (outcome.stage, outcome.code) == ("data", 552), outcome
 
 
 def test_rate_limit_after_the_burst(relay1: Relay, make_account: Factory) -> None:
@@ -220,3 +280,53 @@ def test_bounce_for_unknown_user_reaches_the_sender(
     assert bounce["Auto-Submitted"]
     assert nobody.encode() in raw
     assert not relay2.exists(relay2.mailbox_dir(nobody)), "a bounce created the mailbox"
+
+
+def mxdeliv(relay: Relay, method: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    conn = http.client.HTTPSConnection(
+        relay.domain, 443, timeout=NET_TIMEOUT, context=relay.tls_context()
+    )
+    try:
+        conn.request(method, "/mxdeliv", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace").strip()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "reply"),
+    [
+        ("cleartext", 400, ENCRYPTION_NEEDED),
+        ("unsigned", 400, "554 5.7.1 No DKIM signature found"),
+    ],
+)
+def test_mxdeliv_applies_the_same_gate(
+    kind: str, status: int, reply: str, relay1: Relay, relay2: Relay, make_account: Factory
+) -> None:
+    """Relay-to-relay delivery over HTTPS gets the checks of port 25 (relay-spec §4.7)."""
+    sender, recipient = make_account(relay1), make_account(relay2)
+    build = cleartext_message if kind == "cleartext" else encrypted_message
+    data = build(sender.addr, recipient.addr, message_id(relay1))
+    headers = {"X-MAIL-FROM": sender.addr, "X-MAIL-TO": recipient.addr}
+    assert mxdeliv(relay2, "POST", headers, data) == (status, reply)
+
+
+def test_mxdeliv_takes_only_post(relay2: Relay) -> None:
+    assert mxdeliv(relay2, "GET", {}, b"")[0] == 405
+
+
+def test_incoming_from_ip_literal_address_accepted(relay2: Relay, make_account: Factory) -> None:
+    """Mail from an IPv4 relay's user (`user@[a.b.c.d]`) has no DKIM to check (relay-spec
+    §4.6): encrypted, it is accepted on port 25 and delivered."""
+    recipient = make_account(relay2)
+    conn = starttls_connect(relay2, 25)
+    try:
+        sender = f"{random_local(relay2)}@[{conn.sock.getsockname()[0]}]"
+        msgid = message_id(relay2)
+        data = encrypted_message(sender, recipient.addr, msgid)
+        outcome = transact(conn, sender, [recipient.addr], data)
+    finally:
+        close_smtp(conn)
+    assert (outcome.stage, outcome.code) == ("done", 250), outcome
+    wait_for_message_id(recipient, msgid)
