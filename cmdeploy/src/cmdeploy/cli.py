@@ -288,9 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", parents=[common], help="the online test suite against relays")
     p.add_argument("--ssh-host", help="test this relay instead of the lab's")
-    p.add_argument(
-        "pytest_args", nargs=argparse.REMAINDER, help="after --: passed on to pytest"
-    )
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed on to pytest")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("lab", parents=[common], help="relays in local Debian hosts, for tests")
