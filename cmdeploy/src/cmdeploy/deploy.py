@@ -13,6 +13,7 @@ directory, optional), `CHATMAIL_VERSION` (the checkout's commit), `CHATMAIL_DISA
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
@@ -85,8 +86,19 @@ def restart(unit: str, changed: Ops, check: str | None = None) -> None:
         systemd.service(
             name=f"Restart {unit}", service=unit, restarted=True, daemon_reload=True, _if=needed
         )
-        files.file(name=f"Restarted {unit}", path=marker, present=False)
+        # decided when it runs: when planned, the marker may not exist yet
+        server.shell(name=f"Restarted {unit}", commands=[f"rm -f {marker}"], _if=needed)
     systemd.service(name=f"Run {unit}", service=unit, running=True, enabled=True)
+
+
+@functools.cache
+def turn_secret(layout: Layout) -> tuple[str, bool]:
+    """The relay's TURN secret and whether it is new: read from the relay, or generated
+    once here, so chatmail-metadata and coturn get the same value in this very run."""
+    stored = host.get_fact(FileContents, path=str(layout.turn_secret))
+    if stored and "".join(stored).strip():
+        return "".join(stored).strip(), False
+    return secrets.token_hex(32), True
 
 
 def missing(path: object) -> bool:
@@ -222,10 +234,10 @@ class Chatmaild(Component):
             dest=str(layout.ini),
             mode="644",
         )
-        secret = host.get_fact(FileContents, path=str(layout.turn_secret))
-        if not secret:
+        secret, new = turn_secret(layout)
+        if new:
             # generated once per relay, kept on it: later deploys read it back
-            put({str(layout.turn_secret): secrets.token_hex(32) + "\n"}, mode="640", group="vmail")
+            put({str(layout.turn_secret): secret + "\n"}, mode="640", group="vmail")
         units = put(chatmaild_files(layout))
         self.changed = [*uploaded, installed, ini, *units]
 
@@ -326,9 +338,7 @@ class Coturn(Component):
     packages = ("coturn",)
 
     def configure(self) -> None:
-        secret = host.get_fact(FileContents, path=str(self.layout.turn_secret))
-        if not secret:
-            return  # written this very run by Chatmaild: coturn gets it on the next deploy
+        secret, _ = turn_secret(self.layout)
         conf = render(
             "coturn",
             "turnserver.conf.j2",
@@ -338,7 +348,7 @@ class Coturn(Component):
             min_port=49152,
             max_port=65535,
             realm=self.layout.config.mail_domain,
-            secret="".join(secret).strip(),
+            secret=secret,
             denied_peers=[
                 "0.0.0.0/8",
                 "10.0.0.0/8",
