@@ -135,14 +135,6 @@ class Base(Component):
 
     def install(self) -> None:
         apt.update(name="Update package lists", cache_time=24 * 3600)
-        files.put(
-            name="Hold services back while installing",
-            src=io.StringIO(
-                "#!/bin/sh\n# managed by cmdeploy, during package installs\nexit 101\n"
-            ),
-            dest=POLICY_RC,
-            mode="755",
-        )
         super().install()
         server.user(  # noqa: S604 (`shell` is the user's login shell, not a command)
             name="Create user vmail",
@@ -397,6 +389,10 @@ def deploy() -> None:
     components = [make(layout) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}
     new_packages = [p for c in components for p in c.packages if p not in installed]
+    leftover = host.get_fact(FileContents, path=POLICY_RC) or []
+    if "cmdeploy" in "".join(leftover) and not new_packages:
+        # an interrupted earlier deploy left its hold in place: lift it
+        files.file(name="Let services start again", path=POLICY_RC, present=False)
     for stage in ("install", "configure", "activate"):
         if stage not in stages:
             continue

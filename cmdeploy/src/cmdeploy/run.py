@@ -70,6 +70,15 @@ def build_website(config: Config, dest: Path) -> Path | None:
     return dest
 
 
+def deploy_passes() -> list[str]:
+    """Packages first, in a pass of their own: pyinfra plans each pass from facts read before
+    it runs, so users, groups and files the packages create exist when the rest is planned.
+    An operator's CMDEPLOY_STAGES is one pass as given."""
+    if stages := os.environ.get("CMDEPLOY_STAGES"):
+        return [stages]
+    return ["install", "configure,activate"]
+
+
 def pyinfra_command(host: str, dry_run: bool, verbose: bool) -> list[str]:
     pyinfra = str(Path(sys.executable).with_name("pyinfra"))
     argv = [pyinfra, "--yes"]
@@ -111,7 +120,14 @@ def run_deploy(
             "CHATMAIL_DISABLE_MAIL": "1" if disable_mail else "",
         }
         print(f"deploying {config.mail_domain} to {host} ...", flush=True)
-        result = subprocess.run(pyinfra_command(host, dry_run, verbose), env=env, check=False)
+        for stages in deploy_passes():
+            result = subprocess.run(
+                pyinfra_command(host, dry_run, verbose),
+                env={**env, "CMDEPLOY_STAGES": stages},
+                check=False,
+            )
+            if result.returncode != 0:
+                break
     if result.returncode != 0:
         raise DeployError(
             f"the deploy to {host} failed (pyinfra exit status {result.returncode}); the "

@@ -31,6 +31,7 @@ TOOLS = {
     "systemd-nspawn": "systemd-container",
     "tinyproxy": "tinyproxy",
     "nsd": "nsd",
+    "ssh": "openssh-client",
 }
 
 
