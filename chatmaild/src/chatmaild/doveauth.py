@@ -17,7 +17,6 @@ Usage: doveauth SOCKET INI [--nocreate-file PATH]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from . import accounts, dictserver, resources
 from .config import Config
-from .service import load_config_or_exit, setup_logging
+from .service import dict_service_parser, load_config_or_exit, setup_logging
 
 log = logging.getLogger("doveauth")
 
@@ -179,9 +178,7 @@ class AuthDict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="doveauth", description=__doc__.splitlines()[0])
-    parser.add_argument("socket", type=Path, help="unix socket to listen on")
-    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    parser = dict_service_parser("doveauth", __doc__.splitlines()[0])
     parser.add_argument(
         "--nocreate-file",
         type=Path,

@@ -10,14 +10,12 @@ Usage: lastlogin SOCKET INI
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 from . import accounts, dictserver
 from .config import Config
-from .service import load_config_or_exit, setup_logging
+from .service import dict_service_parser, load_config_or_exit, setup_logging
 
 log = logging.getLogger("lastlogin")
 
@@ -54,9 +52,7 @@ class LastLoginDict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lastlogin", description=__doc__.splitlines()[0])
-    parser.add_argument("socket", type=Path, help="unix socket to listen on")
-    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    parser = dict_service_parser("lastlogin", __doc__.splitlines()[0])
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)

@@ -21,7 +21,6 @@ Usage: chatmail-metadata SOCKET INI
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -32,7 +31,7 @@ from . import accounts, dictserver, turn
 from .config import Config
 from .pushhttp import HttpPusher
 from .pushqueue import SPOOL_DIR, Notifier, PushQueue
-from .service import load_config_or_exit, setup_logging
+from .service import dict_service_parser, load_config_or_exit, setup_logging
 from .tokens import TokenStore, token_error
 
 log = logging.getLogger("metadata")
@@ -149,9 +148,7 @@ async def serve(config: Config, socket_path: Path, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="chatmail-metadata", description=__doc__.splitlines()[0])
-    parser.add_argument("socket", type=Path, help="unix socket to listen on")
-    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    parser = dict_service_parser("chatmail-metadata", __doc__.splitlines()[0])
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,14 @@ def setup_logging(verbose: bool = False) -> None:
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def dict_service_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line every dict service shares: `<prog> SOCKET INI` (relay-spec §2.1)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("socket", type=Path, help="unix socket to listen on")
+    parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    return parser
 
 
 def load_config_or_exit(path: Path) -> Config:
