@@ -43,7 +43,6 @@ class Layout:
     www_root: PurePosixPath = PurePosixPath("/var/www/chatmail")
     acme_webroot: PurePosixPath = PurePosixPath("/var/lib/chatmail/acme-webroot")
     turn_secret: PurePosixPath = PurePosixPath("/etc/chatmail/turn-secret")
-    nocreate_file: PurePosixPath = PurePosixPath("/etc/chatmail-nocreate")
     version_file: PurePosixPath = PurePosixPath("/etc/chatmail-version")
 
     @property
