@@ -1,0 +1,149 @@
+"""The hosts a bench run talks to over SSH: chatmail relays and the bare baseline (issue 7).
+
+A `BenchHost` knows where to connect (address, SNI name), where its maildirs live, and runs
+`remote_helper.py` on itself for facts, delivery counts, CPU and memory samples, and the removal
+of the bench's accounts. SSH failures are retried a few times (lab relays are sometimes being
+redeployed) and then become one `BenchError` that says what to check.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatmaild.config import Config, ConfigError, read_config
+
+from .protocol import Endpoint
+
+HELPER = Path(__file__).with_name("remote_helper.py")
+REMOTE_INI = "/usr/local/lib/chatmaild/chatmail.ini"
+SSH_ATTEMPTS = 3
+
+
+class BenchError(Exception):
+    """Something that stops the bench; the message is one paragraph for the operator."""
+
+
+@dataclass
+class BenchHost:
+    label: str  # "relay1", "relay2", "bare"
+    domain: str  # SNI name and address domain
+    ip: str
+    ssh_key: Path | None
+    mailboxes: str = ""  # remote directory holding one maildir per address
+    facts: dict[str, Any] = field(default_factory=dict)
+    clock_offset: float = 0.0  # host clock minus ours, seconds
+    # lab hosts run on this machine's kernel: one clock, nothing to estimate
+    same_clock: bool = True
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.ip, self.domain)
+
+    def ssh_argv(self, command: str) -> list[str]:
+        from ..lab.hosts import SSH_OPTIONS  # batch mode, lab host keys not remembered
+
+        options = list(SSH_OPTIONS)
+        if self.ssh_key:
+            options += ["-i", str(self.ssh_key)]
+        return ["ssh", *options, f"root@{self.ip}", command]
+
+    def ssh(self, command: str, stdin: str = "", timeout: float = 120) -> str:
+        """Run `command` as root; retried while SSH itself fails (exit 255)."""
+        detail = ""
+        for attempt in range(SSH_ATTEMPTS):
+            try:
+                result = subprocess.run(
+                    self.ssh_argv(command),
+                    input=stdin,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                detail = f"no answer within {timeout:g} s"
+                continue
+            if result.returncode == 0:
+                return result.stdout
+            detail = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            if result.returncode != 255:
+                break
+            time.sleep(2 * (attempt + 1))
+        raise BenchError(
+            f"cannot run a command on {self.label} ({self.domain}, {self.ip}) over SSH: "
+            f"{detail}. Check that `ssh root@{self.ip}` works without a password prompt "
+            "(for the lab: that `cmdeploy lab status` lists the relay)."
+        )
+
+    def helper(self, *args: str, stdin: str = "", timeout: float = 120) -> dict[str, Any]:
+        source = HELPER.read_text()
+        command = "python3 -c " + shlex.quote(source) + " " + " ".join(map(shlex.quote, args))
+        out = self.ssh(command, stdin=stdin, timeout=timeout)
+        try:
+            data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BenchError(
+                f"{self.label}: unexpected answer to `{args[0]}`: {out[:200]!r}"
+            ) from None
+        return data
+
+    def read_facts(self) -> dict[str, Any]:
+        before = time.time()
+        self.facts = self.helper("facts")
+        after = time.time()
+        remote_clock = self.facts.pop("clock")
+        if not self.same_clock:
+            self.clock_offset = remote_clock - (before + after) / 2
+        return self.facts
+
+    def to_host_clock(self, local_wall: float) -> float:
+        return local_wall + self.clock_offset
+
+    def deliveries(self, names: list[str], since_host_clock: float) -> list[float]:
+        """Delivery times (host clock) of the files in the named mailboxes since a moment."""
+        data = self.helper(
+            "deliveries", self.mailboxes, f"{since_host_clock:.4f}", stdin="\n".join(names)
+        )
+        return [float(t) for t in data["times"]]
+
+    def cpu_sample(self) -> dict[str, Any]:
+        return self.helper("cpu")
+
+    def memory_sample(self) -> dict[str, Any]:
+        return self.helper("memory")
+
+    def remove_mailboxes(self, names: list[str]) -> dict[str, Any]:
+        return self.helper("remove", self.mailboxes, stdin="\n".join(names), timeout=300)
+
+
+def relay_config(host: BenchHost) -> Config:
+    """The relay's deployed chatmail.ini, read over SSH (what its services really use)."""
+    text = host.ssh(f"cat {REMOTE_INI}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chatmail.ini"
+        path.write_text(text)
+        try:
+            return read_config(path)
+        except ConfigError as e:
+            raise BenchError(f"{host.label}: its {REMOTE_INI} does not parse: {e}") from None
+
+
+def lab_relays() -> list[BenchHost]:
+    """The lab's relays as `cmdeploy lab status --json` describes them (read anew each run)."""
+    from .. import lab
+
+    if not (lab.LAB / "state.json").exists():
+        return []
+    info = lab.status(lab.State.load())
+    key = Path(str(info["ssh_key"]))
+    relays: list[dict[str, str]] = info["relays"]  # type: ignore[assignment]
+    return [
+        BenchHost(f"relay{i}", r["domain"], r["ip"], key) for i, r in enumerate(relays, start=1)
+    ]

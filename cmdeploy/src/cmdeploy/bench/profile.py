@@ -1,0 +1,136 @@
+"""CPU share per process class on a benchmarked host (issue 7, "Profile").
+
+Two samples of `remote_helper.py cpu`, before and after a load, give CPU seconds per class.
+The primary source is each systemd unit's cgroup v2 `cpu.stat`: it also counts the processes
+that were born and died in between (Postfix's smtpd and cleanup, Dovecot's lmtp), which a
+sample of /proc alone misses. Where a host has no cgroup v2 tree, the per-process times are
+used instead, with each parent's reaped-children time (cutime, cstime) so that short-lived
+children are still counted in their master's class.
+
+Pure functions; the classes are those the issue names, plus the dict services of chatmaild
+(doveauth decides how fast accounts are created) and "other".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CLASSES = ("postfix", "filtermail", "dovecot", "dict services", "opendkim", "nginx", "other")
+
+_DOVECOT_PROCESSES = {
+    "dovecot",
+    "imap",
+    "imap-login",
+    "imap-hibernate",
+    "lmtp",
+    "auth",
+    "anvil",
+    "log",
+    "config",
+    "stats",
+    "dict",
+    "doveadm",
+    "quota-warning",
+    "script",
+}
+_POSTFIX_PROCESSES = {
+    "master",
+    "smtpd",
+    "smtp",
+    "cleanup",
+    "qmgr",
+    "pickup",
+    "trivial-rewrite",
+    "tlsmgr",
+    "lmtp-postfix",
+    "bounce",
+    "showq",
+    "proxymap",
+    "verify",
+    "postscreen",
+    "anvil-postfix",
+    "scache",
+    "postdrop",
+    "sendmail",
+}
+_DICT_SERVICES = ("doveauth", "lastlogin", "chatmail-metadata", "metadata")
+
+
+def unit_class(unit: str) -> str:
+    """The class of a systemd unit or slice name (`system-postfix.slice`, `dovecot.service`)."""
+    name = unit.lower()
+    for needle, cls in (
+        ("postfix", "postfix"),
+        ("filtermail", "filtermail"),
+        ("dovecot", "dovecot"),
+        ("opendkim", "opendkim"),
+        ("nginx", "nginx"),
+    ):
+        if needle in name:
+            return cls
+    if any(service in name for service in _DICT_SERVICES):
+        return "dict services"
+    return "other"
+
+
+def process_class(name: str) -> str:
+    """The class of a process name (comm, or the script name of a Python service).
+
+    Postfix and Dovecot both have processes called `lmtp` and `anvil`; without cgroups they go
+    to Dovecot, which is where the relay's LMTP delivery happens.
+    """
+    if "filtermail" in name:
+        return "filtermail"
+    if any(service in name for service in _DICT_SERVICES):
+        return "dict services"
+    if name in _DOVECOT_PROCESSES or name.startswith("dovecot"):
+        return "dovecot"
+    if name in _POSTFIX_PROCESSES:
+        return "postfix"
+    if name.startswith("opendkim"):
+        return "opendkim"
+    if name.startswith("nginx"):
+        return "nginx"
+    return "other"
+
+
+def _per_class(seconds: dict[str, float], classify: Any) -> dict[str, float]:
+    totals = dict.fromkeys(CLASSES, 0.0)
+    for name, value in seconds.items():
+        totals[classify(name)] += value
+    return totals
+
+
+def cpu_by_class(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds and share per class between two samples, and how the host was busy.
+
+    `share` is each class's part of the CPU time the host's services used; `cores` is CPU
+    seconds per wall second (2.0 = both cores of this machine busy with that class).
+    """
+    wall = max(1e-9, after["clock"] - before["clock"])
+    use_units = bool(before.get("units")) and bool(after.get("units"))
+    key, classify = ("units", unit_class) if use_units else ("processes", process_class)
+    start = _per_class(before[key], classify)
+    end = _per_class(after[key], classify)
+    # a process that ended loses its time from the per-process view; never negative
+    used = {cls: max(0.0, end[cls] - start[cls]) for cls in CLASSES}
+    total = sum(used.values())
+    return {
+        "source": "cgroup" if use_units else "proc",
+        "wall_seconds": wall,
+        "cpu_seconds": used,
+        "share": {cls: (used[cls] / total if total else 0.0) for cls in CLASSES},
+        "cores": {cls: used[cls] / wall for cls in CLASSES},
+        # the machine as a whole (all hosts and the load generator share its cores)
+        "machine_busy_cores": max(0.0, after["busy"] - before["busy"]) / wall,
+    }
+
+
+def top_class(profile: dict[str, Any] | None, exclude: tuple[str, ...] = ("other",)) -> str | None:
+    """The class that used the most CPU: the one that limits a CPU-bound load."""
+    if not profile:
+        return None
+    used: dict[str, float] = {c: s for c, s in profile["cpu_seconds"].items() if c not in exclude}
+    if not used or max(used.values()) <= 0:
+        return None
+    return max(used, key=lambda c: used[c])

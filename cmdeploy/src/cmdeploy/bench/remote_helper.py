@@ -1,0 +1,213 @@
+"""Runs ON a benchmarked host (relay or bare baseline), sent over SSH as `python3 -c` (issue 7).
+
+Standard library only: a relay has Debian's python3, the bare host has it from the base image.
+Each action prints one JSON object. Mailbox names come on stdin, one a line, and must look
+like an address: nothing here follows a name with `/` or `..`.
+
+    facts                       CPU count, kernel, postfix/dovecot versions, clock
+    deliveries ROOT SINCE       files in new/ and cur/ of the named maildirs with mtime >= SINCE
+    cpu                         CPU time per systemd unit (cgroup v2) and per process name
+    memory                      PSS of Dovecot's processes, process counts, container memory
+    remove ROOT                 delete the named mailboxes (the bench's own accounts)
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+NAME = re.compile(r"^[A-Za-z0-9._@\[\]-]+$")
+CGROUP_ROOTS = ("/sys/fs/cgroup/unified/system.slice", "/sys/fs/cgroup/system.slice")
+
+
+def names() -> list[str]:
+    found: list[str] = []
+    for line in sys.stdin.read().split():
+        if NAME.match(line) and ".." not in line:
+            found.append(line)
+    return found
+
+
+def facts() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("postfix", "dovecot-core", "nginx", "opendkim"):
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        versions[package] = result.stdout.strip() if result.returncode == 0 else None
+    with open("/proc/meminfo") as f:
+        memory_kb = int(f.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+        "packages": versions,
+        "memory_total_mb": memory_kb // 1024,
+        "clock": time.time(),
+    }
+
+
+def deliveries(root: str, since: float) -> dict[str, Any]:
+    times: list[float] = []
+    for name in names():
+        for sub in ("new", "cur"):
+            try:
+                entries = os.scandir(os.path.join(root, name, sub))
+            except OSError:
+                continue
+            with entries:
+                for entry in entries:
+                    try:
+                        mtime = entry.stat().st_mtime
+                    except OSError:
+                        continue
+                    if mtime >= since:
+                        times.append(round(mtime, 4))
+    times.sort()
+    return {"count": len(times), "times": times}
+
+
+def _proc_stat(pid: str) -> tuple[str, int, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime are fields 14-17 of stat(5); fields[0] is field 3
+    return comm, sum(int(x) for x in fields[11:15]), int(fields[1])
+
+
+def _process_name(pid: str, comm: str) -> str:
+    """The comm, except for interpreters: there the script's name (filtermail, doveauth...)."""
+    if not comm.startswith("python"):
+        return comm
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return comm
+    script = argv[1] if len(argv) > 1 else b""
+    return os.path.basename(script.decode(errors="replace")) or comm
+
+
+def _processes() -> Iterator[tuple[str, str, int]]:
+    """(pid, comm, CPU ticks incl. reaped children) of every process still there."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm, used, _ppid = _proc_stat(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        yield pid, comm, used
+
+
+def cpu() -> dict[str, Any]:
+    units: dict[str, float] = {}
+    for root in CGROUP_ROOTS:
+        if not os.path.isdir(root):
+            continue
+        for entry in os.scandir(root):
+            try:
+                with open(os.path.join(entry.path, "cpu.stat")) as f:
+                    stat = dict(line.split() for line in f if line.strip())
+            except OSError:
+                continue
+            units[entry.name] = int(stat.get("usage_usec", 0)) / 1e6
+        break
+    ticks = os.sysconf("SC_CLK_TCK")
+    processes: dict[str, float] = {}
+    for pid, comm, used in _processes():
+        name = _process_name(pid, comm)
+        processes[name] = processes.get(name, 0.0) + used / ticks
+    with open("/proc/stat") as f:
+        first = f.readline().split()[1:]
+    busy = sum(int(x) for i, x in enumerate(first) if i not in (3, 4)) / ticks  # not idle/iowait
+    return {"units": units, "processes": processes, "busy": busy, "clock": time.time()}
+
+
+def _pss_kb(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _in_dovecot(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return "dovecot.service" in f.read()
+    except OSError:
+        return False
+
+
+def memory() -> dict[str, Any]:
+    dovecot_kb = 0
+    all_kb = 0
+    counts: dict[str, int] = {}
+    for pid, comm, _used in _processes():
+        pss = _pss_kb(pid)
+        all_kb += pss
+        if _in_dovecot(pid):
+            dovecot_kb += pss
+            counts[comm] = counts.get(comm, 0) + 1
+    container: int | None = None
+    try:
+        with open("/sys/fs/cgroup/memory/memory.usage_in_bytes") as f:
+            usage = int(f.read())
+        with open("/sys/fs/cgroup/memory/memory.stat") as f:
+            stat = dict(line.split() for line in f if line.strip())
+        # the "working set": what the kernel could not simply drop (as container tools count)
+        container = usage - int(stat.get("total_inactive_file", 0))
+    except (OSError, ValueError):
+        pass
+    return {
+        "dovecot_pss_kb": dovecot_kb,
+        "all_pss_kb": all_kb,
+        "dovecot_processes": counts,
+        "container_bytes": container,
+    }
+
+
+def remove(root: str) -> dict[str, Any]:
+    removed = 0
+    left: list[str] = []
+    for name in names():
+        path = os.path.join(root, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(path):
+            left.append(name)
+        else:
+            removed += 1
+    return {"removed": removed, "left": left}
+
+
+def main() -> None:
+    action, args = sys.argv[1], sys.argv[2:]
+    if action == "facts":
+        result: dict[str, Any] = facts()
+    elif action == "deliveries":
+        result = deliveries(args[0], float(args[1]))
+    elif action == "cpu":
+        result = cpu()
+    elif action == "memory":
+        result = memory()
+    elif action == "remove":
+        result = remove(args[0])
+    else:
+        raise SystemExit(f"unknown action {action}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
