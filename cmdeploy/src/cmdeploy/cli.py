@@ -249,6 +249,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     return run_online_tests(status, pytest_args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Throughput, latency and capacity of the lab relays beside a bare baseline (issue 7)."""
+    from .bench import command
+    from .bench.hosts import BenchError
+
+    try:
+        return command.run(args)
+    except BenchError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdeploy", description="Set up and check a chatmail relay."
@@ -290,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-host", help="test this relay instead of the lab's")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed on to pytest")
     p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("bench", parents=[common], help="throughput, latency, capacity vs bare")
+    from .bench.command import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lab", parents=[common], help="relays in local Debian hosts, for tests")
     labsub = p.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")

@@ -102,6 +102,7 @@ class SenderPool:
 
     def __init__(self, senders: Sequence[Account], per_minute: int, burst: int) -> None:
         self.senders = list(senders)
+        self.burst = max(1, burst) if per_minute else 10
         self.budgets = {a.addr: SendBudget(per_minute, burst) for a in senders}
         self.busy: set[str] = set()
         self.waited = 0.0  # seconds workers spent waiting for any sender to have budget

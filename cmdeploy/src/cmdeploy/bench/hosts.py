@@ -41,6 +41,12 @@ class BenchHost:
     clock_offset: float = 0.0  # host clock minus ours, seconds
     # lab hosts run on this machine's kernel: one clock, nothing to estimate
     same_clock: bool = True
+    config: Config | None = None  # a relay's deployed chatmail.ini (None on the bare host)
+
+    def chatmail_config(self) -> Config:
+        if self.config is None:
+            raise BenchError(f"{self.label} is not a chatmail relay")
+        return self.config
 
     @property
     def endpoint(self) -> Endpoint:
@@ -106,12 +112,13 @@ class BenchHost:
     def to_host_clock(self, local_wall: float) -> float:
         return local_wall + self.clock_offset
 
-    def deliveries(self, names: list[str], since_host_clock: float) -> list[float]:
-        """Delivery times (host clock) of the files in the named mailboxes since a moment."""
+    def deliveries(self, names: list[str], since_host_clock: float) -> dict[str, float]:
+        """Message files (`mailbox/name`) delivered into the named mailboxes since a moment,
+        with their delivery times on the host's clock."""
         data = self.helper(
             "deliveries", self.mailboxes, f"{since_host_clock:.4f}", stdin="\n".join(names)
         )
-        return [float(t) for t in data["times"]]
+        return {key: float(t) for key, t in data["files"].items()}
 
     def cpu_sample(self) -> dict[str, Any]:
         return self.helper("cpu")

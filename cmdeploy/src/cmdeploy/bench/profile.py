@@ -15,7 +15,20 @@ from __future__ import annotations
 
 from typing import Any
 
-CLASSES = ("postfix", "filtermail", "dovecot", "dict services", "opendkim", "nginx", "other")
+CLASSES = (
+    "postfix",
+    "filtermail",
+    "dovecot",
+    "dict services",
+    "opendkim",
+    "nginx",
+    "other",
+    "ssh",
+)
+# sshd runs the bench's own samples (and whatever else logs in): never "the limit"
+NOT_A_LIMIT = ("other", "ssh")
+# the processes that hold an IMAP session; auth and lmtp come and go with other loads
+IMAP_SESSION_PROCESSES = ("imap", "imap-hibernate", "imap-login")
 
 _DOVECOT_PROCESSES = {
     "dovecot",
@@ -70,6 +83,8 @@ def unit_class(unit: str) -> str:
             return cls
     if any(service in name for service in _DICT_SERVICES):
         return "dict services"
+    if name.startswith("ssh."):
+        return "ssh"
     return "other"
 
 
@@ -91,6 +106,8 @@ def process_class(name: str) -> str:
         return "opendkim"
     if name.startswith("nginx"):
         return "nginx"
+    if name.startswith("sshd") or name == "-c":  # "-c": the bench's helper (python3 -c)
+        return "ssh"
     return "other"
 
 
@@ -123,10 +140,48 @@ def cpu_by_class(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         "cores": {cls: used[cls] / wall for cls in CLASSES},
         # the machine as a whole (all hosts and the load generator share its cores)
         "machine_busy_cores": max(0.0, after["busy"] - before["busy"]) / wall,
+        # what "other" and the rest consist of: the busiest units or processes
+        "top": _top_consumers(before[key], after[key]),
     }
 
 
-def top_class(profile: dict[str, Any] | None, exclude: tuple[str, ...] = ("other",)) -> str | None:
+def _top_consumers(
+    before: dict[str, float], after: dict[str, float], n: int = 8
+) -> dict[str, float]:
+    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    ranked = sorted(((v, k) for k, v in used.items() if v > 0.005), reverse=True)[:n]
+    return {k: round(v, 3) for v, k in ranked}
+
+
+def idle_memory(before: dict[str, Any], after: dict[str, Any], connections: int) -> dict[str, Any]:
+    """Relay memory per idle connection from two `remote_helper.py memory` samples.
+
+    The headline is the PSS growth of Dovecot's IMAP session processes (imap, imap-login,
+    imap-hibernate): what the connections themselves hold. Dovecot as a whole and the
+    container's working set (which includes kernel socket buffers) are kept beside it.
+    """
+
+    def imap_kb(sample: dict[str, Any]) -> int:
+        by_process = sample.get("dovecot_pss_kb_by_process") or {}
+        return sum(by_process.get(p, 0) for p in IMAP_SESSION_PROCESSES)
+
+    def per(delta: float | None) -> float | None:
+        return None if delta is None or not connections else delta / connections
+
+    container = None
+    if after.get("container_bytes") is not None and before.get("container_bytes") is not None:
+        container = (after["container_bytes"] - before["container_bytes"]) / 1024
+    return {
+        "kb_per_connection": per(imap_kb(after) - imap_kb(before)),
+        "imap_pss_kb_before": imap_kb(before),
+        "imap_pss_kb_after": imap_kb(after),
+        "dovecot_kb_per_connection": per(after["dovecot_pss_kb"] - before["dovecot_pss_kb"]),
+        "container_kb_per_connection": per(container),
+        "dovecot_processes": after.get("dovecot_processes", {}),
+    }
+
+
+def top_class(profile: dict[str, Any] | None, exclude: tuple[str, ...] = NOT_A_LIMIT) -> str | None:
     """The class that used the most CPU: the one that limits a CPU-bound load."""
     if not profile:
         return None

@@ -55,7 +55,9 @@ def facts() -> dict[str, Any]:
 
 
 def deliveries(root: str, since: float) -> dict[str, Any]:
-    times: list[float] = []
+    """Each message file as `mailbox/unique name` (without the `:2,...` flags, which change
+    when a client reads it) with its mtime, the moment Dovecot delivered it."""
+    files: dict[str, float] = {}
     for name in names():
         for sub in ("new", "cur"):
             try:
@@ -69,9 +71,8 @@ def deliveries(root: str, since: float) -> dict[str, Any]:
                     except OSError:
                         continue
                     if mtime >= since:
-                        times.append(round(mtime, 4))
-    times.sort()
-    return {"count": len(times), "times": times}
+                        files[name + "/" + entry.name.split(":")[0]] = round(mtime, 4)
+    return {"files": files}
 
 
 def _proc_stat(pid: str) -> tuple[str, int, int]:
@@ -155,12 +156,14 @@ def memory() -> dict[str, Any]:
     dovecot_kb = 0
     all_kb = 0
     counts: dict[str, int] = {}
+    pss_by_comm: dict[str, int] = {}
     for pid, comm, _used in _processes():
         pss = _pss_kb(pid)
         all_kb += pss
         if _in_dovecot(pid):
             dovecot_kb += pss
             counts[comm] = counts.get(comm, 0) + 1
+            pss_by_comm[comm] = pss_by_comm.get(comm, 0) + pss
     container: int | None = None
     try:
         with open("/sys/fs/cgroup/memory/memory.usage_in_bytes") as f:
@@ -175,6 +178,7 @@ def memory() -> dict[str, Any]:
         "dovecot_pss_kb": dovecot_kb,
         "all_pss_kb": all_kb,
         "dovecot_processes": counts,
+        "dovecot_pss_kb_by_process": pss_by_comm,
         "container_bytes": container,
     }
 

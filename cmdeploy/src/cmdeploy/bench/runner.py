@@ -1,0 +1,563 @@
+"""The phases of one `cmdeploy bench` run, in order, and the cleanup (issue 7).
+
+1. Hosts: the lab's relays (read anew from the lab state), their deployed ini, host facts;
+   one fresh IMAP login proves the relay can be reached and authenticated to.
+2. The bare baseline host is started (provisioned once, cached in the lab directory).
+3. Accounts: first-login creations per second, then logins of existing accounts per second.
+4. Throughput, 2 KB and 200 KB, at each concurrency; delivered messages are counted in the
+   recipients' maildirs on the relay and timed by their mtimes; CPU per class is sampled.
+5. Latency at a fraction of the best 2 KB throughput: same relay, then relay1 → relay2.
+6. The bare host gets the same throughput and latency workloads (and logins).
+7. Idle IMAP IDLE connections: relay memory per connection once hibernated.
+
+Every account is registered before its first login, and removed at the end, also after an
+error or Ctrl-C (SIGINT is ignored while removing). Loads are bounded by count and deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import drivers, profile, stats
+from .bare import BareHost
+from .drivers import Account, SenderPool
+from .hosts import BenchError, BenchHost, lab_relays, relay_config
+from .protocol import IMAPClient, ProtocolError
+from .workload import MessageBody, local_part, new_password, new_run_id
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Every knob of a run; all of it goes into the JSON."""
+
+    accounts: int = 300
+    login_concurrency: int = 16
+    concurrency: tuple[int, ...] = (4, 16, 32)
+    messages: int = 1500
+    large_messages: int = 150
+    small_size: int = 2 * 1024
+    large_size: int = 200 * 1024
+    latency_fraction: float = 0.5
+    latency_messages: int = 400
+    idle: tuple[int, ...] = (1000, 5000)
+    idle_per_account: int = 8  # below Dovecot's mail_max_userip_connections (10)
+    duration: float = 120.0  # cap per load, seconds
+    bare: bool = True
+    keep_bare: bool = False
+    idle_settle: float = 45.0  # hibernation after 30 s of IDLE, plus a margin
+
+
+@dataclass
+class Registry:
+    """The bench's accounts per host: registered before they exist, removed at the end."""
+
+    names: dict[str, list[str]] = field(default_factory=dict)
+    hosts: dict[str, BenchHost] = field(default_factory=dict)
+
+    def add(self, host: BenchHost, accounts: list[Account]) -> None:
+        self.hosts[host.label] = host
+        self.names.setdefault(host.label, []).extend(a.addr for a in accounts)
+
+    def remove_all(self, say: Say) -> dict[str, Any]:
+        outcome: dict[str, Any] = {}
+        for label, names in self.names.items():
+            if not names:
+                continue
+            try:
+                result = self.hosts[label].remove_mailboxes(sorted(set(names)))
+            except BenchError as e:
+                outcome[label] = {"error": str(e)}
+                say(f"could not remove the bench's accounts on {label}: {e}")
+                continue
+            outcome[label] = {"removed": result["removed"], "left": len(result["left"])}
+            say(f"removed the {len(set(names))} bench accounts on {label}")
+        return outcome
+
+
+class AccountFactory:
+    """Accounts named `b<run id><n>` with a fresh password each (or the bare host's one)."""
+
+    def __init__(self, run_id: str, domain: str, length: int, password_length: int) -> None:
+        self.run_id = run_id
+        self.domain = domain
+        self.length = length
+        self.password_length = password_length
+        self.count = 0
+
+    def make(self, n: int, password: str | None = None) -> list[Account]:
+        made = []
+        for _ in range(n):
+            local = local_part(self.run_id, self.count, self.length)
+            self.count += 1
+            made.append(Account(f"{local}@{self.domain}", password or self._password()))
+        return made
+
+    def _password(self) -> str:
+        return new_password(self.password_length)
+
+
+def raise_fd_limit() -> int:
+    """Thousands of idle connections need as many descriptors; take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def wait_deliveries(
+    host: BenchHost,
+    names: list[str],
+    since: float,
+    known: set[str],
+    expected: int,
+    quiet: float = 20.0,
+) -> list[float]:
+    """Times of the files that were not `known` before the run, until `expected` arrived or
+    nothing new came for `quiet` seconds."""
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        files = host.deliveries(names, since)
+        times = sorted(t for key, t in files.items() if key not in known)
+        if len(times) >= expected:
+            return times
+        if len(times) != last_count:
+            last_count, last_change = len(times), time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            return times
+        time.sleep(1.0)
+
+
+class Bench:
+    def __init__(self, workload: Workload, say: Say) -> None:
+        self.w = workload
+        self.say = say
+        self.registry = Registry()
+        self.run_id = new_run_id()
+        self.doc: dict[str, Any] = {
+            "schema": "cmdeploy-bench/1",
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "workload": asdict(workload),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+                "note": "the relays, the bare host and the load generator share these CPUs",
+            },
+            "hosts": {},
+        }
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def discover(self) -> tuple[BenchHost, BenchHost | None]:
+        relays = lab_relays()
+        if not relays:
+            raise BenchError(
+                "the lab is not up, so there is no relay to measure: run `cmdeploy lab up` "
+                "first (the bench targets only lab hosts)."
+            )
+        for relay in relays[:2]:
+            config = relay_config(relay)
+            relay.mailboxes = str(config.mailboxes_path)
+            relay.read_facts()
+            self.doc["hosts"][relay.label] = {
+                "domain": relay.domain,
+                "ip": relay.ip,
+                **relay.facts,
+                "limits": {
+                    "max_user_send_per_minute": config.max_user_send_per_minute,
+                    "max_user_send_burst_size": config.max_user_send_burst_size,
+                },
+            }
+            relay.config = config
+        return relays[0], (relays[1] if len(relays) > 1 else None)
+
+    def factory(self, host: BenchHost) -> AccountFactory:
+        config = host.chatmail_config()
+        return AccountFactory(
+            self.run_id, host.domain, config.username_max_length, config.password_min_length + 4
+        )
+
+    def create(
+        self, host: BenchHost, accounts: list[Account], concurrency: int
+    ) -> drivers.LoginResult:
+        """First logins (registered for removal before they are tried)."""
+        self.registry.add(host, accounts)
+        deadline = time.monotonic() + self.w.duration
+        return asyncio.run(drivers.login_all(host.endpoint, accounts, concurrency, deadline))
+
+    def preflight(self, host: BenchHost, factory: AccountFactory) -> None:
+        probe = factory.make(1)
+        result = self.create(host, probe, 1)
+        if result.ok != 1:
+            raise BenchError(
+                f"cannot log in to {host.label} ({host.domain}) over IMAPS at {host.ip}:993: "
+                f"{result.errors.first() or 'no answer'}. Check that the relay is deployed "
+                "and running (`cmdeploy lab status`, `cmdeploy status`)."
+            )
+
+    # --- phases ------------------------------------------------------------------------------
+
+    def accounts_phase(self, relay: BenchHost, accounts: list[Account]) -> dict[str, Any]:
+        self.say(f"creating {len(accounts)} accounts by their first login on {relay.label}")
+        before = relay.cpu_sample()
+        created = self.create(relay, accounts, self.w.login_concurrency)
+        creation_profile = profile.cpu_by_class(before, relay.cpu_sample())
+        if created.ok == 0:
+            raise BenchError(
+                f"no account could be created on {relay.label}: {created.errors.first()}"
+            )
+        self.say("logging in to the existing accounts")
+        deadline = time.monotonic() + self.w.duration
+        logins = asyncio.run(
+            drivers.login_all(relay.endpoint, accounts, self.w.login_concurrency, deadline)
+        )
+        return {
+            "concurrency": self.w.login_concurrency,
+            "created": created.ok,
+            "creations_per_s": stats.rate(created.ok, created.seconds),
+            "creation_errors": created.errors.as_dict(),
+            "logins": logins.ok,
+            "logins_per_s": stats.rate(logins.ok, logins.seconds),
+            "login_errors": logins.errors.as_dict(),
+            "creation_profile": creation_profile,
+        }
+
+    def throughput_run(
+        self,
+        host: BenchHost,
+        pool: SenderPool,
+        recipients: list[Account],
+        body: MessageBody,
+        messages: int,
+        concurrency: int,
+    ) -> dict[str, Any]:
+        names = [a.addr for a in recipients]
+        # files of earlier loads that arrived within the last seconds are known, not counted
+        since = host.to_host_clock(time.time()) - 5.0
+        known = set(host.deliveries(names, since))
+        cpu_before = host.cpu_sample()
+        gen_before = own_cpu()
+        deadline = time.monotonic() + self.w.duration
+        sent = asyncio.run(
+            drivers.throughput(
+                host.endpoint,
+                pool,
+                recipients,
+                body,
+                messages,
+                concurrency,
+                deadline,
+                batch=max(1, pool.burst),
+            )
+        )
+        gen_cpu = own_cpu() - gen_before
+        times = wait_deliveries(host, names, since, known, sent.accepted)
+        cpu = profile.cpu_by_class(cpu_before, host.cpu_sample())
+        first = host.to_host_clock(sent.started_wall)
+        span = stats.delivery_span(first, times)
+        span = max(span or 0.0, sent.seconds) or None
+        delivered = len(times)
+        result: dict[str, Any] = {
+            "size": body.size,
+            "concurrency": concurrency,
+            "messages": messages,
+            "accepted": sent.accepted,
+            "delivered": delivered,
+            "seconds": span,
+            "delivered_per_s": stats.rate(delivered, span),
+            "accepted_per_s": stats.rate(sent.accepted, sent.seconds),
+            "sender_wait_s": round(sent.sender_wait, 3),
+            "errors": sent.errors.as_dict(),
+            "load_generator_cores": gen_cpu / sent.seconds if sent.seconds > 0 else None,
+            "profile": cpu,
+            # for the throughput-over-time chart: seconds after the first submission
+            "delivery_offsets": [round(t - first, 3) for t in times],
+        }
+        self.say(
+            f"  {host.label} {body.size // 1024} KB x{concurrency}: {sent.accepted} accepted, "
+            f"{delivered} delivered, {fmt(result['delivered_per_s'])} msg/s"
+        )
+        return result
+
+    def throughput_phase(
+        self, host: BenchHost, pool: SenderPool, recipients: list[Account]
+    ) -> dict[str, Any]:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for size, count in (
+            (self.w.small_size, self.w.messages),
+            (self.w.large_size, self.w.large_messages),
+        ):
+            body = MessageBody.of_size(size)
+            key = size_key(size)
+            runs[key] = [
+                self.throughput_run(host, pool, recipients, body, count, c)
+                for c in self.w.concurrency
+            ]
+        return {"runs": runs, "best": {k: best_run(v) for k, v in runs.items()}}
+
+    def latency_run(
+        self,
+        label: str,
+        send: BenchHost,
+        idle_host: BenchHost,
+        pool: SenderPool,
+        idle_accounts: list[Account],
+        spare: list[Account],
+        rate: float,
+        workers: int,
+    ) -> dict[str, Any]:
+        body = MessageBody.of_size(self.w.small_size)
+        deadline = time.monotonic() + self.w.duration
+        cpu_before = send.cpu_sample()
+        try:
+            result = asyncio.run(
+                drivers.latency(
+                    send.endpoint,
+                    idle_host.endpoint,
+                    pool,
+                    idle_accounts,
+                    spare,
+                    body,
+                    rate,
+                    self.w.latency_messages,
+                    workers,
+                    deadline,
+                )
+            )
+        except ProtocolError as e:
+            raise BenchError(f"latency {label}: {e}") from None
+        cpu = profile.cpu_by_class(cpu_before, send.cpu_sample())
+        summary = stats.latency_summary(result.latencies, result.lost)
+        self.say(
+            f"  latency {label} at {rate:.1f} msg/s: p50 {ms(summary['p50'])}, "
+            f"p95 {ms(summary['p95'])}, p99 {ms(summary['p99'])} ({summary['count']} timed)"
+        )
+        return {
+            **summary,
+            "offered_per_s": rate,
+            "achieved_per_s": result.achieved_rate,
+            "untimed": result.untimed,
+            "idle_recipients": len(idle_accounts),
+            "errors": result.errors.as_dict(),
+            "samples": [round(x, 4) for x in result.latencies],
+            "profile": cpu,
+        }
+
+    def idle_phase(
+        self, relay: BenchHost, factory: AccountFactory, pool: list[Account]
+    ) -> list[dict[str, Any]]:
+        target = max(self.w.idle, default=0)
+        if target <= 0:
+            return []
+        needed = math.ceil(target / self.w.idle_per_account)
+        accounts = list(pool[:needed])
+        if len(accounts) < needed:
+            extra = factory.make(needed - len(accounts))
+            self.say(f"creating {len(extra)} more accounts for the idle connections")
+            made = self.create(relay, extra, self.w.login_concurrency)
+            if made.errors.total:
+                self.say(f"  {made.errors.total} of them failed: {made.errors.first()}")
+            accounts += extra
+        slots = [a for _ in range(self.w.idle_per_account) for a in accounts]
+        return asyncio.run(self._idle_steps(relay, slots))
+
+    async def _idle_steps(self, relay: BenchHost, slots: list[Account]) -> list[dict[str, Any]]:
+        results = []
+        clients: list[IMAPClient] = []
+        errors = drivers.Errors()
+        loop = asyncio.get_running_loop()
+        before = await loop.run_in_executor(None, relay.memory_sample)
+        try:
+            for step in sorted(self.w.idle):
+                want = step - len(clients)
+                if want <= 0:
+                    continue
+                self.say(f"  opening IDLE connections up to {step} on {relay.label}")
+                deadline = time.monotonic() + self.w.duration
+                opened, errs = await drivers.open_idle(
+                    relay.endpoint, slots[len(clients) : step], 50, deadline
+                )
+                clients += opened
+                for kind, n in errs.counts.items():
+                    errors.counts[kind] = errors.counts.get(kind, 0) + n
+                    errors.examples.setdefault(kind, errs.examples[kind])
+                # let Dovecot move idle sessions into imap-hibernate before measuring
+                await asyncio.sleep(self.w.idle_settle)
+                after = await loop.run_in_executor(None, relay.memory_sample)
+                n = len(clients)
+                figures = profile.idle_memory(before, after, n)
+                results.append(
+                    {"connections": n, "requested": step, **figures, "errors": errors.as_dict()}
+                )
+                self.say(
+                    f"  {n} idle connections: {fmt(figures['kb_per_connection'])} KB each "
+                    f"(PSS of Dovecot's imap processes), processes {after['dovecot_processes']}"
+                )
+        finally:
+            await drivers.close_all(clients)
+        return results
+
+    # --- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        fd_limit = raise_fd_limit()
+        self.doc["machine"]["fd_limit"] = fd_limit
+        bare_host: BareHost | None = None
+        try:
+            relay1, relay2 = self.discover()
+            f1 = self.factory(relay1)
+            self.preflight(relay1, f1)
+            bare = None
+            if self.w.bare:
+                bare_host = BareHost(self.say)
+                bare = bare_host.start()
+                bare.read_facts()
+                self.doc["hosts"]["bare"] = {"domain": bare.domain, "ip": bare.ip, **bare.facts}
+            self.measure(relay1, relay2, f1, bare, bare_host)
+        finally:
+            with sigint_ignored():
+                self.say("cleaning up")
+                self.doc["cleanup"] = self.registry.remove_all(self.say)
+                if bare_host is not None and not self.w.keep_bare:
+                    bare_host.stop()
+                    self.say("stopped the bare baseline host")
+        self.doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return self.doc
+
+    def measure(
+        self,
+        relay1: BenchHost,
+        relay2: BenchHost | None,
+        f1: AccountFactory,
+        bare: BenchHost | None,
+        bare_host: BareHost | None,
+    ) -> None:
+        w = self.w
+        config = relay1.chatmail_config()
+        accounts = f1.make(w.accounts)
+        self.doc["accounts"] = self.accounts_phase(relay1, accounts)
+        pool = SenderPool(
+            accounts, config.max_user_send_per_minute, config.max_user_send_burst_size
+        )
+        self.say("throughput through the full chatmail path")
+        self.doc["throughput"] = self.throughput_phase(relay1, pool, accounts)
+
+        best = self.doc["throughput"]["best"].get(size_key(w.small_size)) or {}
+        max_rate = best.get("delivered_per_s") or 1.0
+        rate = max(0.5, w.latency_fraction * max_rate)
+        workers = best.get("concurrency") or max(w.concurrency)
+        n_idle = max(1, min(64, len(accounts) // 3))
+        idle_accounts, spare = accounts[:n_idle], accounts[n_idle:] or accounts
+        self.doc["latency"] = {
+            "fraction_of_max": w.latency_fraction,
+            "max_per_s": max_rate,
+            "definition": "end of SMTP DATA (final dot written) -> IMAP IDLE sees EXISTS",
+        }
+        self.say("latency")
+        self.doc["latency"]["same_relay"] = self.latency_run(
+            "same relay", relay1, relay1, pool, idle_accounts, spare, rate, workers
+        )
+        if relay2 is not None:
+            f2 = self.factory(relay2)
+            remote = f2.make(max(2, n_idle + 8))
+            made = self.create(relay2, remote, w.login_concurrency)
+            if made.ok:
+                self.doc["latency"]["cross_relay"] = self.latency_run(
+                    f"{relay1.label} -> {relay2.label}",
+                    relay1,
+                    relay2,
+                    pool,
+                    remote[:n_idle],
+                    remote[n_idle:] or remote,
+                    rate,
+                    workers,
+                )
+
+        if bare is not None and bare_host is not None:
+            self.doc["bare"] = self.bare_phase(
+                bare, bare_host.password, rate, workers, len(accounts)
+            )
+
+        self.say("idle IMAP connections")
+        self.doc["idle"] = self.idle_phase(relay1, f1, accounts)
+
+    def bare_phase(
+        self, bare: BenchHost, password: str, rate: float, workers: int, n: int
+    ) -> dict[str, Any]:
+        w = self.w
+        factory = AccountFactory(self.run_id, bare.domain, 9, len(password))
+        accounts = factory.make(n, password=password)
+        self.registry.add(bare, accounts)
+        self.say("the bare baseline: logins, throughput, latency")
+        deadline = time.monotonic() + w.duration
+        logins = asyncio.run(
+            drivers.login_all(bare.endpoint, accounts, w.login_concurrency, deadline)
+        )
+        if logins.ok == 0:
+            raise BenchError(f"cannot log in to the bare baseline host: {logins.errors.first()}")
+        pool = SenderPool(accounts, 0, 10)  # no rate limit on the bare stack
+        throughput = self.throughput_phase(bare, pool, accounts)
+        n_idle = max(1, min(64, len(accounts) // 3))
+        latency = self.latency_run(
+            "bare",
+            bare,
+            bare,
+            pool,
+            accounts[:n_idle],
+            accounts[n_idle:] or accounts,
+            rate,
+            workers,
+        )
+        return {
+            "logins_per_s": stats.rate(logins.ok, logins.seconds),
+            "throughput": throughput,
+            "latency": latency,
+        }
+
+
+def size_key(size: int) -> str:
+    return f"{round(size / 1024)}k"
+
+
+def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    measured = [r for r in runs if r.get("delivered_per_s")]
+    return max(measured, key=lambda r: r["delivered_per_s"]) if measured else None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
