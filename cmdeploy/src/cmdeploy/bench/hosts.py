@@ -123,6 +123,9 @@ class BenchHost:
     def cpu_sample(self) -> dict[str, Any]:
         return self.helper("cpu")
 
+    def load_1m(self) -> float:
+        return float(self.helper("load")["load_1m"])
+
     def memory_sample(self) -> dict[str, Any]:
         return self.helper("memory")
 

@@ -178,6 +178,9 @@ def idle_memory(before: dict[str, Any], after: dict[str, Any], connections: int)
         "dovecot_kb_per_connection": per(after["dovecot_pss_kb"] - before["dovecot_pss_kb"]),
         "container_kb_per_connection": per(container),
         "dovecot_processes": after.get("dovecot_processes", {}),
+        # a hibernated session has no imap process of its own any more
+        "imap_processes": (after.get("dovecot_processes") or {}).get("imap", 0),
+        "hibernated": max(0, connections - (after.get("dovecot_processes") or {}).get("imap", 0)),
     }
 
 

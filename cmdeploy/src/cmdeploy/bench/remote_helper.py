@@ -8,6 +8,7 @@ like an address: nothing here follows a name with `/` or `..`.
     deliveries ROOT SINCE       files in new/ and cur/ of the named maildirs with mtime >= SINCE
     cpu                         CPU time per systemd unit (cgroup v2) and per process name
     memory                      PSS of Dovecot's processes, process counts, container memory
+    load                        the 1-minute load average (doveauth refuses creations above a limit)
     remove ROOT                 delete the named mailboxes (the bench's own accounts)
 """
 
@@ -45,11 +46,18 @@ def facts() -> dict[str, Any]:
         versions[package] = result.stdout.strip() if result.returncode == 0 else None
     with open("/proc/meminfo") as f:
         memory_kb = int(f.readline().split()[1])
+    try:
+        # Dovecot needs one inotify instance per IDLE session to notify and to hibernate
+        with open("/proc/sys/fs/inotify/max_user_instances") as f:
+            inotify_instances: int | None = int(f.read())
+    except (OSError, ValueError):
+        inotify_instances = None
     return {
         "cpus": os.cpu_count(),
         "kernel": os.uname().release,
         "packages": versions,
         "memory_total_mb": memory_kb // 1024,
+        "inotify_max_user_instances": inotify_instances,
         "clock": time.time(),
     }
 
@@ -202,6 +210,8 @@ def main() -> None:
         result: dict[str, Any] = facts()
     elif action == "deliveries":
         result = deliveries(args[0], float(args[1]))
+    elif action == "load":
+        result = {"load_1m": os.getloadavg()[0]}
     elif action == "cpu":
         result = cpu()
     elif action == "memory":

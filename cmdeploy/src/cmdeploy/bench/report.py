@@ -170,6 +170,20 @@ def table(doc: dict[str, Any]) -> str:
             f"memory per idle IDLE conn. @{idle['connections']}, KB",
             _num(idle.get("kb_per_connection")),
         )
+        lines.append(
+            f"{'':<4}{idle.get('hibernated', '-')} of {idle['connections']} hibernated; "
+            f"Dovecot as a whole {_num(idle.get('dovecot_kb_per_connection'))} KB, container "
+            f"working set {_num(idle.get('container_kb_per_connection'))} KB per connection"
+        )
+    inotify = host.get("inotify_max_user_instances")
+    if (
+        inotify is not None
+        and max((i["connections"] for i in doc.get("idle") or []), default=0) > inotify
+    ):
+        lines.append(
+            f"{'':<4}note: fs.inotify.max_user_instances is {inotify} on the relay: beyond that "
+            "Dovecot cannot watch a mailbox, so IDLE falls back to polling and cannot hibernate"
+        )
     prof = _get(doc, "throughput", "best", "2k", "profile")
     generator = _get(doc, "throughput", "best", "2k", "load_generator_cores")
     if prof:
