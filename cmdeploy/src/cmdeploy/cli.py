@@ -219,7 +219,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             f"root@{relay.ip}",
         ]
         return subprocess.run(ssh, check=False).returncode
-    except (lab.LabError, lab.hosts.HostError, lab.net.NetError) as e:
+    except (lab.LabError, lab.hosts.HostError, lab.net.NetError, lab.services.ServiceError) as e:
         raise UsageError(str(e)) from None
 
 

@@ -30,6 +30,7 @@ from pyinfra.operations.util import any_changed
 from chatmaild.config import read_config
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
+from cmdeploy import acme
 from cmdeploy.chatmaild import chatmaild_files, services
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.journald import journald_files
@@ -179,24 +180,59 @@ class Unbound(Component):
 
 
 class Tls(Component):
+    """The certificate and key every TLS listener reads (spec §8): generated once here for
+    self-signed relays, and as a placeholder for ACME relays until certbot replaced it."""
+
     def configure(self) -> None:
-        tls = self.layout.tls
-        if tls.mode == "self":
-            domain = self.layout.config.mail_domain
-            names = f"DNS:{domain},DNS:www.{domain},DNS:mta-sts.{domain}"
-            if self.layout.config.is_ipv4:
-                names = f"IP:{domain}"
-            if not missing(tls.cert):
-                return
+        layout = self.layout
+        tls = layout.tls
+        if tls.mode == "external" or not missing(tls.cert):
+            return
+        domain = layout.config.mail_domain
+        if layout.config.is_ipv4:
+            names = [f"IP:{domain}"]
+        else:
+            names = [f"DNS:{n}" for n in acme.names(layout)]
+        what = "Self-signed certificate" if tls.mode == "self" else "Placeholder certificate"
+        server.shell(
+            name=f"{what} (once)",
+            commands=[acme.placeholder_command(layout, days=36500, names=names)],
+        )
+
+
+class Acme(Component):
+    """certbot, its deploy hook and daily timer; the first certificate is requested once nginx
+    answers on port 80 with the challenge webroot, hence this component comes after Nginx."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.enabled = layout.tls.mode == "acme"
+        self.packages = ("certbot",) if self.enabled else ()
+
+    def configure(self) -> None:
+        if not self.enabled:
+            return
+        files.directory(name="ACME challenge webroot", path=str(self.layout.acme_webroot))
+        self.changed = [
+            files.put(name=f"Install {path}", src=io.StringIO(text), dest=path, mode=mode)
+            for path, (text, mode) in acme.acme_files(self.layout).items()
+        ]
+
+    def activate(self) -> None:
+        if not self.enabled:
+            return
+        systemd.daemon_reload(name="Load the ACME units", _if=any_changed(*self.changed))
+        systemd.service(
+            name="Daily certificate check", service=acme.TIMER, running=True, enabled=True
+        )
+        if missing(acme.issued_cert(self.layout)) or self.changed:
+            # A failure leaves the relay on its placeholder: not a failed deploy, but a
+            # pending certificate that `cmdeploy run` reports at the end (and the timer retries).
+            needed = None if missing(acme.issued_cert(self.layout)) else any_changed(*self.changed)
             server.shell(
-                name="Self-signed certificate (once)",
-                commands=[
-                    f"openssl req -x509 -newkey ec"
-                    f" -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 -subj /CN={domain}"
-                    f" -addext subjectAltName={names} -addext basicConstraints=critical,CA:FALSE"
-                    f" -addext extendedKeyUsage=serverAuth,clientAuth"
-                    f" -keyout {tls.key} -out {tls.cert}"
-                ],
+                name="Request the certificate (ACME)",
+                commands=[f"systemctl start {acme.SERVICE} || true"],
+                _if=needed,
             )
 
 
@@ -377,6 +413,7 @@ COMPONENTS: list[Callable[[Layout], Component]] = [
     Dovecot,
     Postfix,
     Nginx,
+    Acme,
     Coturn,
     Version,
 ]

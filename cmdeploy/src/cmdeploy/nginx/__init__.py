@@ -126,14 +126,11 @@ def nginx_files(
     layout: Layout,
     sockets: Sockets | None = None,
     log: str = SYSLOG,
-    certificate_ready: bool = True,
 ) -> dict[str, str]:
     """Our nginx files, `{absolute path on the relay: content}`; `log` is the nginx log target.
 
-    `certificate_ready=False` leaves out the HTTPS servers, whose certificate nginx must load:
-    before the first ACME certificate exists, nginx serves port 80 alone, and certbot's webroot
-    challenge can pass. Deploy that, obtain the certificate, then deploy the full files.
-    """
+    The certificate always exists when nginx starts: before the first ACME certificate, the
+    deploy puts a placeholder at the same path (see `cmdeploy.acme`)."""
     sockets = sockets or Sockets()
     config = layout.config
     domain = config.mail_domain
@@ -174,7 +171,6 @@ def nginx_files(
         http_listen=_public_listen(config, sockets, sockets.http),
         http_names=http_names,
         client_address_hop=client_address_hop,
-        certificate_ready=certificate_ready,
         rate_limit_new=tls.mode == "self",
         cert=tls.cert,
         key=tls.key,
