@@ -2,8 +2,9 @@
 
 pyinfra executes this file against one host. Components come in the order of the list at
 the bottom; all installs run first, then all configures, then all activates
-(`CMDEPLOY_STAGES` selects stages). A service restarts only when one of its files changed,
-and only after its configuration was validated (`postconf`, `doveconf -n`, `nginx -t`).
+(`CMDEPLOY_STAGES` selects stages; `CHATMAIL_WEBSITE_ONLY` uploads the web pages alone).
+A service restarts only when one of its files changed, and only after its configuration
+was validated (`postconf`, `doveconf -n`, `nginx -t`).
 Keys and secrets are generated once, on the relay, and kept.
 
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
@@ -344,18 +345,21 @@ class Nginx(Component):
 
     def configure(self) -> None:
         self.changed = put(nginx_files(self.layout))
+        if uploaded := self.upload_website():
+            self.changed.append(uploaded)
+
+    def upload_website(self) -> OperationMeta | None:
         website = os.environ.get("CHATMAIL_WEBSITE")
-        if website:
-            self.changed.append(
-                files.sync(
-                    name="Upload the web pages",
-                    src=website,
-                    dest=str(self.layout.www_root),
-                    user="www-data",
-                    group="www-data",
-                    delete=True,
-                )
-            )
+        if not website:
+            return None
+        return files.sync(
+            name="Upload the web pages",
+            src=website,
+            dest=str(self.layout.www_root),
+            user="www-data",
+            group="www-data",
+            delete=True,
+        )
 
     def activate(self) -> None:
         systemd.service(name="Run fcgiwrap", service="fcgiwrap.socket", running=True, enabled=True)
@@ -422,6 +426,10 @@ COMPONENTS: list[Callable[[Layout], Component]] = [
 def deploy() -> None:
     config = read_config(os.environ["CHATMAIL_INI"])
     layout = Layout(config)
+    if os.environ.get("CHATMAIL_WEBSITE_ONLY"):
+        # nginx serves the pages as they change on disk: no reload needed
+        Nginx(layout).upload_website()
+        return
     stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
     components = [make(layout) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}

@@ -33,6 +33,7 @@ import dns.resolver
 
 from chatmaild.config import Config
 from cmdeploy.layout import Layout
+from cmdeploy.remote import RelayState
 
 TTL = 3600
 TXT_STRING_MAX = 255  # one <character-string> of a TXT record (RFC 1035 §3.3)
@@ -63,6 +64,16 @@ class Record:
 
     def line(self) -> str:
         return f"{self.name} {self.ttl} IN {self.type} {self.value}"
+
+
+def facts_from_state(state: RelayState) -> RelayFacts:
+    return RelayFacts(
+        ipv4=state.ipv4[0] if state.ipv4 else None,
+        ipv6=state.ipv6[0] if state.ipv6 else None,
+        dkim_public_key_b64=dkim_key_from_pem(state.dkim_public_pem) or None,
+        acme_account_uri=state.acme_account_uri,
+        sts_id=None,
+    )
 
 
 def dkim_key_from_pem(pem: str) -> str:

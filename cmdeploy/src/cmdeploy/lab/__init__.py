@@ -27,6 +27,7 @@ from pathlib import Path
 
 from chatmaild.config import read_config, render_ini
 
+from ..run import DeployError, build_wheels
 from . import hosts, net, services
 
 LAB = Path(os.environ.get("CMDEPLOY_LAB_DIR", "/var/lib/chatmail-lab"))
@@ -253,8 +254,16 @@ def deploy_relay(relay: Relay) -> None:
             overrides["acme_directory_url"] = services.acme_url()
         ini.write_text(render_ini(relay.domain, overrides))
     read_config(ini)  # a broken ini stops here with its own clear message
-    env = {**os.environ, **ssh_env()}
-    cmdeploy = [sys.executable, "-m", "cmdeploy.cli"]
+    # The operator's machine is the client namespace: its resolver is the lab DNS (which the
+    # DNS pre-check asks). It has no package index, so the wheels are built out here.
+    wheels = LAB / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    try:
+        build_wheels(wheels)
+    except DeployError as e:
+        raise LabError(str(e)) from None
+    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(wheels)}
+    cmdeploy = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
     for args, what in (
         (["run", "--ssh-host", relay.ip], "deploying"),
         (
@@ -313,4 +322,5 @@ def down() -> None:
     for name in (*lab_files, *ca_files, "pebble.json"):
         (LAB / name).unlink(missing_ok=True)
     shutil.rmtree(LAB / "dns", ignore_errors=True)
+    shutil.rmtree(LAB / "wheels", ignore_errors=True)
     say("down (the base image stays cached)")
