@@ -477,6 +477,26 @@ def report(result: CheckResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_relay(
+    config: Config,
+    facts: RelayFacts,
+    resolver: Resolver,
+    *,
+    now: datetime | None = None,
+    nameservers: Sequence[str] | None = None,
+    port: int = 53,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> CheckResult:
+    """Every record of the relay's zone against DNS, keeping an MTA-STS id already there."""
+    if config.tls_mode == "acme" and facts.sts_id is None:
+        sts_id = existing_sts_id(
+            config.mail_domain, resolver, nameservers=nameservers, port=port, timeout=timeout
+        )
+        facts = replace(facts, sts_id=sts_id)
+    records = zone_records(config, facts, now or datetime.now(UTC))
+    return check(records, resolver, nameservers=nameservers, port=port, timeout=timeout)
+
+
 def run_dns_check(
     config: Config,
     facts: RelayFacts,
@@ -493,13 +513,9 @@ def run_dns_check(
     if config.is_ipv4:
         print(f"{config.mail_domain} is an IPv4 relay: it has no DNS records.", file=out)
         return 0
-    if config.tls_mode == "acme" and facts.sts_id is None:
-        sts_id = existing_sts_id(
-            config.mail_domain, resolver, nameservers=nameservers, port=port, timeout=timeout
-        )
-        facts = replace(facts, sts_id=sts_id)
-    records = zone_records(config, facts, now or datetime.now(UTC))
-    result = check(records, resolver, nameservers=nameservers, port=port, timeout=timeout)
+    result = check_relay(
+        config, facts, resolver, now=now, nameservers=nameservers, port=port, timeout=timeout
+    )
     print(report(result), end="", file=out)
     code = 0 if result.ok else 1
     if not facts.dkim_public_key_b64:

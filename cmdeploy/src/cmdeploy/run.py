@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from chatmaild.config import Config
@@ -113,9 +112,9 @@ def what_is_left(config: Config, host: str) -> tuple[bool, int | None]:
     pending = config.tls_mode == "acme" and state.cert_self_issued
     if config.is_ipv4:
         return pending, 0
-    records = relay_dns.zone_records(config, relay_dns.facts_from_state(state), datetime.now(UTC))
+    facts = relay_dns.facts_from_state(state)
     try:
-        result = relay_dns.check(records, dns.resolver.Resolver(), timeout=5)
+        result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
     except Exception:  # noqa: BLE001 (the summary reports DNS as unchecked, never fails the run)
         return pending, None
     return pending, sum(p.record.required for p in result.problems)
