@@ -76,8 +76,15 @@ def test_the_command_asks_for_the_three_names_with_an_ecdsa_key(tmp_path: Path) 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd")
 def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     layout = make_layout(tmp_path)
+    external = make_layout(
+        tmp_path, tls_external_cert_and_key=f"{tmp_path}/cert.pem {tmp_path}/key.pem"
+    )
+    contents = {**acme.acme_files(layout), **acme.external_reload_files(external)}
+    assert (
+        f"PathChanged={tmp_path}/key.pem" in contents[f"/etc/systemd/system/{acme.RELOAD_PATH}"][0]
+    )
     units = []
-    for path, (content, _mode) in acme.acme_files(layout).items():
+    for path, (content, _mode) in contents.items():
         local = tmp_path / PurePosixPath(path).name
         local.write_text(content)
         if local.suffix in (".service", ".timer"):
@@ -85,7 +92,11 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     result = subprocess.run(
         ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
     )
-    ours = [line for line in result.stderr.splitlines() if "chatmail-acme" in line]
+    ours = [
+        line
+        for line in result.stderr.splitlines()
+        if "chatmail-acme" in line or "tls-cert-reload" in line
+    ]
     assert not ours, result.stderr
 
 

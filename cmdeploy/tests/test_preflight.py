@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chatmaild.config import Config
 from cmdeploy.preflight import (
     Lookup,
+    PreflightError,
+    check_target,
     dns_problems,
     parse_addresses,
     parse_listeners,
@@ -128,3 +132,17 @@ def test_dns_problems(
     for paragraph, start in zip(found, expected, strict=True):
         assert paragraph.startswith(start)
         assert "--skip-dns-check" in paragraph  # the way out for NAT and impatient operators
+
+
+def test_a_missing_external_certificate_is_named(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("present\n")
+    cert = tmp_path / "missing-cert.pem"
+    external = Config.from_params(
+        {"mail_domain": "chat.example.org", "tls_external_cert_and_key": f"{cert} {key}"}
+    )
+    with pytest.raises(PreflightError) as raised:
+        check_target("@local", external, lookup=None)
+    message = str(raised.value)
+    assert f"{cert} (tls_external_cert_and_key) does not exist on @local" in message
+    assert str(key) + " " not in message

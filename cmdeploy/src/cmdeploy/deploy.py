@@ -25,6 +25,7 @@ from pyinfra import host  # type: ignore[attr-defined]  # set while a deploy run
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, FileContents
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -47,6 +48,7 @@ MAIL_UNITS = ("postfix", "dovecot")
 PENDING_RESTARTS = "/var/lib/chatmail/pending-restart"
 # While packages install, their services must not start with Debian's default configuration.
 POLICY_RC = "/usr/sbin/policy-rc.d"
+WORKER_CONNECTIONS = 2048
 
 
 def put(
@@ -203,23 +205,36 @@ class Tls(Component):
 
 class Acme(Component):
     """certbot, its deploy hook and daily timer; the first certificate is requested once nginx
-    answers on port 80 with the challenge webroot, hence this component comes after Nginx."""
+    answers on port 80 with the challenge webroot, hence this component comes after Nginx.
+    With an external certificate: the path unit that reloads the services when it changes."""
 
     def __init__(self, layout: Layout) -> None:
         super().__init__(layout)
         self.enabled = layout.tls.mode == "acme"
+        self.external = layout.tls.mode == "external"
         self.packages = ("certbot",) if self.enabled else ()
 
     def configure(self) -> None:
+        if self.external:
+            self.changed = self.put_units(acme.external_reload_files(self.layout))
         if not self.enabled:
             return
         files.directory(name="ACME challenge webroot", path=str(self.layout.acme_webroot))
-        self.changed = [
+        self.changed = self.put_units(acme.acme_files(self.layout))
+
+    @staticmethod
+    def put_units(contents: dict[str, tuple[str, str]]) -> Ops:
+        return [
             files.put(name=f"Install {path}", src=io.StringIO(text), dest=path, mode=mode)
-            for path, (text, mode) in acme.acme_files(self.layout).items()
+            for path, (text, mode) in contents.items()
         ]
 
     def activate(self) -> None:
+        if self.external:
+            systemd.daemon_reload(name="Load the reload units", _if=any_changed(*self.changed))
+            systemd.service(
+                name="Watch the certificate", service=acme.RELOAD_PATH, running=True, enabled=True
+            )
         if not self.enabled:
             return
         systemd.daemon_reload(name="Load the ACME units", _if=any_changed(*self.changed))
@@ -324,7 +339,7 @@ class Postfix(Component):
     packages = ("postfix",)
 
     def configure(self) -> None:
-        contents = postfix_files(self.layout)
+        contents = postfix_files(self.layout, myhostname=self.reverse_name())
         self.changed = put(contents)
         maps = [path for path in contents if postmap_needed(path)]
         if maps:
@@ -333,6 +348,18 @@ class Postfix(Component):
                 commands=[f"postmap {path}" for path in maps],
                 _if=any_changed(*self.changed),
             )
+
+    def reverse_name(self) -> str | None:
+        """An IPv4 relay's name for itself: the PTR name of its address (spec §5), as the
+        relay's resolver sees it; None (the host's own name) when there is none."""
+        config = self.layout.config
+        if not config.is_ipv4:
+            return None
+        answer = host.get_fact(Command, f"getent hosts {config.mail_domain} || true") or ""
+        fields = answer.split()
+        if len(fields) >= 2 and fields[1] != config.mail_domain:
+            return str(fields[1])
+        return None
 
     def activate(self) -> None:
         # any warning from postconf fails the deploy (spec §9)
@@ -345,6 +372,16 @@ class Nginx(Component):
 
     def configure(self) -> None:
         self.changed = put(nginx_files(self.layout))
+        # The one line of Debian's nginx.conf we change (spec §10.1): 768 connections would
+        # serve only ~380 clients through the 443 multiplexer (two connections each).
+        self.changed.append(
+            files.line(
+                name="nginx worker_connections",
+                path="/etc/nginx/nginx.conf",
+                line=r"^\s*worker_connections\s+\d+;",
+                replace=f"\tworker_connections {WORKER_CONNECTIONS};",
+            )
+        )
         if uploaded := self.upload_website():
             self.changed.append(uploaded)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 import subprocess
 from collections.abc import Callable
 
@@ -181,10 +182,18 @@ def problems(
     return found
 
 
-def probe_command(host: str) -> list[str]:
+def probe(config: Config) -> str:
+    """PROBE, plus for an external certificate the list of its files that are not readable."""
+    if config.tls_mode != "external":
+        return PROBE
+    paths = " ".join(shlex.quote(p) for p in config.tls_external_cert_and_key.split())
+    return f'{PROBE}; echo \'--- unreadable\'; for f in {paths}; do test -r "$f" || echo "$f"; done'
+
+
+def probe_command(host: str, config: Config) -> list[str]:
     if host == "@local":
-        return ["sh", "-c", PROBE]
-    return ["ssh", *ssh_options(), f"root@{host}", PROBE]
+        return ["sh", "-c", probe(config)]
+    return ["ssh", *ssh_options(), f"root@{host}", probe(config)]
 
 
 def check_target(
@@ -193,7 +202,11 @@ def check_target(
     """Raises PreflightError with every problem found; `lookup=None` skips the DNS check."""
     try:
         result = subprocess.run(
-            probe_command(host), capture_output=True, text=True, timeout=timeout, check=False
+            probe_command(host, config),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise PreflightError(f"{host} did not answer over SSH within {timeout:g} s.") from None
@@ -204,8 +217,15 @@ def check_target(
             "logs in with a key and without a password prompt, then run `cmdeploy run` again."
         )
     release, _, rest = result.stdout.partition("--- addresses")
-    addresses, _, sockets = rest.partition("--- sockets")
+    addresses, _, rest = rest.partition("--- sockets")
+    sockets, _, unreadable = rest.partition("--- unreadable")
     found = problems(parse_os_release(release), parse_listeners(sockets), host)
+    for path in unreadable.split():
+        found.append(
+            f"{path} (tls_external_cert_and_key) does not exist on {host} or is not readable. "
+            "Put the certificate and key there, or change the setting, then run `cmdeploy run` "
+            "again."
+        )
     if lookup is not None and not config.is_ipv4:
         # @local: the addresses are this machine's, which the check compares all the same
         found += dns_problems(config, lookup, host, parse_addresses(addresses))

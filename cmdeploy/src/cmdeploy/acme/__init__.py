@@ -28,6 +28,7 @@ COMPONENT = "acme"
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 SERVICE = "chatmail-acme.service"
 TIMER = "chatmail-acme.timer"
+RELOAD_PATH = "tls-cert-reload.path"
 LETSENCRYPT = PurePosixPath("/etc/letsencrypt")
 
 
@@ -88,6 +89,18 @@ def placeholder_command(layout: Layout, days: int, names: list[str]) -> str:
         " -addext extendedKeyUsage=serverAuth,clientAuth"
         f" -keyout {tls.key} -out {tls.cert}"
     )
+
+
+def external_reload_files(layout: Layout) -> dict[str, tuple[str, str]]:
+    """External certificates (spec §8): a path unit reloads Dovecot and nginx when the
+    operator's certificate or key changes; Postfix reads them at each new connection."""
+    tls = layout.tls
+    path = render(COMPONENT, "tls-cert-reload.path.j2", watched=[tls.cert, tls.key])
+    service = render(COMPONENT, "tls-cert-reload.service.j2")
+    return {
+        str(UNIT_DIR / RELOAD_PATH): (path, "644"),
+        str(UNIT_DIR / "tls-cert-reload.service"): (service, "644"),
+    }
 
 
 def acme_files(layout: Layout) -> dict[str, tuple[str, str]]:

@@ -21,10 +21,10 @@ nginx.conf includes two directories that are enough:
 - `conf.d/*.conf` inside `http {}`: our server blocks, matched by our names only. They do not
   claim `default_server` on port 80 (Debian's default site does), only on our loopback 8443.
 
-Two limits of that choice, both caught by `nginx -t` before any reload: nginx accepts one
-`stream {}` block, so an operator's own stream block conflicts with ours; and Debian's
-`worker_connections 768` can only be raised by editing nginx.conf (the reference relay uses
-2048), which the deploy may do as a one-line edit if a relay needs it.
+A limit of that choice, caught by `nginx -t` before any reload: nginx accepts one `stream {}`
+block, so an operator's own stream block conflicts with ours. And Debian's
+`worker_connections 768` can only be raised in nginx.conf: the deploy edits that one line to
+2048 (spec §10.1) and nothing else there.
 
 Privacy: each of our servers has exactly one access log, in a format without client address,
 query string or user agent; it replaces Debian's http-level `access_log`. The HTTPS server only
