@@ -378,7 +378,7 @@ class Nginx(Component):
             files.line(
                 name="nginx worker_connections",
                 path="/etc/nginx/nginx.conf",
-                line=r"^\s*worker_connections\s+\d+;",
+                line=r"^[[:space:]]*worker_connections[[:space:]]+[0-9]+;",  # grep -E syntax
                 replace=f"\tworker_connections {WORKER_CONNECTIONS};",
             )
         )

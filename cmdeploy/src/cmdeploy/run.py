@@ -156,6 +156,8 @@ def run_deploy(
         # operator namespace)
         prebuilt = os.environ.get("CMDEPLOY_WHEELS")
         wheels = Path(prebuilt) if prebuilt else build_wheels(Path(tmp) / "wheels")
+        if not list(wheels.glob("chatmaild-*.whl")):
+            raise DeployError(f"CMDEPLOY_WHEELS={wheels} holds no chatmaild wheel")
         website = build_website(config, Path(tmp) / "www")
         env = {
             **os.environ,
