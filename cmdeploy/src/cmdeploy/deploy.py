@@ -378,7 +378,8 @@ class Nginx(Component):
             files.line(
                 name="nginx worker_connections",
                 path="/etc/nginx/nginx.conf",
-                line=r"^[[:space:]]*worker_connections[[:space:]]+[0-9]+;",  # grep -E syntax
+                # grep and sed basic regular expressions: no `+`, no `\s`
+                line=r"^[[:space:]]*worker_connections[[:space:]][[:space:]]*[0-9][0-9]*;",
                 replace=f"\tworker_connections {WORKER_CONNECTIONS};",
             )
         )
