@@ -33,7 +33,7 @@ from chatmaild.config import read_config
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
-from cmdeploy.chatmaild import chatmaild_files, services
+from cmdeploy.chatmaild import POSTLOG_UNIT, chatmaild_files, services
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
@@ -253,6 +253,10 @@ class Acme(Component):
 
 
 class Chatmaild(Component):
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.socket_changed: Ops = []
+
     def configure(self) -> None:
         layout = self.layout
         wheels = sorted(Path(os.environ["CHATMAILD_WHEELS"]).glob("*.whl"))
@@ -282,10 +286,18 @@ class Chatmaild(Component):
         if new:
             # generated once per relay, kept on it: later deploys read it back
             put({str(layout.turn_secret): secret + "\n"}, mode="640", group="vmail")
-        units = put(chatmaild_files(layout))
+        unit_files = chatmaild_files(layout)
+        units = put(unit_files)
         self.changed = [*uploaded, installed, ini, *units]
+        # systemd holds the postlog socket: a changed socket unit needs its own restart
+        # (which restarts Postfix too, onto the new socket)
+        self.socket_changed = [
+            op for path, op in zip(unit_files, units, strict=True) if path.endswith(".socket")
+        ]
 
     def activate(self) -> None:
+        if self.socket_changed:
+            restart(f"{POSTLOG_UNIT}.socket", self.socket_changed)
         for service in services(self.layout):
             restart(f"{service.unit}.service", self.changed)
         systemd.service(
