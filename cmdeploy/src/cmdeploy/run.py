@@ -20,7 +20,7 @@ from chatmaild.config import Config
 from .layout import Layout
 from .preflight import PreflightError, check_target, resolver_lookup
 from .remote import RemoteError, read_state
-from .summary import Outcome, parse_outcome, summary
+from .summary import Left, Outcome, parse_outcome, summary
 
 DEPLOY = Path(__file__).with_name("deploy.py")
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -99,8 +99,8 @@ def run_pass(argv: list[str], env: dict[str, str], seen: list[str]) -> int:
     return proc.returncode
 
 
-def what_is_left(config: Config, host: str) -> tuple[bool, int | None]:
-    """(certificate pending, required DNS records missing or None when unknown)."""
+def what_is_left(config: Config, host: str) -> Left:
+    """What the relay still lacks after the deploy, as far as it and DNS tell."""
     import dns.resolver
 
     from . import dns as relay_dns
@@ -108,16 +108,20 @@ def what_is_left(config: Config, host: str) -> tuple[bool, int | None]:
     try:
         state = read_state(Layout(config), host)
     except RemoteError:
-        return False, None
-    pending = config.tls_mode == "acme" and state.cert_self_issued
-    if config.is_ipv4:
-        return pending, 0
-    facts = relay_dns.facts_from_state(state)
-    try:
-        result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
-    except Exception:  # noqa: BLE001 (the summary reports DNS as unchecked, never fails the run)
-        return pending, None
-    return pending, sum(p.record.required for p in result.problems)
+        return Left(certificate_pending=False, dns_missing=None, not_running=[])
+    left = Left(
+        certificate_pending=config.tls_mode == "acme" and state.cert_self_issued,
+        dns_missing=0,
+        not_running=[unit for unit, active in state.active.items() if active != "active"],
+    )
+    if not config.is_ipv4:
+        facts = relay_dns.facts_from_state(state)
+        try:
+            result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
+            left.dns_missing = sum(p.record.required for p in result.problems)
+        except Exception:  # noqa: BLE001 (reported as unchecked; never fails the run)
+            left.dns_missing = None
+    return left
 
 
 def pyinfra_command(host: str, dry_run: bool, verbose: bool) -> list[str]:
@@ -190,9 +194,6 @@ def run_deploy(
             f"\nweb pages of {config.mail_domain}: {'updated' if outcome.changed else 'unchanged'}"
         )
         return 0
-    pending, dns_missing = what_is_left(config, host)
     print()
-    print(
-        summary(config.mail_domain, outcome, certificate_pending=pending, dns_missing=dns_missing)
-    )
+    print(summary(config.mail_domain, outcome, what_is_left(config, host)))
     return 0

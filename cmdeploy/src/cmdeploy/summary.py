@@ -50,14 +50,17 @@ def parse_outcome(lines: Iterable[str]) -> Outcome:
     return outcome
 
 
-def summary(
-    domain: str,
-    outcome: Outcome,
-    *,
-    certificate_pending: bool,
-    dns_missing: int | None,
-) -> str:
-    """A few lines for the end of `cmdeploy run`; `dns_missing=None`: DNS was not checked."""
+@dataclass
+class Left:
+    """What the relay still lacks after a deploy."""
+
+    certificate_pending: bool
+    dns_missing: int | None  # required records missing or wrong; None: DNS not checked
+    not_running: list[str]  # units that are not active
+
+
+def summary(domain: str, outcome: Outcome, left: Left) -> str:
+    """A few lines for the end of `cmdeploy run`."""
     lines = [f"Summary for {domain}:"]
     if not outcome.changed:
         lines.append(f"  nothing changed ({outcome.operations} operations checked)")
@@ -70,19 +73,24 @@ def summary(
             lines.append(f"    ... and {len(outcome.files) - 12} more files")
     lines.append(f"  restarted: {', '.join(outcome.restarted) or 'nothing'}")
     todo = []
-    if certificate_pending:
+    if left.not_running:
+        todo.append(
+            f"not running: {', '.join(left.not_running)}; on the relay, `journalctl -u <unit>` "
+            "says why."
+        )
+    if left.certificate_pending:
         todo.append(
             "the TLS certificate is pending: the relay runs on a self-signed placeholder "
             "until the ACME CA issues one. Check that DNS points at the relay and port 80 is "
             "reachable from the Internet; the relay retries daily, or run `cmdeploy run` again "
             "(on the relay: `journalctl -u chatmail-acme`)."
         )
-    if dns_missing:
+    if left.dns_missing:
         todo.append(
-            f"{dns_missing} required DNS record(s) missing or wrong: `cmdeploy dns` lists "
+            f"{left.dns_missing} required DNS record(s) missing or wrong: `cmdeploy dns` lists "
             "them (or writes a zone file with --zonefile)."
         )
-    elif dns_missing is None:
+    elif left.dns_missing is None:
         todo.append("check the DNS records with `cmdeploy dns`.")
     if todo:
         lines.append("  next:")
