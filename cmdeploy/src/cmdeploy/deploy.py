@@ -33,7 +33,7 @@ from chatmaild.config import read_config
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
-from cmdeploy.chatmaild import POSTLOG_UNIT, chatmaild_files, services
+from cmdeploy.chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, chatmaild_files, services
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
@@ -49,6 +49,13 @@ PENDING_RESTARTS = "/var/lib/chatmail/pending-restart"
 # While packages install, their services must not start with Debian's default configuration.
 POLICY_RC = "/usr/sbin/policy-rc.d"
 WORKER_CONNECTIONS = 2048
+# Compares the log socket in the running Postfix master's mount namespace with the current one.
+STALE_LOG_SOCKET = (
+    f"m=$(tr -d ' ' < /var/spool/postfix/pid/master.pid 2>/dev/null); "
+    f'[ -n "$m" ] && [ -S {POSTLOG_SOCKET} ] && '
+    f'[ "$(stat -Lc %i /proc/$m/root/run/systemd/journal/dev-log 2>/dev/null)" '
+    f'!= "$(stat -c %i {POSTLOG_SOCKET})" ] && echo stale || true'
+)
 
 
 def put(
@@ -67,19 +74,19 @@ def put(
     ]
 
 
-def restart(unit: str, changed: Ops, check: str | None = None) -> None:
+def restart(unit: str, changed: Ops, check: str | None = None, force: bool = False) -> None:
     """Keep `unit` enabled and running; restart it if any of `changed` changed, after
     `check` (a command that validates its configuration) succeeded.
 
     A change leaves a marker on the relay until the restart succeeded: a deploy that failed
     in between restarts the unit on the next run although its files no longer change.
     With `--disable-mail` (a migration step, spec §9) Postfix and Dovecot stay configured
-    but stopped and disabled."""
+    but stopped and disabled. `force` restarts it in any case (a fact showed it needs one)."""
     if unit in MAIL_UNITS and os.environ.get("CHATMAIL_DISABLE_MAIL"):
         systemd.service(name=f"Stop {unit}", service=unit, running=False, enabled=False)
         return
     marker = f"{PENDING_RESTARTS}/{unit}"
-    pending = not missing(marker)
+    pending = force or not missing(marker)
     if changed:
         files.directory(name="Pending restarts", path=PENDING_RESTARTS, mode="700")
         files.file(name=f"Mark {unit} for restart", path=marker, _if=any_changed(*changed))
@@ -376,7 +383,15 @@ class Postfix(Component):
     def activate(self) -> None:
         # any warning from postconf fails the deploy (spec §9)
         check = 'test -z "$(postconf -n 2>&1 >/dev/null)"'
-        restart("postfix", self.changed, check=check)
+        restart("postfix", self.changed, check=check, force=self.logs_nowhere())
+
+    @staticmethod
+    def logs_nowhere() -> bool:
+        """Whether the running Postfix still holds a log socket that chatmail-postlog no longer
+        serves (its socket unit was started anew, e.g. after failing, but Postfix was not):
+        its lines would be lost until Postfix restarts onto the current socket."""
+        found = host.get_fact(Command, STALE_LOG_SOCKET) or ""
+        return "stale" in found
 
 
 class Nginx(Component):
