@@ -12,21 +12,29 @@ from chatmaild.config import Config
 from cmdeploy.chatmaild import chatmaild_files, services
 from cmdeploy.layout import Layout
 
-SCRIPTS = ["doveauth", "lastlogin", "chatmail-metadata", "filtermail", "chatmail-expire"]
+SCRIPTS = [
+    "doveauth",
+    "lastlogin",
+    "chatmail-metadata",
+    "filtermail",
+    "chatmail-expire",
+    "chatmail-postlog",
+]
+MAIL_SERVICES = {
+    "doveauth",
+    "chatmail-lastlogin",
+    "chatmail-metadata",
+    "filtermail",
+    "filtermail-incoming",
+}
 
 
-def test_every_service_has_a_unit_running_as_vmail() -> None:
+def test_every_mail_service_has_a_unit_running_as_vmail() -> None:
     layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
     files = chatmaild_files(layout)
     names = {s.unit for s in services(layout)}
-    assert names == {
-        "doveauth",
-        "chatmail-lastlogin",
-        "chatmail-metadata",
-        "filtermail",
-        "filtermail-incoming",
-    }
-    for name in names:
+    assert names == MAIL_SERVICES | {"chatmail-postlog"}
+    for name in MAIL_SERVICES:
         unit = files[f"/etc/systemd/system/{name}.service"]
         assert "User=vmail" in unit and "Restart=always" in unit
         assert "ExecStart=/usr/local/lib/chatmaild/venv/bin/" in unit
@@ -35,6 +43,20 @@ def test_every_service_has_a_unit_running_as_vmail() -> None:
     assert "RuntimeDirectory=doveauth" in files["/etc/systemd/system/doveauth.service"]
     timer = files["/etc/systemd/system/chatmail-expire.timer"]
     assert "OnCalendar=*-*-* 00:02:00" in timer
+
+
+def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() -> None:
+    files = chatmaild_files(Layout(Config.from_params({"mail_domain": "chat.example.org"})))
+    socket_unit = files["/etc/systemd/system/chatmail-postlog.socket"]
+    assert "ListenDatagram=/run/chatmail-postlog/dev-log\n" in socket_unit
+    assert "SocketMode=0666\n" in socket_unit  # Postfix's daemons run as postfix
+    service = files["/etc/systemd/system/chatmail-postlog.service"]
+    assert "ExecStart=/usr/local/lib/chatmaild/venv/bin/chatmail-postlog\n" in service
+    assert "DynamicUser=yes\n" in service and "\nUser=" not in service
+    assert "Requires=chatmail-postlog.socket\n" in service
+    assert "RestrictAddressFamilies=AF_UNIX\n" in service
+    # enabling the service (as the deploy does) enables the socket too
+    assert "Also=chatmail-postlog.socket\n" in service
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd")

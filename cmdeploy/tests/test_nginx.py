@@ -326,9 +326,7 @@ server {{
 """
 
 
-def build_tree(
-    root: Path, layout: Layout, sockets: Sockets, log: str, certificate_ready: bool = True
-) -> Path:
+def build_tree(root: Path, layout: Layout, sockets: Sockets, log: str) -> Path:
     """Debian's /etc/nginx with our files, below `root`; returns the nginx.conf path."""
     etc = root / "etc" / "nginx"
     for directory in ("modules-enabled", "conf.d", "sites-enabled"):
@@ -343,7 +341,7 @@ def build_tree(
     (etc / "sites-enabled" / "default").write_text(
         DEBIAN_DEFAULT_SITE.format(root=root, listen="\n".join(listen))
     )
-    for path, content in nginx_files(layout, sockets, log, certificate_ready).items():
+    for path, content in nginx_files(layout, sockets, log).items():
         target = root / PurePosixPath(path).relative_to("/")
         target.write_text(content)
     # As root, workers would run as nobody and could not read the pytest temp tree.
@@ -390,19 +388,6 @@ def test_an_operators_own_stream_block_is_refused(cert: Path, tmp_path: Path) ->
     )
     result = nginx_test(conf, tmp_path)
     assert result.returncode != 0 and '"stream" directive is duplicate' in result.stderr
-
-
-def test_before_the_first_certificate_only_port_80_is_served(tools: None, tmp_path: Path) -> None:
-    """certbot's webroot challenge needs nginx on port 80 before the certificate exists."""
-    layout = Layout(make_config("acme"))
-    if Path(str(layout.tls.cert)).exists():
-        pytest.skip("this machine has a certificate for the test domain")
-    log = f"{tmp_path}/log/chatmail.log"
-    http = nginx_files(layout, certificate_ready=False)[str(HTTP_CONF)]
-    assert "ssl_certificate" not in http and "acme-challenge" in http
-    assert nginx_test(build_tree(tmp_path, layout, Sockets(), log, False), tmp_path).returncode == 0
-    result = nginx_test(build_tree(tmp_path, layout, Sockets(), log), tmp_path)
-    assert result.returncode != 0 and str(layout.tls.cert) in result.stderr
 
 
 # --- component: a running nginx -----------------------------------------------------------------

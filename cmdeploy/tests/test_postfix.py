@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from chatmaild.config import Config
+from cmdeploy.chatmaild import chatmaild_files
 from cmdeploy.layout import Layout
 from cmdeploy.postfix import POSTMAP_NEEDED, TABLES, postfix_files, postmap_needed
 from cmdeploy.templates import MANAGED_BY
@@ -65,8 +66,14 @@ class Rendered:
 def render(tmp_path: Path, params: dict[str, str], myhostname: str | None = None) -> Rendered:
     config = Config.from_params(params)
     layout = Layout(config)
-    files = postfix_files(layout, myhostname=myhostname, config_dir=PurePosixPath(tmp_path))
+    files = postfix_files(
+        layout,
+        myhostname=myhostname,
+        config_dir=PurePosixPath(tmp_path),
+        unit_dir=PurePosixPath(tmp_path / "systemd"),
+    )
     for name, content in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
         Path(name).write_text(content, encoding="utf-8")
         # Postfix waits until a just-written main.cf is about 2 s old before it reads it;
         # an older time stamp keeps the tests from sleeping
@@ -107,7 +114,9 @@ def lookup(conf_dir: Path, table: str, key: str) -> str | None:
 
 def test_every_file_says_it_is_managed_and_no_table_needs_postmap(tmp_path: Path) -> None:
     files = render(tmp_path, CONFIGS["acme"]).files
-    assert sorted(Path(name).name for name in files) == sorted(["main.cf", "master.cf", *TABLES])
+    assert sorted(Path(name).name for name in files) == sorted(
+        ["main.cf", "master.cf", *TABLES, "chatmail-postlog.conf"]
+    )
     for name, content in files.items():
         assert content.startswith(f"# {MANAGED_BY}\n"), name
         assert not postmap_needed(name)
@@ -430,3 +439,55 @@ def test_login_map_makes_every_address_its_own_owner(tmp_path: Path, address: st
 def test_tls_policy_exceptions(tmp_path: Path, next_hop: str, policy: str | None) -> None:
     conf_dir = render(tmp_path, CONFIGS["acme"]).dir
     assert lookup(conf_dir, "tls_policy", next_hop) == policy
+
+
+# --- logging through chatmail-postlog (relay-spec §9) ----------------------------------------
+
+DEBIAN_POSTFIX_UNIT = Path("/lib/systemd/system/postfix@.service")
+
+
+def test_postfix_logs_into_the_scrubber_socket(tmp_path: Path) -> None:
+    rendered = render(tmp_path, CONFIGS["acme"])
+    drop_in = rendered.files[str(tmp_path / "systemd" / "postfix@.service.d/chatmail-postlog.conf")]
+    # /dev/log is a symlink to journald's syslog socket; in Postfix's namespace that socket is
+    # the scrubber's. This holds for every daemon only because none runs chrooted (a chrooted
+    # one would look for <spool>/dev/log): test_master_cf_has_every_listener_and_service.
+    assert "BindPaths=/run/chatmail-postlog/dev-log:/run/systemd/journal/dev-log\n" in drop_in
+    assert "Requires=chatmail-postlog.socket\n" in drop_in
+    assert "After=chatmail-postlog.socket\n" in drop_in
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or not DEBIAN_POSTFIX_UNIT.exists(),
+    reason="needs systemd and Debian's postfix package",
+)
+def test_systemd_analyze_verifies_postfix_with_the_drop_in(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    (lib / "venv" / "bin").mkdir(parents=True)
+    script = lib / "venv" / "bin" / "chatmail-postlog"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    layout = Layout(
+        Config.from_params({"mail_domain": "chat.example.org"}), lib_dir=PurePosixPath(lib)
+    )
+    units = tmp_path / "systemd"
+    files = postfix_files(layout, config_dir=PurePosixPath(tmp_path), unit_dir=PurePosixPath(units))
+    files |= {
+        str(units / PurePosixPath(path).name): text
+        for path, text in chatmaild_files(layout).items()
+        if "chatmail-postlog" in path
+    }
+    for name, content in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(content, encoding="utf-8")
+    shutil.copy(DEBIAN_POSTFIX_UNIT, units)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "postfix@-.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # systemd-analyze also reports on units it pulls in from the host; only ours matter
+    ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
+    assert ours == [], result.stderr

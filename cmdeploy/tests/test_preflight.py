@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from cmdeploy.preflight import parse_listeners, parse_os_release, problems
+from chatmaild.config import Config
+from cmdeploy.preflight import (
+    Lookup,
+    PreflightError,
+    check_target,
+    dns_problems,
+    parse_addresses,
+    parse_listeners,
+    parse_os_release,
+    problems,
+)
 
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 UBUNTU = 'PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nVERSION_ID="24.04"\n'
@@ -46,3 +58,91 @@ def test_problems(release: str, sockets: str, expected: list[str]) -> None:
     for paragraph, start in zip(found, expected, strict=True):
         assert paragraph.startswith(start)
         assert "then run `cmdeploy run` again" in paragraph  # says what to do next
+
+
+# --- the DNS pre-check ------------------------------------------------------------------------
+
+IP_ADDR = """\
+2: eth0    inet 192.0.2.10/24 brd 192.0.2.255 scope global eth0\\       valid_lft forever
+2: eth0    inet6 2001:db8::10/64 scope global \\       valid_lft forever preferred_lft forever
+"""
+
+
+def fake_dns(records: dict[tuple[str, str], list[str]]) -> Lookup:
+    def lookup(name: str, rdtype: str) -> list[str]:
+        if name == "timeout.example":
+            raise LookupError("no answer within 10 s")
+        return records.get((name, rdtype), [])
+
+    return lookup
+
+
+def config(domain: str) -> Config:
+    return Config.from_params({"mail_domain": domain})
+
+
+READY = {
+    ("chat.example.org", "A"): ["192.0.2.10"],
+    ("www.chat.example.org", "CNAME"): ["chat.example.org."],
+    ("mta-sts.chat.example.org", "CNAME"): ["chat.example.org."],
+}
+
+
+def test_parse_addresses() -> None:
+    assert parse_addresses(IP_ADDR) == ["192.0.2.10", "2001:db8::10"]
+
+
+@pytest.mark.parametrize(
+    ("domain", "records", "expected"),
+    [
+        ("chat.example.org", READY, []),
+        # IPv6 written differently is the same address
+        (
+            "chat.example.org",
+            {
+                **READY,
+                ("chat.example.org", "A"): [],
+                ("chat.example.org", "AAAA"): ["2001:DB8:0::10"],
+            },
+            [],
+        ),
+        ("chat.example.org", {}, ["chat.example.org has no A or AAAA record yet"]),
+        (
+            "chat.example.org",
+            {**READY, ("chat.example.org", "A"): ["198.51.100.7"]},
+            ["chat.example.org points at 198.51.100.7, but relay.example has"],
+        ),
+        (
+            "chat.example.org",
+            {**READY, ("www.chat.example.org", "CNAME"): []},
+            ["www.chat.example.org is not a CNAME of chat.example.org"],
+        ),
+        # a self-signed relay's certificate names nothing else: no CNAMEs needed
+        ("_chat.example.org", {("_chat.example.org", "A"): ["192.0.2.10"]}, []),
+        ("timeout.example", {}, ["cannot look up timeout.example: no answer within 10 s"]),
+    ],
+)
+def test_dns_problems(
+    domain: str, records: dict[tuple[str, str], list[str]], expected: list[str]
+) -> None:
+    found = dns_problems(
+        config(domain), fake_dns(records), "relay.example", parse_addresses(IP_ADDR)
+    )
+    assert len(found) == len(expected), found
+    for paragraph, start in zip(found, expected, strict=True):
+        assert paragraph.startswith(start)
+        assert "--skip-dns-check" in paragraph  # the way out for NAT and impatient operators
+
+
+def test_a_missing_external_certificate_is_named(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("present\n")
+    cert = tmp_path / "missing-cert.pem"
+    external = Config.from_params(
+        {"mail_domain": "chat.example.org", "tls_external_cert_and_key": f"{cert} {key}"}
+    )
+    with pytest.raises(PreflightError) as raised:
+        check_target("@local", external, lookup=None)
+    message = str(raised.value)
+    assert f"{cert} (tls_external_cert_and_key) does not exist on @local" in message
+    assert str(key) + " " not in message

@@ -8,7 +8,11 @@ retried later and never lost.
 
 A small asyncio SMTP client (RFC 5321) with a pool of idle connections: a message costs
 MAIL, RCPT and DATA round trips on an open connection, not a new connection and EHLO each
-time. A pooled connection that turns out to be dead is replaced once, transparently.
+time. A pooled connection that turns out to be dead is replaced once, transparently: one that
+was lost, and one Postfix closed for idleness, which it does by writing
+`421 4.4.2 ... Error: timeout exceeded` first, a line read only when we use the connection
+again (that 421 must not reach the client as the verdict on its message). Idle connections
+are not kept longer than `IDLE_LIFETIME`, well within Postfix's `smtpd_timeout` (300 s).
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 log = logging.getLogger("filtermail")
 
 TIMEOUT = 60.0
 MAX_IDLE = 16
+IDLE_LIFETIME = 120.0  # seconds
+CLOSING = 421  # "service not available, closing transmission channel"
 TEMPORARY_FAILURE = "451 4.3.0 Could not hand the message on, please try again later"
 
 
@@ -46,6 +53,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     async def reply(self) -> tuple[int, str]:
         """Read one (possibly multi-line) reply: its code and its text on one line."""
@@ -99,6 +107,7 @@ class Reinjector:
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         """Hand the message to Postfix; the reply line for the client."""
+        self._drop_expired()
         for attempt in range(2):
             pooled = bool(self._idle) and attempt == 0
             try:
@@ -111,6 +120,9 @@ class Reinjector:
             try:
                 await self._transaction(conn, mail_from, rcpts, data)
             except ReplyError as e:
+                if pooled and e.reply.startswith(f"{CLOSING} "):
+                    conn.close()
+                    continue  # Postfix had closed the idle connection: try a fresh one
                 await self._release_after_refusal(conn)
                 return e.reply
             except (OSError, TimeoutError, EOFError) as e:
@@ -125,8 +137,15 @@ class Reinjector:
 
     def _release(self, conn: Connection) -> None:
         if len(self._idle) < MAX_IDLE:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
+            conn.close()
+
+    def _drop_expired(self) -> None:
+        oldest_kept = time.monotonic() - IDLE_LIFETIME
+        for conn in [c for c in self._idle if c.idle_since < oldest_kept]:
+            self._idle.remove(conn)
             conn.close()
 
     async def _release_after_refusal(self, conn: Connection) -> None:

@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             verbose=args.verbose,
             disable_mail=args.disable_mail,
+            dns_check=not args.skip_dns_check,
+            website_only=args.website_only,
         )
     except DeployError as e:
         raise UsageError(str(e)) from None
@@ -108,13 +110,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from . import dns as relay_dns
 
     config, state = _relay_state(args)
-    facts = relay_dns.RelayFacts(
-        ipv4=state.ipv4[0] if state.ipv4 else None,
-        ipv6=state.ipv6[0] if state.ipv6 else None,
-        dkim_public_key_b64=relay_dns.dkim_key_from_pem(state.dkim_public_pem) or None,
-        acme_account_uri=state.acme_account_uri,
-        sts_id=None,
-    )
+    facts = relay_dns.facts_from_state(state)
     if args.zonefile:
         now = datetime.now(UTC)
         records = relay_dns.zone_records(config, facts, now)
@@ -133,7 +129,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"; not active: {', '.join(down)}" if down else "")
     ports = sorted({a.rsplit(":", 1)[1] for a in state.listening if ":" in a}, key=int)
     print(f"ports:     {' '.join(ports)}")
-    print(f"cert:      {state.cert_end or 'no certificate found'}")
+    cert = state.cert_end or "no certificate found"
+    if config.tls_mode == "acme" and state.cert_self_issued:
+        cert += " (placeholder: the ACME certificate is pending; `journalctl -u chatmail-acme`)"
+    print(f"cert:      {cert}")
     print(f"queue:     {state.queue} message(s) waiting")
     print(f"disk:      {' '.join(state.disk) if state.disk else 'unknown'} (size used avail use%)")
     return 1 if down else 0
@@ -219,7 +218,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             f"root@{relay.ip}",
         ]
         return subprocess.run(ssh, check=False).returncode
-    except (lab.LabError, lab.hosts.HostError, lab.net.NetError) as e:
+    except (lab.LabError, lab.hosts.HostError, lab.net.NetError, lab.services.ServiceError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -283,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-host", help="host to deploy to (default: mail_domain; @local: here)")
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument("--disable-mail", action="store_true", help="install, but stop mail services")
+    p.add_argument(
+        "--skip-dns-check", action="store_true", help="deploy although DNS does not look ready"
+    )
+    p.add_argument("--website-only", action="store_true", help="upload the web pages, nothing else")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("dns", parents=[common], help="check the DNS records, or write a zone")

@@ -2,8 +2,9 @@
 
 pyinfra executes this file against one host. Components come in the order of the list at
 the bottom; all installs run first, then all configures, then all activates
-(`CMDEPLOY_STAGES` selects stages). A service restarts only when one of its files changed,
-and only after its configuration was validated (`postconf`, `doveconf -n`, `nginx -t`).
+(`CMDEPLOY_STAGES` selects stages; `CHATMAIL_WEBSITE_ONLY` uploads the web pages alone).
+A service restarts only when one of its files changed, and only after its configuration
+was validated (`postconf`, `doveconf -n`, `nginx -t`).
 Keys and secrets are generated once, on the relay, and kept.
 
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
@@ -24,13 +25,15 @@ from pyinfra import host  # type: ignore[attr-defined]  # set while a deploy run
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, FileContents
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from chatmaild.config import read_config
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
-from cmdeploy.chatmaild import chatmaild_files, services
+from cmdeploy import acme
+from cmdeploy.chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, chatmaild_files, services
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
@@ -45,6 +48,14 @@ MAIL_UNITS = ("postfix", "dovecot")
 PENDING_RESTARTS = "/var/lib/chatmail/pending-restart"
 # While packages install, their services must not start with Debian's default configuration.
 POLICY_RC = "/usr/sbin/policy-rc.d"
+WORKER_CONNECTIONS = 2048
+# Compares the log socket in the running Postfix master's mount namespace with the current one.
+STALE_LOG_SOCKET = (
+    f"m=$(tr -d ' ' < /var/spool/postfix/pid/master.pid 2>/dev/null); "
+    f'[ -n "$m" ] && [ -S {POSTLOG_SOCKET} ] && '
+    f'[ "$(stat -Lc %i /proc/$m/root/run/systemd/journal/dev-log 2>/dev/null)" '
+    f'!= "$(stat -c %i {POSTLOG_SOCKET})" ] && echo stale || true'
+)
 
 
 def put(
@@ -63,19 +74,19 @@ def put(
     ]
 
 
-def restart(unit: str, changed: Ops, check: str | None = None) -> None:
+def restart(unit: str, changed: Ops, check: str | None = None, force: bool = False) -> None:
     """Keep `unit` enabled and running; restart it if any of `changed` changed, after
     `check` (a command that validates its configuration) succeeded.
 
     A change leaves a marker on the relay until the restart succeeded: a deploy that failed
     in between restarts the unit on the next run although its files no longer change.
     With `--disable-mail` (a migration step, spec §9) Postfix and Dovecot stay configured
-    but stopped and disabled."""
+    but stopped and disabled. `force` restarts it in any case (a fact showed it needs one)."""
     if unit in MAIL_UNITS and os.environ.get("CHATMAIL_DISABLE_MAIL"):
         systemd.service(name=f"Stop {unit}", service=unit, running=False, enabled=False)
         return
     marker = f"{PENDING_RESTARTS}/{unit}"
-    pending = not missing(marker)
+    pending = force or not missing(marker)
     if changed:
         files.directory(name="Pending restarts", path=PENDING_RESTARTS, mode="700")
         files.file(name=f"Mark {unit} for restart", path=marker, _if=any_changed(*changed))
@@ -179,28 +190,80 @@ class Unbound(Component):
 
 
 class Tls(Component):
+    """The certificate and key every TLS listener reads (spec §8): generated once here for
+    self-signed relays, and as a placeholder for ACME relays until certbot replaced it."""
+
     def configure(self) -> None:
-        tls = self.layout.tls
-        if tls.mode == "self":
-            domain = self.layout.config.mail_domain
-            names = f"DNS:{domain},DNS:www.{domain},DNS:mta-sts.{domain}"
-            if self.layout.config.is_ipv4:
-                names = f"IP:{domain}"
-            if not missing(tls.cert):
-                return
+        layout = self.layout
+        tls = layout.tls
+        if tls.mode == "external" or not missing(tls.cert):
+            return
+        domain = layout.config.mail_domain
+        if layout.config.is_ipv4:
+            names = [f"IP:{domain}"]
+        else:
+            names = [f"DNS:{n}" for n in acme.names(layout)]
+        what = "Self-signed certificate" if tls.mode == "self" else "Placeholder certificate"
+        server.shell(
+            name=f"{what} (once)",
+            commands=[acme.placeholder_command(layout, days=36500, names=names)],
+        )
+
+
+class Acme(Component):
+    """certbot, its deploy hook and daily timer; the first certificate is requested once nginx
+    answers on port 80 with the challenge webroot, hence this component comes after Nginx.
+    With an external certificate: the path unit that reloads the services when it changes."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.enabled = layout.tls.mode == "acme"
+        self.external = layout.tls.mode == "external"
+        self.packages = ("certbot",) if self.enabled else ()
+
+    def configure(self) -> None:
+        if self.external:
+            self.changed = self.put_units(acme.external_reload_files(self.layout))
+        if not self.enabled:
+            return
+        files.directory(name="ACME challenge webroot", path=str(self.layout.acme_webroot))
+        self.changed = self.put_units(acme.acme_files(self.layout))
+
+    @staticmethod
+    def put_units(contents: dict[str, tuple[str, str]]) -> Ops:
+        return [
+            files.put(name=f"Install {path}", src=io.StringIO(text), dest=path, mode=mode)
+            for path, (text, mode) in contents.items()
+        ]
+
+    def activate(self) -> None:
+        if self.external:
+            systemd.daemon_reload(name="Load the reload units", _if=any_changed(*self.changed))
+            systemd.service(
+                name="Watch the certificate", service=acme.RELOAD_PATH, running=True, enabled=True
+            )
+        if not self.enabled:
+            return
+        systemd.daemon_reload(name="Load the ACME units", _if=any_changed(*self.changed))
+        systemd.service(
+            name="Daily certificate check", service=acme.TIMER, running=True, enabled=True
+        )
+        if missing(acme.issued_cert(self.layout)) or self.changed:
+            # A failure leaves the relay on its placeholder: not a failed deploy, but a
+            # pending certificate that `cmdeploy run` reports at the end (and the timer retries).
+            needed = None if missing(acme.issued_cert(self.layout)) else any_changed(*self.changed)
             server.shell(
-                name="Self-signed certificate (once)",
-                commands=[
-                    f"openssl req -x509 -newkey ec"
-                    f" -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 -subj /CN={domain}"
-                    f" -addext subjectAltName={names} -addext basicConstraints=critical,CA:FALSE"
-                    f" -addext extendedKeyUsage=serverAuth,clientAuth"
-                    f" -keyout {tls.key} -out {tls.cert}"
-                ],
+                name="Request the certificate (ACME)",
+                commands=[f"systemctl start {acme.SERVICE} || true"],
+                _if=needed,
             )
 
 
 class Chatmaild(Component):
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.socket_changed: Ops = []
+
     def configure(self) -> None:
         layout = self.layout
         wheels = sorted(Path(os.environ["CHATMAILD_WHEELS"]).glob("*.whl"))
@@ -230,10 +293,18 @@ class Chatmaild(Component):
         if new:
             # generated once per relay, kept on it: later deploys read it back
             put({str(layout.turn_secret): secret + "\n"}, mode="640", group="vmail")
-        units = put(chatmaild_files(layout))
+        unit_files = chatmaild_files(layout)
+        units = put(unit_files)
         self.changed = [*uploaded, installed, ini, *units]
+        # systemd holds the postlog socket: a changed socket unit needs its own restart
+        # (which restarts Postfix too, onto the new socket)
+        self.socket_changed = [
+            op for path, op in zip(unit_files, units, strict=True) if path.endswith(".socket")
+        ]
 
     def activate(self) -> None:
+        if self.socket_changed:
+            restart(f"{POSTLOG_UNIT}.socket", self.socket_changed)
         for service in services(self.layout):
             restart(f"{service.unit}.service", self.changed)
         systemd.service(
@@ -287,7 +358,7 @@ class Postfix(Component):
     packages = ("postfix",)
 
     def configure(self) -> None:
-        contents = postfix_files(self.layout)
+        contents = postfix_files(self.layout, myhostname=self.reverse_name())
         self.changed = put(contents)
         maps = [path for path in contents if postmap_needed(path)]
         if maps:
@@ -297,10 +368,30 @@ class Postfix(Component):
                 _if=any_changed(*self.changed),
             )
 
+    def reverse_name(self) -> str | None:
+        """An IPv4 relay's name for itself: the PTR name of its address (spec §5), as the
+        relay's resolver sees it; None (the host's own name) when there is none."""
+        config = self.layout.config
+        if not config.is_ipv4:
+            return None
+        answer = host.get_fact(Command, f"getent hosts {config.mail_domain} || true") or ""
+        fields = answer.split()
+        if len(fields) >= 2 and fields[1] != config.mail_domain:
+            return str(fields[1])
+        return None
+
     def activate(self) -> None:
         # any warning from postconf fails the deploy (spec §9)
         check = 'test -z "$(postconf -n 2>&1 >/dev/null)"'
-        restart("postfix", self.changed, check=check)
+        restart("postfix", self.changed, check=check, force=self.logs_nowhere())
+
+    @staticmethod
+    def logs_nowhere() -> bool:
+        """Whether the running Postfix still holds a log socket that chatmail-postlog no longer
+        serves (its socket unit was started anew, e.g. after failing, but Postfix was not):
+        its lines would be lost until Postfix restarts onto the current socket."""
+        found = host.get_fact(Command, STALE_LOG_SOCKET) or ""
+        return "stale" in found
 
 
 class Nginx(Component):
@@ -308,18 +399,32 @@ class Nginx(Component):
 
     def configure(self) -> None:
         self.changed = put(nginx_files(self.layout))
-        website = os.environ.get("CHATMAIL_WEBSITE")
-        if website:
-            self.changed.append(
-                files.sync(
-                    name="Upload the web pages",
-                    src=website,
-                    dest=str(self.layout.www_root),
-                    user="www-data",
-                    group="www-data",
-                    delete=True,
-                )
+        # The one line of Debian's nginx.conf we change (spec §10.1): 768 connections would
+        # serve only ~380 clients through the 443 multiplexer (two connections each).
+        self.changed.append(
+            files.line(
+                name="nginx worker_connections",
+                path="/etc/nginx/nginx.conf",
+                # grep and sed basic regular expressions: no `+`, no `\s`
+                line=r"^[[:space:]]*worker_connections[[:space:]][[:space:]]*[0-9][0-9]*;",
+                replace=f"\tworker_connections {WORKER_CONNECTIONS};",
             )
+        )
+        if uploaded := self.upload_website():
+            self.changed.append(uploaded)
+
+    def upload_website(self) -> OperationMeta | None:
+        website = os.environ.get("CHATMAIL_WEBSITE")
+        if not website:
+            return None
+        return files.sync(
+            name="Upload the web pages",
+            src=website,
+            dest=str(self.layout.www_root),
+            user="www-data",
+            group="www-data",
+            delete=True,
+        )
 
     def activate(self) -> None:
         systemd.service(name="Run fcgiwrap", service="fcgiwrap.socket", running=True, enabled=True)
@@ -377,6 +482,7 @@ COMPONENTS: list[Callable[[Layout], Component]] = [
     Dovecot,
     Postfix,
     Nginx,
+    Acme,
     Coturn,
     Version,
 ]
@@ -385,6 +491,10 @@ COMPONENTS: list[Callable[[Layout], Component]] = [
 def deploy() -> None:
     config = read_config(os.environ["CHATMAIL_INI"])
     layout = Layout(config)
+    if os.environ.get("CHATMAIL_WEBSITE_ONLY"):
+        # nginx serves the pages as they change on disk: no reload needed
+        Nginx(layout).upload_website()
+        return
     stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
     components = [make(layout) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}

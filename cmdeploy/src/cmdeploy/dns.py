@@ -33,6 +33,7 @@ import dns.resolver
 
 from chatmaild.config import Config
 from cmdeploy.layout import Layout
+from cmdeploy.remote import RelayState
 
 TTL = 3600
 TXT_STRING_MAX = 255  # one <character-string> of a TXT record (RFC 1035 §3.3)
@@ -63,6 +64,16 @@ class Record:
 
     def line(self) -> str:
         return f"{self.name} {self.ttl} IN {self.type} {self.value}"
+
+
+def facts_from_state(state: RelayState) -> RelayFacts:
+    return RelayFacts(
+        ipv4=state.ipv4[0] if state.ipv4 else None,
+        ipv6=state.ipv6[0] if state.ipv6 else None,
+        dkim_public_key_b64=dkim_key_from_pem(state.dkim_public_pem) or None,
+        acme_account_uri=state.acme_account_uri,
+        sts_id=None,
+    )
 
 
 def dkim_key_from_pem(pem: str) -> str:
@@ -466,6 +477,26 @@ def report(result: CheckResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_relay(
+    config: Config,
+    facts: RelayFacts,
+    resolver: Resolver,
+    *,
+    now: datetime | None = None,
+    nameservers: Sequence[str] | None = None,
+    port: int = 53,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> CheckResult:
+    """Every record of the relay's zone against DNS, keeping an MTA-STS id already there."""
+    if config.tls_mode == "acme" and facts.sts_id is None:
+        sts_id = existing_sts_id(
+            config.mail_domain, resolver, nameservers=nameservers, port=port, timeout=timeout
+        )
+        facts = replace(facts, sts_id=sts_id)
+    records = zone_records(config, facts, now or datetime.now(UTC))
+    return check(records, resolver, nameservers=nameservers, port=port, timeout=timeout)
+
+
 def run_dns_check(
     config: Config,
     facts: RelayFacts,
@@ -482,13 +513,9 @@ def run_dns_check(
     if config.is_ipv4:
         print(f"{config.mail_domain} is an IPv4 relay: it has no DNS records.", file=out)
         return 0
-    if config.tls_mode == "acme" and facts.sts_id is None:
-        sts_id = existing_sts_id(
-            config.mail_domain, resolver, nameservers=nameservers, port=port, timeout=timeout
-        )
-        facts = replace(facts, sts_id=sts_id)
-    records = zone_records(config, facts, now or datetime.now(UTC))
-    result = check(records, resolver, nameservers=nameservers, port=port, timeout=timeout)
+    result = check_relay(
+        config, facts, resolver, now=now, nameservers=nameservers, port=port, timeout=timeout
+    )
     print(report(result), end="", file=out)
     code = 0 if result.ok else 1
     if not facts.dkim_public_key_b64:

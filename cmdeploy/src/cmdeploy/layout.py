@@ -43,6 +43,7 @@ class Layout:
     www_root: PurePosixPath = PurePosixPath("/var/www/chatmail")
     acme_webroot: PurePosixPath = PurePosixPath("/var/lib/chatmail/acme-webroot")
     turn_secret: PurePosixPath = PurePosixPath("/etc/chatmail/turn-secret")
+    tls_dir: PurePosixPath = PurePosixPath("/etc/chatmail/tls")
     version_file: PurePosixPath = PurePosixPath("/etc/chatmail-version")
 
     @property
@@ -59,7 +60,6 @@ class Layout:
 
     @property
     def tls(self) -> Tls:
-        domain = self.config.mail_domain
         mode = self.config.tls_mode
         if mode == "external":
             cert, key = self.config.tls_external_cert_and_key.split()
@@ -70,8 +70,8 @@ class Layout:
                 PurePosixPath("/etc/ssl/certs/mailserver.pem"),
                 PurePosixPath("/etc/ssl/private/mailserver.key"),
             )
-        live = PurePosixPath("/etc/letsencrypt/live") / domain
-        return Tls(mode, live / "fullchain.pem", live / "privkey.pem")
+        # certbot's deploy hook installs each new certificate here (see cmdeploy/acme)
+        return Tls(mode, self.tls_dir / "fullchain.pem", self.tls_dir / "privkey.pem")
 
     def bin(self, script: str) -> PurePosixPath:
         """A chatmaild console script in the relay's venv."""

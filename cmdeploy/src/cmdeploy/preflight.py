@@ -1,15 +1,27 @@
-"""Checks before `cmdeploy run` touches a host (relay-spec §9, port check).
+"""Checks before `cmdeploy run` touches a host (relay-spec §9, DNS pre-check and port check).
 
-One SSH command reads the host's OS release and its listening TCP sockets. The deploy goes
-ahead only on Debian 12, and only if every port the relay needs is free or held by the
-daemon that will serve it (a second run finds its own daemons there). Each problem is one
-clear paragraph; nothing is changed on the host.
+One SSH command reads the host's OS release, its addresses and its listening TCP sockets. The
+deploy goes ahead only on Debian 12, and only if every port the relay needs is free or held by
+the daemon that will serve it (a second run finds its own daemons there).
+
+The DNS pre-check (skipped for IPv4 relays, and with `--skip-dns-check`) asks the operator's
+resolver: the mail domain needs an A or AAAA record pointing at the host, and an ACME relay
+needs `www.<d>` and `mta-sts.<d>` as CNAMEs of `<d>`, since its certificate names all three.
+A host behind NAT has its public address elsewhere than on its interfaces: it gets no
+"pointing elsewhere" complaint only with `--skip-dns-check`.
+
+Each problem is one clear paragraph; nothing is changed on the host.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
 import subprocess
+from collections.abc import Callable
+
+from chatmaild.config import Config
 
 from .remote import ssh_options
 
@@ -27,7 +39,15 @@ EXPECTED_OWNERS: dict[int, frozenset[str]] = {
 # Ports the relay's daemons bind on loopback only: a socket elsewhere does not collide.
 LOOPBACK_ONLY = frozenset({53, 8443, 8465, 8993, 10025, 10026, 10080, 10081, 10082})
 
-PROBE = "cat /etc/os-release; echo '--- sockets'; ss -Hltnp"
+PROBE = (
+    "cat /etc/os-release; echo '--- addresses'; ip -o addr show scope global;"
+    " echo '--- sockets'; ss -Hltnp"
+)
+DNS_TIMEOUT = 10.0  # seconds for each name the pre-check asks about
+
+# (name, record type) -> the values found ([] when there are none); raises LookupError
+# with a reason when the resolver cannot answer
+Lookup = Callable[[str, str], list[str]]
 
 
 class PreflightError(Exception):
@@ -58,6 +78,82 @@ def parse_listeners(text: str) -> list[tuple[str, int, set[str]]]:
     return listeners
 
 
+def parse_addresses(text: str) -> list[str]:
+    """`ip -o addr show scope global` lines -> the host's addresses."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        for keyword in ("inet", "inet6"):
+            if keyword in fields[:-1]:
+                found.append(fields[fields.index(keyword) + 1].split("/")[0])
+    return found
+
+
+def dns_problems(config: Config, lookup: Lookup, host: str, host_addresses: list[str]) -> list[str]:
+    domain = config.mail_domain
+    skip = "(`cmdeploy run --skip-dns-check` deploys without this check.)"
+    try:
+        addresses = lookup(domain, "A") + lookup(domain, "AAAA")
+    except LookupError as e:
+        return [f"cannot look up {domain}: {e}. Check this machine's DNS resolver. {skip}"]
+    if not addresses:
+        return [
+            f"{domain} has no A or AAAA record yet. Create `{domain}. A <the server's IPv4 "
+            f"address>` (and AAAA for IPv6), wait until it resolves here, then run "
+            f"`cmdeploy run` again. {skip}"
+        ]
+    found = []
+    if host_addresses and not set(map(_normal, addresses)) & set(map(_normal, host_addresses)):
+        found.append(
+            f"{domain} points at {', '.join(addresses)}, but {host} has the addresses "
+            f"{', '.join(host_addresses)}: DNS does not point at this host (yet). Fix the A/AAAA "
+            "records and run `cmdeploy run` again. A host behind NAT does not see its public "
+            f"address: {skip}"
+        )
+    if config.tls_mode == "acme":
+        for name in (f"www.{domain}", f"mta-sts.{domain}"):
+            try:
+                targets = [t.rstrip(".").lower() for t in lookup(name, "CNAME")]
+            except LookupError as e:
+                found.append(f"cannot look up {name}: {e}. {skip}")
+                continue
+            if domain.lower() not in targets:
+                found.append(
+                    f"{name} is not a CNAME of {domain}: the relay's certificate names it too. "
+                    f"Create `{name}. CNAME {domain}.`, then run `cmdeploy run` again. {skip}"
+                )
+    return found
+
+
+def _normal(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def resolver_lookup(timeout: float = DNS_TIMEOUT) -> Lookup:
+    """Lookups through this machine's resolver (dnspython), as the operator's tools see DNS."""
+    import dns.exception
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver()
+    resolver.lifetime = timeout
+
+    def lookup(name: str, rdtype: str) -> list[str]:
+        try:
+            answer = resolver.resolve(name, rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.Timeout:
+            raise LookupError(f"no answer within {timeout:g} s") from None
+        except dns.exception.DNSException as e:
+            raise LookupError(str(e).rstrip(".")) from None
+        return [rd.to_text() for rd in answer]
+
+    return lookup
+
+
 def collides(port: int, address: str) -> bool:
     """Whether a socket on `address` takes `port` from the relay's own listener."""
     if port in LOOPBACK_ONLY:  # the relay binds these on 127.0.0.1 only
@@ -86,16 +182,31 @@ def problems(
     return found
 
 
-def probe_command(host: str) -> list[str]:
+def probe(config: Config) -> str:
+    """PROBE, plus for an external certificate the list of its files that are not readable."""
+    if config.tls_mode != "external":
+        return PROBE
+    paths = " ".join(shlex.quote(p) for p in config.tls_external_cert_and_key.split())
+    return f'{PROBE}; echo \'--- unreadable\'; for f in {paths}; do test -r "$f" || echo "$f"; done'
+
+
+def probe_command(host: str, config: Config) -> list[str]:
     if host == "@local":
-        return ["sh", "-c", PROBE]
-    return ["ssh", *ssh_options(), f"root@{host}", PROBE]
+        return ["sh", "-c", probe(config)]
+    return ["ssh", *ssh_options(), f"root@{host}", probe(config)]
 
 
-def check_target(host: str, timeout: float = 60) -> None:
+def check_target(
+    host: str, config: Config, lookup: Lookup | None = None, timeout: float = 60
+) -> None:
+    """Raises PreflightError with every problem found; `lookup=None` skips the DNS check."""
     try:
         result = subprocess.run(
-            probe_command(host), capture_output=True, text=True, timeout=timeout, check=False
+            probe_command(host, config),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise PreflightError(f"{host} did not answer over SSH within {timeout:g} s.") from None
@@ -105,7 +216,18 @@ def check_target(host: str, timeout: float = 60) -> None:
             f"cannot reach {host} over SSH as root: {detail}. Check that `ssh root@{host}` "
             "logs in with a key and without a password prompt, then run `cmdeploy run` again."
         )
-    release, _, sockets = result.stdout.partition("--- sockets")
+    release, _, rest = result.stdout.partition("--- addresses")
+    addresses, _, rest = rest.partition("--- sockets")
+    sockets, _, unreadable = rest.partition("--- unreadable")
     found = problems(parse_os_release(release), parse_listeners(sockets), host)
+    for path in unreadable.split():
+        found.append(
+            f"{path} (tls_external_cert_and_key) does not exist on {host} or is not readable. "
+            "Put the certificate and key there, or change the setting, then run `cmdeploy run` "
+            "again."
+        )
+    if lookup is not None and not config.is_ipv4:
+        # @local: the addresses are this machine's, which the check compares all the same
+        found += dns_problems(config, lookup, host, parse_addresses(addresses))
     if found:
         raise PreflightError("\n\n".join(found))

@@ -42,6 +42,12 @@ def acme_account():
             pass
     return None
 
+def self_issued(cert):
+    # whether the certificate names itself as issuer (self-signed, or an ACME placeholder)
+    names = [run("openssl", "x509", "-noout", f"-{n}", "-in", cert).strip().partition("=")[2]
+             for n in ("issuer", "subject")]
+    return bool(names[0]) and names[0] == names[1]
+
 units = UNITS
 print(json.dumps({
     "ipv4": addresses("-4"),
@@ -51,6 +57,7 @@ print(json.dumps({
     "active": {u: run("systemctl", "is-active", u).strip() for u in units},
     "listening": sorted({l.split()[3] for l in run("ss", "-Hltn").splitlines() if l.strip()}),
     "cert_end": run("openssl", "x509", "-noout", "-enddate", "-in", CERT).strip(),
+    "cert_self_issued": self_issued(CERT),
     "queue": len([l for l in run("postqueue", "-j").splitlines() if l.strip()]),
     "disk": run("df", "-h", "--output=size,used,avail,pcent", MAILBOXES).splitlines()[-1:],
     "version": run("cat", "/etc/chatmail-version").strip(),
@@ -70,6 +77,7 @@ UNITS = [
     "chatmail-metadata",
     "filtermail",
     "filtermail-incoming",
+    "chatmail-postlog",
     "chatmail-expire.timer",
 ]
 
@@ -90,6 +98,7 @@ class RelayState:
     queue: int
     disk: list[str]
     version: str
+    cert_self_issued: bool = False
 
 
 def facts_script(layout: Layout) -> str:

@@ -2,7 +2,9 @@
 
 The chatmaild wheel is built here, on the operator's machine, and uploaded; the relay needs
 no checkout. pyinfra runs `deploy.py` against `root@<host>` (or `@local`), with the inputs
-in the environment.
+in the environment. Its output is shown as it comes and read for the closing summary
+(`cmdeploy.summary`), which also asks the relay whether its certificate is still pending and
+DNS which required records are missing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 
 from chatmaild.config import Config
 
-from .preflight import PreflightError, check_target
+from .layout import Layout
+from .preflight import PreflightError, check_target, resolver_lookup
+from .remote import RemoteError, read_state
+from .summary import Left, Outcome, parse_outcome, summary
 
 DEPLOY = Path(__file__).with_name("deploy.py")
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -70,13 +75,53 @@ def build_website(config: Config, dest: Path) -> Path | None:
     return dest
 
 
-def deploy_passes() -> list[str]:
+def deploy_passes(website_only: bool = False) -> list[str]:
     """Packages first, in a pass of their own: pyinfra plans each pass from facts read before
     it runs, so users, groups and files the packages create exist when the rest is planned.
     An operator's CMDEPLOY_STAGES is one pass as given."""
     if stages := os.environ.get("CMDEPLOY_STAGES"):
         return [stages]
+    if website_only:
+        return ["configure"]
     return ["install", "configure,activate"]
+
+
+def run_pass(argv: list[str], env: dict[str, str], seen: list[str]) -> int:
+    """One pyinfra run, its output shown as it comes and kept in `seen` for the summary."""
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            seen.append(line)
+    return proc.returncode
+
+
+def what_is_left(config: Config, host: str) -> Left:
+    """What the relay still lacks after the deploy, as far as it and DNS tell."""
+    import dns.resolver
+
+    from . import dns as relay_dns
+
+    try:
+        state = read_state(Layout(config), host)
+    except RemoteError:
+        return Left(certificate_pending=False, dns_missing=None, not_running=[])
+    left = Left(
+        certificate_pending=config.tls_mode == "acme" and state.cert_self_issued,
+        dns_missing=0,
+        not_running=[unit for unit, active in state.active.items() if active != "active"],
+    )
+    if not config.is_ipv4:
+        facts = relay_dns.facts_from_state(state)
+        try:
+            result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
+            left.dns_missing = sum(p.record.required for p in result.problems)
+        except Exception:  # noqa: BLE001 (reported as unchecked; never fails the run)
+            left.dns_missing = None
+    return left
 
 
 def pyinfra_command(host: str, dry_run: bool, verbose: bool) -> list[str]:
@@ -103,13 +148,20 @@ def run_deploy(
     dry_run: bool = False,
     verbose: bool = False,
     disable_mail: bool = False,
+    dns_check: bool = True,
+    website_only: bool = False,
 ) -> int:
     try:
-        check_target(host)
+        check_target(host, config, resolver_lookup() if dns_check else None)
     except PreflightError as e:
         raise DeployError(str(e)) from None
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = build_wheels(Path(tmp) / "wheels")
+        # prebuilt wheels: where this machine has no package index at hand (the lab's
+        # operator namespace)
+        prebuilt = os.environ.get("CMDEPLOY_WHEELS")
+        wheels = Path(prebuilt) if prebuilt else build_wheels(Path(tmp) / "wheels")
+        if not list(wheels.glob("chatmaild-*.whl")):
+            raise DeployError(f"CMDEPLOY_WHEELS={wheels} holds no chatmaild wheel")
         website = build_website(config, Path(tmp) / "www")
         env = {
             **os.environ,
@@ -118,27 +170,30 @@ def run_deploy(
             "CHATMAIL_WEBSITE": str(website) if website else "",
             "CHATMAIL_VERSION": checkout_version(),
             "CHATMAIL_DISABLE_MAIL": "1" if disable_mail else "",
+            "CHATMAIL_WEBSITE_ONLY": "1" if website_only else "",
         }
         print(f"deploying {config.mail_domain} to {host} ...", flush=True)
-        for stages in deploy_passes():
-            result = subprocess.run(
-                pyinfra_command(host, dry_run, verbose),
-                env={**env, "CMDEPLOY_STAGES": stages},
-                check=False,
-            )
-            if result.returncode != 0:
+        seen: list[str] = []
+        for stages in deploy_passes(website_only):
+            argv = pyinfra_command(host, dry_run, verbose)
+            returncode = run_pass(argv, {**env, "CMDEPLOY_STAGES": stages}, seen)
+            if returncode != 0:
                 break
-    if result.returncode != 0:
+    if returncode != 0:
         raise DeployError(
-            f"the deploy to {host} failed (pyinfra exit status {result.returncode}); the "
+            f"the deploy to {host} failed (pyinfra exit status {returncode}); the "
             "output above names the failing step. Fix it and run `cmdeploy run` again: "
             "steps that already succeeded are skipped."
         )
     if dry_run:
         print(f"\ndry run: nothing on {host} was changed.")
-    else:
+        return 0
+    outcome: Outcome = parse_outcome(seen)
+    if website_only:
         print(
-            f"\n{config.mail_domain} is deployed. Next: `cmdeploy dns` lists the DNS records "
-            "to create or fix."
+            f"\nweb pages of {config.mail_domain}: {'updated' if outcome.changed else 'unchanged'}"
         )
+        return 0
+    print()
+    print(summary(config.mail_domain, outcome, what_is_left(config, host)))
     return 0

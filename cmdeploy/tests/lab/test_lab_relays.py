@@ -1,7 +1,9 @@
-"""Checks of the deployed lab relays from this machine: redeploy, DNS, status.
+"""Checks of the deployed lab relays from the operator's seat: redeploy, DNS, status.
 
-They run when `CHATMAIL_LAB` holds `cmdeploy lab status --json` (scripts/test sets it after
-`cmdeploy lab up`); otherwise they skip.
+`cmdeploy` runs in the lab's client namespace, whose resolver is the lab DNS, as an operator's
+machine on the Internet (the wheels are built out here, since that namespace has no package
+index). They run when `CHATMAIL_LAB` holds `cmdeploy lab status --json` (scripts/test sets it
+after `cmdeploy lab up`); otherwise they skip.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cmdeploy.run import build_wheels
 
 LAB = json.loads(os.environ["CHATMAIL_LAB"]) if os.environ.get("CHATMAIL_LAB") else None
 pytestmark = pytest.mark.skipif(LAB is None, reason="needs a lab: cmdeploy lab up")
 
 
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheels(tmp_path_factory.mktemp("wheels"))
+
+
 def cmdeploy(
-    *args: str, netns: str | None = None, timeout: float = 900
+    *args: str, wheels: Path | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
     assert LAB is not None
     env = {
@@ -28,11 +38,11 @@ def cmdeploy(
         "CMDEPLOY_SSH_KEY": LAB["ssh_key"],
         "CMDEPLOY_SSH_KNOWN_HOSTS": os.path.join(os.path.dirname(LAB["ssh_key"]), "known_hosts"),
     }
-    argv = [sys.executable, "-m", "cmdeploy.cli", *args]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
+    if wheels:
+        env["CMDEPLOY_WHEELS"] = str(wheels)
+    argv = ["ip", "netns", "exec", LAB["client_netns"], sys.executable, "-m", "cmdeploy.cli"]
     return subprocess.run(
-        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        [*argv, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
 
 
@@ -41,8 +51,8 @@ def relays() -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("relay", relays(), ids=[r["domain"] for r in relays()])
-def test_second_deploy_changes_nothing(relay: dict[str, Any]) -> None:
-    result = cmdeploy("run", "--config", relay["config"], "--ssh-host", relay["ip"])
+def test_second_deploy_changes_nothing(relay: dict[str, Any], wheels: Path) -> None:
+    result = cmdeploy("run", "--config", relay["config"], "--ssh-host", relay["ip"], wheels=wheels)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     # one table per pyinfra pass (packages, then the rest): nothing changed in any
@@ -54,14 +64,26 @@ def test_second_deploy_changes_nothing(relay: dict[str, Any]) -> None:
     for operations, changed, errors, unchanged in totals:
         assert (changed, errors) == ("-", "-"), "\n".join(changed_lines)
         assert operations == unchanged
+    # the closing summary: certificate issued, DNS complete, so nothing is left to do
+    summary = output.rsplit("Summary for", 1)[1]
+    assert "nothing changed" in summary and "restarted: nothing" in summary, summary
+    assert "next: nothing; the relay is ready." in summary, summary
+
+
+def test_dns_pointing_elsewhere_stops_the_deploy(wheels: Path) -> None:
+    """One relay's config aimed at another relay's host: refused before anything changes."""
+    first, second = relays()[:2]
+    result = cmdeploy("run", "--config", first["config"], "--ssh-host", second["ip"], wheels=wheels)
+    assert result.returncode == 2
+    assert f"{first['domain']} points at {first['ip']}, but {second['ip']} has" in result.stderr
+    assert "--skip-dns-check" in result.stderr and "Traceback" not in result.stderr
+    assert "Grand total" not in result.stdout  # pyinfra never started
 
 
 @pytest.mark.parametrize("relay", relays(), ids=[r["domain"] for r in relays()])
 def test_dns_records_are_in_place(relay: dict[str, Any]) -> None:
     assert LAB is not None
-    result = cmdeploy(
-        "dns", "--config", relay["config"], "--ssh-host", relay["ip"], netns=LAB["client_netns"]
-    )
+    result = cmdeploy("dns", "--config", relay["config"], "--ssh-host", relay["ip"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DNS records are in place" in result.stdout
 
@@ -73,3 +95,4 @@ def test_status_is_clean(relay: dict[str, Any]) -> None:
     assert "not active" not in result.stdout
     ports = result.stdout.split("ports:", 1)[1].split("\n", 1)[0].split()
     assert {"25", "80", "143", "443", "465", "587", "993"} <= set(ports)
+    assert "placeholder" not in result.stdout  # an ACME relay got its certificate

@@ -98,11 +98,15 @@ class Target:
 class Relay:
     """A deployed relay: its domain, address, SSH access and deployed configuration."""
 
-    def __init__(self, domain: str, ip: str, ssh: str, ssh_options: list[str]) -> None:
+    def __init__(
+        self, domain: str, ip: str, ssh: str, ssh_options: list[str], ca_cert: Path | None = None
+    ) -> None:
         self.domain = domain
         self.ip = ip
         self.ssh_target = ssh
         self.ssh_options = ssh_options
+        # the CA bundle of a private ACME CA (the lab's), or None for the public roots
+        self.ca_cert = ca_cert
 
     def __repr__(self) -> str:
         return f"Relay({self.domain})"
@@ -138,16 +142,21 @@ class Relay:
         return out.strip() == "yes"
 
     def tls_context(self) -> ssl.SSLContext:
-        """How the app connects: certificate checks off for self-signed relays."""
-        ctx = ssl.create_default_context()
+        """How the app connects: certificate checks off for self-signed relays; others are
+        verified, against the target's own CA when it has one."""
         if self.config.tls_mode == "self":
+            ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+            return ctx
+        return ssl.create_default_context(cafile=str(self.ca_cert) if self.ca_cert else None)
 
     @property
     def certificate_checks(self) -> str:
-        return "acceptInvalidCertificates" if self.config.tls_mode == "self" else "automatic"
+        # Delta Chat core trusts only its built-in public roots, never a private CA
+        if self.config.tls_mode == "self" or self.ca_cert:
+            return "acceptInvalidCertificates"
+        return "automatic"
 
 
 def _ssh_options(status: dict[str, Any]) -> list[str]:
@@ -166,8 +175,15 @@ def _ssh_options(status: dict[str, Any]) -> list[str]:
 def target() -> Target:
     raw = json.loads(os.environ[ONLINE_ENV])
     options = _ssh_options(raw)
+    ca_cert = Path(raw["ca_cert"]) if raw.get("ca_cert") else None
     relays = [
-        Relay(r["domain"], r.get("ip", r["domain"]), r.get("ssh", f"root@{r['domain']}"), options)
+        Relay(
+            r["domain"],
+            r.get("ip", r["domain"]),
+            r.get("ssh", f"root@{r['domain']}"),
+            options,
+            ca_cert,
+        )
         for r in raw["relays"]
     ]
     assert relays, f"{ONLINE_ENV} names no relay"

@@ -1,12 +1,17 @@
 """`cmdeploy lab`: a miniature Internet on this machine, with relays deployed for real.
 
 `up` makes, idempotently: a bridge and subnet that only the lab's namespaces use, a package
-proxy, an authoritative DNS server for the lab zones, a fake push service, N relay hosts
-(Debian 12 under systemd-nspawn, each in its own namespace) and a client namespace whose
-resolver is the lab DNS. Each relay is then configured with `cmdeploy init`, deployed with
-the ordinary `cmdeploy run`, and its zone (from `cmdeploy dns --zonefile`) is served by the
-lab DNS. `down` removes everything `up` recorded, and nothing else; the base image stays
-cached. Relays use the reserved `.test` TLD and self-signed TLS (`_relayN.test`).
+proxy, an authoritative DNS server for the lab zones, an ACME CA (pebble), a fake push
+service, N relay hosts (Debian 12 under systemd-nspawn, each in its own namespace) and a
+client namespace whose resolver is the lab DNS and which trusts the lab's CAs. Each relay is
+then configured with `cmdeploy init`, deployed with the ordinary `cmdeploy run`, and its zone
+(from `cmdeploy dns --zonefile`) is served by the lab DNS. `down` removes everything `up`
+recorded, and nothing else; the base image stays cached.
+
+Relays use the reserved `.test` TLD. `relay2` is `_relay2.test`, a self-signed relay; the
+others (`relay1.test`, ...) get their certificates from the lab's ACME CA, so mail between
+relay1 and relay2 crosses both TLS modes. Lab hosts trust the lab's CAs as real servers trust
+the public ones (`ca_cert` in `status` is that bundle).
 """
 
 from __future__ import annotations
@@ -22,15 +27,20 @@ from pathlib import Path
 
 from chatmaild.config import read_config, render_ini
 
+from ..run import DeployError, build_wheels
 from . import hosts, net, services
 
 LAB = Path(os.environ.get("CMDEPLOY_LAB_DIR", "/var/lib/chatmail-lab"))
 CLIENT_NETNS = "cmlab-client"
+CA_BUNDLE = LAB / "ca.pem"  # the lab's CAs: pebble's issuing root and the CA of its API
+SELF_SIGNED_RELAY = "relay2"
+LAB_MAX_LOAD = 100
 TOOLS = {
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
     "tinyproxy": "tinyproxy",
     "nsd": "nsd",
+    "pebble": "pebble",
     "ssh": "openssh-client",
 }
 
@@ -113,11 +123,62 @@ def relay_zones(state: State) -> dict[str, str]:
     zones = {}
     for relay in state.relays:
         deployed = LAB / f"{relay.name}.zone"
-        records = (
-            deployed.read_text() if deployed.exists() else f"{relay.domain}. IN A {relay.ip}\n"
-        )
+        records = deployed.read_text() if deployed.exists() else first_records(relay)
         zones[relay.domain] = services.soa_zone(relay.domain, serial, records)
     return zones
+
+
+def first_records(relay: Relay) -> str:
+    """What an operator creates before the first deploy (`cmdeploy init` says which)."""
+    records = f"{relay.domain}. IN A {relay.ip}\n"
+    if not relay.domain.startswith("_"):
+        for name in ("www", "mta-sts"):
+            records += f"{name}.{relay.domain}. IN CNAME {relay.domain}.\n"
+    return records
+
+
+def relay_domain(name: str) -> str:
+    return f"_{name}.test" if name == SELF_SIGNED_RELAY else f"{name}.test"
+
+
+def ensure_trust(state: State) -> None:
+    """The lab's CAs, trusted by the client namespace and (see `trust_on_relay`) the relays.
+
+    pebble makes a new root at each start, so the bundle is rewritten whenever it starts."""
+    root = services.fetch_acme_root(LAB)
+    bundle = root.strip() + "\n" + (LAB / "lab-ca.pem").read_text()
+    if not CA_BUNDLE.exists() or CA_BUNDLE.read_text() != bundle:
+        CA_BUNDLE.write_text(bundle)
+    # `ip netns exec` mounts /etc/netns/<ns>/ssl over /etc/ssl: Debian's store plus ours
+    ssl_dir = Path("/etc/netns") / CLIENT_NETNS / "ssl"
+    shutil.rmtree(ssl_dir, ignore_errors=True)
+    shutil.copytree("/etc/ssl", ssl_dir, symlinks=True)
+    store = ssl_dir / "certs" / "ca-certificates.crt"
+    store.unlink(missing_ok=True)
+    store.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + bundle)
+
+
+def trust_on_relay(relay: Relay, key: Path) -> None:
+    """Puts the lab's CAs in the relay's system store (certbot reaches pebble's API with it,
+    Postfix verifies other ACME relays with it)."""
+    anchors = LAB / relay.name / "usr/local/share/ca-certificates"
+    anchors.mkdir(parents=True, exist_ok=True)
+    pem = CA_BUNDLE.read_text().split("-----END CERTIFICATE-----")
+    wanted = {
+        f"chatmail-lab-{i}.crt": part.strip() + "\n-----END CERTIFICATE-----\n"
+        for i, part in enumerate(pem)
+        if part.strip()
+    }
+    present = {p.name: p.read_text() for p in anchors.glob("chatmail-lab-*.crt")}
+    if present == wanted:
+        return
+    for name in present:
+        (anchors / name).unlink()
+    for name, text in wanted.items():
+        (anchors / name).write_text(text)
+    result = hosts.ssh(key, relay.ip, "update-ca-certificates --fresh >/dev/null")
+    if result.returncode != 0:
+        raise LabError(f"update-ca-certificates failed on {relay.name}: {result.stderr.strip()}")
 
 
 def restart_dns(state: State) -> None:
@@ -140,10 +201,15 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
     (netns_dir / "resolv.conf").write_text(f"nameserver {net.GATEWAY}\n")
     if CLIENT_NETNS not in state.netns:
         state.netns.append(CLIENT_NETNS)
-    for name, start in (("proxy", services.start_proxy), ("push", services.start_push_fake)):
+    for name, start in (
+        ("proxy", services.start_proxy),
+        ("push", services.start_push_fake),
+        ("acme", services.start_pebble),
+    ):
         if not hosts.alive(state.pids.get(name, 0)):
             state.pids[name] = start(LAB)
     state.save()
+    ensure_trust(state)
 
     say("base image (cached after the first time, about a minute)")
     base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")
@@ -154,7 +220,7 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         if relay is None:
             relay = Relay(
                 name,
-                f"_{name}.test",
+                relay_domain(name),
                 str(net.SUBNET[10 + i]),
                 f"cmlab-{name}",
                 str(LAB / f"{name}.ini"),
@@ -172,6 +238,7 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
     restart_dns(state)
     for relay in state.relays:
         hosts.wait_ready(key, relay.ip)
+        trust_on_relay(relay, key)
     if deploy:
         for relay in state.relays:
             deploy_relay(relay)
@@ -183,11 +250,27 @@ def deploy_relay(relay: Relay) -> None:
     """`cmdeploy init`, `run` and `dns --zonefile` for one lab relay, exactly as an operator."""
     ini = Path(relay.config)
     if not ini.exists():
-        overrides = {"dns_forwarders": net.GATEWAY, "push_endpoint": services.push_url()}
+        overrides = {
+            "dns_forwarders": net.GATEWAY,
+            "push_endpoint": services.push_url(),
+            # Lab hosts share this machine's kernel and so its load average: the whole lab's
+            # load (a benchmark, the other relays) would stop account creation on every relay.
+            "max_load_1m": str(LAB_MAX_LOAD),
+        }
+        if not relay.domain.startswith("_"):
+            overrides["acme_directory_url"] = services.acme_url()
         ini.write_text(render_ini(relay.domain, overrides))
     read_config(ini)  # a broken ini stops here with its own clear message
-    env = {**os.environ, **ssh_env()}
-    cmdeploy = [sys.executable, "-m", "cmdeploy.cli"]
+    # The operator's machine is the client namespace: its resolver is the lab DNS (which the
+    # DNS pre-check asks). It has no package index, so the wheels are built out here.
+    wheels = LAB / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    try:
+        build_wheels(wheels)
+    except DeployError as e:
+        raise LabError(str(e)) from None
+    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(wheels)}
+    cmdeploy = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
     for args, what in (
         (["run", "--ssh-host", relay.ip], "deploying"),
         (
@@ -218,7 +301,7 @@ def status(state: State) -> dict[str, object]:
         ],
         "dns": net.GATEWAY,
         "client_netns": CLIENT_NETNS,
-        "ca_cert": None,  # self-signed relays; an ACME CA (pebble) comes later
+        "ca_cert": str(CA_BUNDLE),
         "push_fake": services.push_url(),
         "ssh_key": str(LAB / "id_ed25519"),
         "push_tokens": str(LAB / "push-tokens.log"),
@@ -241,7 +324,10 @@ def down() -> None:
         shutil.rmtree(LAB / relay.name, ignore_errors=True)
         for suffix in (".zone", ".ini", ".deploy.log", ".console.log"):
             (LAB / f"{relay.name}{suffix}").unlink(missing_ok=True)
-    for name in ("known_hosts", "push-tokens.log", "state.json"):
+    lab_files = ("known_hosts", "push-tokens.log", "state.json", CA_BUNDLE.name)
+    ca_files = ("lab-ca.pem", "lab-ca.key", "lab-ca.srl", "pebble-api.pem", "pebble-api.key")
+    for name in (*lab_files, *ca_files, "pebble.json"):
         (LAB / name).unlink(missing_ok=True)
     shutil.rmtree(LAB / "dns", ignore_errors=True)
+    shutil.rmtree(LAB / "wheels", ignore_errors=True)
     say("down (the base image stays cached)")

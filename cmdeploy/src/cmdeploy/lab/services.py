@@ -1,21 +1,32 @@
-"""The lab's own services on the bridge address: package proxy, DNS, push fake.
+"""The lab's own services on the bridge address: package proxy, DNS, ACME CA, push fake.
 
 - tinyproxy: the only way lab hosts reach beyond the lab, and only to fetch packages;
 - NSD: authoritative for the lab zones (`*.test`), nothing else; relays forward to it;
+- pebble, Debian's test ACME CA: it validates HTTP-01 challenges through the lab DNS and
+  issues the ACME relays' certificates. Its API speaks HTTPS with a certificate from the lab's
+  own CA; the root it issues from is new at each start and fetched from its management port;
 - a fake push notification service that records tokens (the real one is never contacted).
 Each runs as a child process whose id the lab records, so `down` stops exactly these.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import ssl
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from .hosts import PROXY_PORT
 from .net import GATEWAY, SUBNET
 
 PUSH_PORT = 8475
+ACME_PORT = 14000
+ACME_MANAGEMENT_PORT = 15000
 
 # The only hosts lab hosts may reach through the proxy: Debian's package mirrors.
 ALLOWED_HOSTS = ("deb.debian.org", "security.debian.org")
@@ -49,6 +60,10 @@ server:
 remote-control:
     control-enable: no
 {zones}"""
+
+
+class ServiceError(Exception):
+    pass
 
 
 def start(argv: list[str], log: Path) -> int:
@@ -112,3 +127,93 @@ def start_push_fake(lab: Path) -> int:
 
 def push_url() -> str:
     return f"http://{GATEWAY}:{PUSH_PORT}/notify"
+
+
+def acme_url() -> str:
+    return f"https://{GATEWAY}:{ACME_PORT}/dir"
+
+
+def openssl(*args: str) -> None:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ServiceError(f"openssl {args[0]} failed: {result.stderr.strip()[-300:]}")
+
+
+def ensure_lab_ca(lab: Path, address: str = GATEWAY) -> tuple[Path, Path]:
+    """The lab CA and, signed by it, the certificate of pebble's API on `address` (made
+    once, kept)."""
+    ca, ca_key = lab / "lab-ca.pem", lab / "lab-ca.key"
+    cert, key = lab / "pebble-api.pem", lab / "pebble-api.key"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    if not (ca.exists() and ca_key.exists()):
+        openssl(
+            "req", "-x509", *ec, "-days", "3650", "-subj", "/CN=chatmail lab CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", str(ca_key), "-out", str(ca),
+        )  # fmt: skip
+        cert.unlink(missing_ok=True)
+    if not (cert.exists() and key.exists()):
+        with tempfile.TemporaryDirectory() as tmp:
+            csr, ext = Path(tmp) / "api.csr", Path(tmp) / "api.ext"
+            ext.write_text(f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\n")
+            openssl("req", *ec, "-subj", "/CN=chatmail lab ACME", "-keyout", str(key),
+                    "-out", str(csr))  # fmt: skip
+            openssl(
+                "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(cert),
+            )  # fmt: skip
+    return cert, key
+
+
+def start_pebble(lab: Path) -> int:
+    cert, key = ensure_lab_ca(lab)
+    conf = lab / "pebble.json"
+    conf.write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"{GATEWAY}:{ACME_PORT}",
+                    "managementListenAddress": f"{GATEWAY}:{ACME_MANAGEMENT_PORT}",
+                    "certificate": str(cert),
+                    "privateKey": str(key),
+                    "httpPort": 80,
+                    "tlsPort": 443,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            },
+            indent=2,
+        )
+    )
+    # no artificial validation delays, and no nonces refused at random (pebble's defaults
+    # exercise client retries; here they would only slow every deploy down)
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    argv = ["pebble", "-config", str(conf), "-dnsserver", f"{GATEWAY}:53"]
+    with open(lab / "pebble.log", "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    return proc.pid
+
+
+def fetch_acme_root(lab: Path, timeout: float = 30) -> str:
+    """The root pebble issues from (PEM), once its management API answers."""
+    context = ssl.create_default_context(cafile=str(lab / "lab-ca.pem"))
+    url = f"https://{GATEWAY}:{ACME_MANAGEMENT_PORT}/roots/0"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=5) as response:  # noqa: S310 (a fixed https URL)
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"pebble did not answer at {url}; see {lab}/pebble.log"
+                ) from None
+            time.sleep(0.3)

@@ -21,10 +21,10 @@ nginx.conf includes two directories that are enough:
 - `conf.d/*.conf` inside `http {}`: our server blocks, matched by our names only. They do not
   claim `default_server` on port 80 (Debian's default site does), only on our loopback 8443.
 
-Two limits of that choice, both caught by `nginx -t` before any reload: nginx accepts one
-`stream {}` block, so an operator's own stream block conflicts with ours; and Debian's
-`worker_connections 768` can only be raised by editing nginx.conf (the reference relay uses
-2048), which the deploy may do as a one-line edit if a relay needs it.
+A limit of that choice, caught by `nginx -t` before any reload: nginx accepts one `stream {}`
+block, so an operator's own stream block conflicts with ours. And Debian's
+`worker_connections 768` can only be raised in nginx.conf: the deploy edits that one line to
+2048 (spec §10.1) and nothing else there.
 
 Privacy: each of our servers has exactly one access log, in a format without client address,
 query string or user agent; it replaces Debian's http-level `access_log`. The HTTPS server only
@@ -126,14 +126,11 @@ def nginx_files(
     layout: Layout,
     sockets: Sockets | None = None,
     log: str = SYSLOG,
-    certificate_ready: bool = True,
 ) -> dict[str, str]:
     """Our nginx files, `{absolute path on the relay: content}`; `log` is the nginx log target.
 
-    `certificate_ready=False` leaves out the HTTPS servers, whose certificate nginx must load:
-    before the first ACME certificate exists, nginx serves port 80 alone, and certbot's webroot
-    challenge can pass. Deploy that, obtain the certificate, then deploy the full files.
-    """
+    The certificate always exists when nginx starts: before the first ACME certificate, the
+    deploy puts a placeholder at the same path (see `cmdeploy.acme`)."""
     sockets = sockets or Sockets()
     config = layout.config
     domain = config.mail_domain
@@ -174,7 +171,6 @@ def nginx_files(
         http_listen=_public_listen(config, sockets, sockets.http),
         http_names=http_names,
         client_address_hop=client_address_hop,
-        certificate_ready=certificate_ready,
         rate_limit_new=tls.mode == "self",
         cert=tls.cert,
         key=tls.key,

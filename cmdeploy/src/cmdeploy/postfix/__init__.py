@@ -8,6 +8,11 @@ DKIM signature there, incoming mail goes on to Dovecot over LMTP. Remote deliver
 own SMTP client with verified TLS (spec §1.3 policy exceptions), not the reference relay's
 filtermail transport.
 
+Postfix's log lines reach the journal only through chatmail-postlog (spec §9: no address or
+IP in any log line): a drop-in for Debian's `postfix@.service`, the unit that runs the master
+(`postfix.service` only starts and stops it), binds the scrubber's socket over journald's
+syslog socket in Postfix's mount namespace.
+
 `postfix_files` renders every file the deploy installs; it is pure, so tests render it into a
 temp directory and check it with Debian's `postconf` and `postmap`.
 """
@@ -18,6 +23,7 @@ import ipaddress
 import re
 from pathlib import PurePosixPath
 
+from ..chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, UNIT_DIR
 from ..layout import Layout
 from ..templates import render
 
@@ -31,6 +37,11 @@ QUEUE_DIRECTORY = PurePosixPath("/var/spool/postfix")
 # read as text when a process starts: none needs `postmap`; `postfix reload` picks up a change.
 TABLES = ("submission_header_cleanup", "lmtp_header_cleanup", "login_map", "tls_policy")
 POSTMAP_NEEDED: frozenset[str] = frozenset()
+
+# glibc's syslog(3) writes to /dev/log, which Debian's systemd makes a symlink to this socket.
+JOURNAL_DEV_LOG = PurePosixPath("/run/systemd/journal/dev-log")
+# for every instance of Debian's template; "postfix@-.service" is the one that runs
+POSTLOG_DROP_IN = "postfix@.service.d/chatmail-postlog.conf"
 
 # at least two labels and a non-numeric last one: Postfix refuses a numeric myhostname
 _HOSTNAME_RE = re.compile(
@@ -48,8 +59,9 @@ def postfix_files(
     layout: Layout,
     myhostname: str | None = None,
     config_dir: PurePosixPath = CONFIG_DIR,
+    unit_dir: PurePosixPath = PurePosixPath(UNIT_DIR),
 ) -> dict[str, str]:
-    """{remote path: content} of Postfix's configuration.
+    """{remote path: content} of Postfix's configuration and the drop-in of its unit.
 
     `myhostname`: the name Postfix gives itself in its greeting, HELO and Received headers.
     By default the mail domain. An IPv4 relay has no domain: pass the reverse-pointer name of
@@ -108,6 +120,13 @@ def postfix_files(
     }
     for name, path in tables.items():
         files[str(path)] = render("postfix", f"{name}.j2")
+    files[str(unit_dir / POSTLOG_DROP_IN)] = render(
+        "postfix",
+        "postlog.conf.j2",
+        socket=POSTLOG_SOCKET,
+        socket_unit=f"{POSTLOG_UNIT}.socket",
+        journal_dev_log=JOURNAL_DEV_LOG,
+    )
     return files
 
 

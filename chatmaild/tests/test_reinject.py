@@ -1,0 +1,125 @@
+"""Re-injection's connection pool against a server that behaves as Postfix's smtpd does when
+a connection idles too long: it writes `421 4.4.2 ... Error: timeout exceeded` and closes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chatmaild import reinject
+from chatmaild.reinject import Reinjector
+
+TIMEOUT_REPLY = b"421 4.4.2 relay.example Error: timeout exceeded\r\n"
+
+
+class IdleClosingServer:
+    """Accepts every message; closes a connection idle for `idle` seconds, with a 421."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.connections = 0
+        self.messages = 0
+        self.timed_out = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"220 relay.example ESMTP\r\n")
+        in_data = False
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), self.idle)
+                except TimeoutError:
+                    writer.write(TIMEOUT_REPLY)
+                    await writer.drain()
+                    self.timed_out.set()
+                    # Postfix closes at once; the client learns of it only on its next
+                    # read, after it wrote its next command. Waiting for that command makes
+                    # this order certain here.
+                    await reader.readline()
+                    return
+                if not line:
+                    return
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        self.messages += 1
+                        writer.write(b"250 2.0.0 Ok: queued\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    in_data = True
+                    writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    return
+                else:
+                    writer.write(b"250 ok\r\n")
+        finally:
+            writer.close()
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+MESSAGE = b"From: a@example.org\r\n\r\nbody\r\n"
+
+
+def test_a_connection_postfix_closed_for_idleness_is_replaced() -> None:
+    async def scenario() -> tuple[str, str, IdleClosingServer]:
+        server = IdleClosingServer(idle=0.2)
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        injector = Reinjector("127.0.0.1", port)
+        first = await injector.deliver("a@example.org", ["b@example.org"], MESSAGE)
+        await server.timed_out.wait()  # the pooled connection got its 421 and was closed
+        second = await injector.deliver("a@example.org", ["b@example.org"], MESSAGE)
+        await injector.close()
+        listener.close()
+        return first, second, server
+
+    first, second, server = run(scenario())
+    assert (first, second) == ("250 OK", "250 OK")
+    assert server.messages == 2 and server.connections == 2
+
+
+def test_idle_connections_are_not_kept_past_their_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reinject, "IDLE_LIFETIME", 0.0)
+
+    async def scenario() -> IdleClosingServer:
+        server = IdleClosingServer(idle=30)
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+        for _ in range(2):
+            assert await injector.deliver("a@example.org", ["b@example.org"], MESSAGE) == "250 OK"
+        await injector.close()
+        listener.close()
+        return server
+
+    assert run(scenario()).connections == 2
+
+
+def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
+    """Only a pooled connection is retried: Postfix's 421 on a new one is its real answer."""
+
+    async def scenario() -> str:
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 relay.example ESMTP\r\n")
+            await reader.readline()
+            writer.write(b"250 ok\r\n")
+            await reader.readline()
+            writer.write(b"421 4.3.2 Service shutting down\r\n")
+            await writer.drain()
+            writer.close()
+
+        listener = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+        reply = await injector.deliver("a@example.org", ["b@example.org"], MESSAGE)
+        listener.close()
+        return reply
+
+    assert run(scenario()) == "421 4.3.2 Service shutting down"
