@@ -94,7 +94,9 @@ def redact(message: str) -> str:
     message = _UNCLOSED.sub("<" + HIDDEN, message)
     message = _LOCAL_PART.sub(HIDDEN, message)
     message = _IPV6.sub(_hide_ipv6, message)
-    return _IPV4.sub(IP, message)
+    message = _IPV4.sub(IP, message)
+    # an address that was next to "@" ("::@") leaves a placeholder that reads as a local part
+    return _LOCAL_PART.sub(HIDDEN, message)
 
 
 def _hide_content(message: str) -> str:
