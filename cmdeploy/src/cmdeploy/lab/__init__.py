@@ -25,6 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from chatmaild.config import read_config, render_ini
 
@@ -190,9 +191,12 @@ def trust_on_relay(relay: Relay, key: Path) -> None:
 def restart_dns(state: State) -> None:
     if pid := state.pids.get("dns"):
         hosts.stop_process(pid)
-    conf = services.write_dns(LAB, relay_zones(state))
+    zones = relay_zones(state)
+    conf = services.write_dns(LAB, zones)
     state.pids["dns"] = services.start_dns(LAB, conf)
     state.save()
+    for zone in zones:
+        services.wait_for_dns(zone)
 
 
 def up(relay_count: int = 2, deploy: bool = True) -> State:
@@ -250,7 +254,34 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         for relay in state.relays:
             deploy_relay(relay)
         restart_dns(state)
+        for relay in state.relays:
+            check_dns(relay)
     return state
+
+
+def cmdeploy_in_client(args: list[str], relay: Relay, out: IO[bytes]) -> int:
+    """`cmdeploy ARGS --config <relay's ini>` from the operator's seat, the client namespace."""
+    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(LAB / "wheels")}
+    argv = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
+    result = subprocess.run(
+        [*argv, *args, "--config", relay.config],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    return result.returncode
+
+
+def check_dns(relay: Relay) -> None:
+    """`cmdeploy dns` passes for the relay, now that the lab DNS serves its zone."""
+    if relay.domain == relay.ip:
+        return  # an IPv4 relay has no DNS records
+    say(f"checking the DNS records of {relay.domain}")
+    log = LAB / f"{relay.name}.deploy.log"
+    with open(log, "ab") as out:
+        if cmdeploy_in_client(["dns", "--ssh-host", relay.ip], relay, out) != 0:
+            raise LabError(f"`cmdeploy dns` finds records missing for {relay.domain}; see {log}")
 
 
 def deploy_relay(relay: Relay) -> None:
@@ -276,8 +307,6 @@ def deploy_relay(relay: Relay) -> None:
         build_wheels(wheels)
     except DeployError as e:
         raise LabError(str(e)) from None
-    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(wheels)}
-    cmdeploy = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
     steps = [(["run", "--ssh-host", relay.ip], "deploying")]
     if relay.domain != relay.ip:  # an IPv4 relay has no zone
         zone = str(LAB / f"{relay.name}.zone")
@@ -286,15 +315,8 @@ def deploy_relay(relay: Relay) -> None:
         say(f"{what} {relay.domain}")
         log = LAB / f"{relay.name}.deploy.log"
         with open(log, "ab") as out:
-            result = subprocess.run(
-                [*cmdeploy, *args, "--config", str(ini)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if result.returncode != 0:
-            raise LabError(f"{what} {relay.domain} failed; see {log}")
+            if cmdeploy_in_client(args, relay, out) != 0:
+                raise LabError(f"{what} {relay.domain} failed; see {log}")
 
 
 def status(state: State) -> dict[str, object]:
