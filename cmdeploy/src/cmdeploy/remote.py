@@ -101,9 +101,16 @@ class RelayState:
     cert_self_issued: bool = False
 
 
+def expected_units(layout: Layout) -> list[str]:
+    """The units that run on this relay: an IPv4 relay signs nothing, so has no OpenDKIM."""
+    if layout.config.is_ipv4:
+        return [unit for unit in UNITS if unit != "opendkim"]
+    return list(UNITS)
+
+
 def facts_script(layout: Layout) -> str:
     return (
-        FACTS_SCRIPT.replace("UNITS", repr(UNITS))
+        FACTS_SCRIPT.replace("UNITS", repr(expected_units(layout)))
         .replace("DKIM_KEY", repr(str(layout.dkim_key)))
         .replace("CERT", repr(str(layout.tls.cert)))
         .replace("MAILBOXES", repr(str(layout.mailboxes)))

@@ -8,10 +8,11 @@ then configured with `cmdeploy init`, deployed with the ordinary `cmdeploy run`,
 (from `cmdeploy dns --zonefile`) is served by the lab DNS. `down` removes everything `up`
 recorded, and nothing else; the base image stays cached.
 
-Relays use the reserved `.test` TLD. `relay2` is `_relay2.test`, a self-signed relay; the
-others (`relay1.test`, ...) get their certificates from the lab's ACME CA, so mail between
-relay1 and relay2 crosses both TLS modes. Lab hosts trust the lab's CAs as real servers trust
-the public ones (`ca_cert` in `status` is that bundle).
+Relays use the reserved `.test` TLD. `relay2` is `_relay2.test`, a self-signed relay; `relay3`
+(with `--relays 3`) is an IPv4 relay, named by its address alone (`user@[10.231.0.13]`); the
+others (`relay1.test`, ...) get their certificates from the lab's ACME CA. So mail between
+relay1 and relay2 crosses both TLS modes, and relay3 has no DNS name at all. Lab hosts trust
+the lab's CAs as real servers trust the public ones (`ca_cert` in `status` is that bundle).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from chatmaild.config import read_config, render_ini
 
@@ -34,6 +36,7 @@ LAB = Path(os.environ.get("CMDEPLOY_LAB_DIR", "/var/lib/chatmail-lab"))
 CLIENT_NETNS = "cmlab-client"
 CA_BUNDLE = LAB / "ca.pem"  # the lab's CAs: pebble's issuing root and the CA of its API
 SELF_SIGNED_RELAY = "relay2"
+IPV4_RELAY = "relay3"
 LAB_MAX_LOAD = 100
 TOOLS = {
     "debootstrap": "debootstrap",
@@ -122,6 +125,8 @@ def relay_zones(state: State) -> dict[str, str]:
     serial = int(datetime.now(UTC).timestamp())
     zones = {}
     for relay in state.relays:
+        if relay.domain == relay.ip:
+            continue  # an IPv4 relay has no DNS name
         deployed = LAB / f"{relay.name}.zone"
         records = deployed.read_text() if deployed.exists() else first_records(relay)
         zones[relay.domain] = services.soa_zone(relay.domain, serial, records)
@@ -137,7 +142,9 @@ def first_records(relay: Relay) -> str:
     return records
 
 
-def relay_domain(name: str) -> str:
+def relay_domain(name: str, ip: str) -> str:
+    if name == IPV4_RELAY:
+        return ip
     return f"_{name}.test" if name == SELF_SIGNED_RELAY else f"{name}.test"
 
 
@@ -184,9 +191,12 @@ def trust_on_relay(relay: Relay, key: Path) -> None:
 def restart_dns(state: State) -> None:
     if pid := state.pids.get("dns"):
         hosts.stop_process(pid)
-    conf = services.write_dns(LAB, relay_zones(state))
+    zones = relay_zones(state)
+    conf = services.write_dns(LAB, zones)
     state.pids["dns"] = services.start_dns(LAB, conf)
     state.save()
+    for zone in zones:
+        services.wait_for_dns(zone)
 
 
 def up(relay_count: int = 2, deploy: bool = True) -> State:
@@ -218,10 +228,11 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         name = f"relay{i}"
         relay = next((r for r in state.relays if r.name == name), None)
         if relay is None:
+            ip = str(net.SUBNET[10 + i])
             relay = Relay(
                 name,
-                relay_domain(name),
-                str(net.SUBNET[10 + i]),
+                relay_domain(name, ip),
+                ip,
                 f"cmlab-{name}",
                 str(LAB / f"{name}.ini"),
             )
@@ -243,7 +254,34 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         for relay in state.relays:
             deploy_relay(relay)
         restart_dns(state)
+        for relay in state.relays:
+            check_dns(relay)
     return state
+
+
+def cmdeploy_in_client(args: list[str], relay: Relay, out: IO[bytes]) -> int:
+    """`cmdeploy ARGS --config <relay's ini>` from the operator's seat, the client namespace."""
+    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(LAB / "wheels")}
+    argv = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
+    result = subprocess.run(
+        [*argv, *args, "--config", relay.config],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    return result.returncode
+
+
+def check_dns(relay: Relay) -> None:
+    """`cmdeploy dns` passes for the relay, now that the lab DNS serves its zone."""
+    if relay.domain == relay.ip:
+        return  # an IPv4 relay has no DNS records
+    say(f"checking the DNS records of {relay.domain}")
+    log = LAB / f"{relay.name}.deploy.log"
+    with open(log, "ab") as out:
+        if cmdeploy_in_client(["dns", "--ssh-host", relay.ip], relay, out) != 0:
+            raise LabError(f"`cmdeploy dns` finds records missing for {relay.domain}; see {log}")
 
 
 def deploy_relay(relay: Relay) -> None:
@@ -257,7 +295,7 @@ def deploy_relay(relay: Relay) -> None:
             # load (a benchmark, the other relays) would stop account creation on every relay.
             "max_load_1m": str(LAB_MAX_LOAD),
         }
-        if not relay.domain.startswith("_"):
+        if not relay.domain.startswith("_") and relay.domain != relay.ip:
             overrides["acme_directory_url"] = services.acme_url()
         ini.write_text(render_ini(relay.domain, overrides))
     read_config(ini)  # a broken ini stops here with its own clear message
@@ -269,27 +307,16 @@ def deploy_relay(relay: Relay) -> None:
         build_wheels(wheels)
     except DeployError as e:
         raise LabError(str(e)) from None
-    env = {**os.environ, **ssh_env(), "CMDEPLOY_WHEELS": str(wheels)}
-    cmdeploy = ["ip", "netns", "exec", CLIENT_NETNS, sys.executable, "-m", "cmdeploy.cli"]
-    for args, what in (
-        (["run", "--ssh-host", relay.ip], "deploying"),
-        (
-            ["dns", "--ssh-host", relay.ip, "--zonefile", str(LAB / f"{relay.name}.zone")],
-            "writing the zone of",
-        ),
-    ):
+    steps = [(["run", "--ssh-host", relay.ip], "deploying")]
+    if relay.domain != relay.ip:  # an IPv4 relay has no zone
+        zone = str(LAB / f"{relay.name}.zone")
+        steps.append((["dns", "--ssh-host", relay.ip, "--zonefile", zone], "writing the zone of"))
+    for args, what in steps:
         say(f"{what} {relay.domain}")
         log = LAB / f"{relay.name}.deploy.log"
         with open(log, "ab") as out:
-            result = subprocess.run(
-                [*cmdeploy, *args, "--config", str(ini)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if result.returncode != 0:
-            raise LabError(f"{what} {relay.domain} failed; see {log}")
+            if cmdeploy_in_client(args, relay, out) != 0:
+                raise LabError(f"{what} {relay.domain} failed; see {log}")
 
 
 def status(state: State) -> dict[str, object]:

@@ -113,6 +113,27 @@ def start_dns(lab: Path, conf: Path) -> int:
     return start(["nsd", "-d", "-c", str(conf)], lab / "nsd.log")
 
 
+def wait_for_dns(zone: str, timeout: float = 15) -> None:
+    """Until NSD answers for `zone` (it loads its zones a moment after it starts)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    query = dns.message.make_query(f"{zone}.", "SOA")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = dns.query.udp(query, GATEWAY, timeout=1)
+            if answer.rcode() == dns.rcode.NOERROR and answer.answer:
+                return
+        except (dns.exception.DNSException, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the lab DNS does not answer for {zone}; see its nsd.log")
+        time.sleep(0.2)
+
+
 def start_push_fake(lab: Path) -> int:
     argv = [
         sys.executable,
