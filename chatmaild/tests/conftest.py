@@ -1,7 +1,15 @@
+"""Fixtures and helpers of chatmaild's tests.
+
+The test modules import the helpers as `chatmaild_testing`: several conftest.py files share
+the module name `conftest`, and `from conftest import ...` found cmdeploy's online one when
+pytest collected that folder first.
+"""
+
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +18,7 @@ import pytest
 from chatmaild.config import Config
 
 HERE = Path(__file__).parent
+sys.modules["chatmaild_testing"] = sys.modules[__name__]
 
 
 def make_config(mailboxes: Path, **params: str) -> Config:

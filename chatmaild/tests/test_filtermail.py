@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from chatmaild_testing import make_config
 
 from chatmaild.filtermail import IncomingGate, OutgoingGate
 from chatmaild.mxdeliv import start_mxdeliv_server

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from chatmaild_testing import make_config
 from dictclient import DictClient
 from servethread import serving
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import dovecot_or_skip
+from chatmaild_testing import dovecot_or_skip
 from dovecot_harness import Relay, running_relay, wait_for
 
 pytestmark = pytest.mark.dovecot
