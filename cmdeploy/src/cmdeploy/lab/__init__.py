@@ -17,6 +17,7 @@ the lab's CAs as real servers trust the public ones (`ca_cert` in `status` is th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,9 @@ CA_BUNDLE = LAB / "ca.pem"  # the lab's CAs: pebble's issuing root and the CA of
 SELF_SIGNED_RELAY = "relay2"
 IPV4_RELAY = "relay3"
 LAB_MAX_LOAD = 100
+# What a relay's deploy sets in /etc/sysctl.d (cmdeploy/deploy.py), for the lab's shared kernel:
+# the relays' vmail users are one user to it, so one limit covers all of them.
+KERNEL_LIMITS = {"fs.inotify.max_user_instances": 65536, "fs.inotify.max_user_watches": 1048576}
 TOOLS = {
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
@@ -67,6 +71,7 @@ class State:
     relays: list[Relay] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
     netns: list[str] = field(default_factory=list)
+    sysctl: dict[str, str] = field(default_factory=dict)  # values before `up` raised them
 
     @classmethod
     def load(cls) -> State:
@@ -78,6 +83,7 @@ class State:
             relays=[Relay(**r) for r in data.get("relays", [])],
             pids=data.get("pids", {}),
             netns=data.get("netns", []),
+            sysctl=data.get("sysctl", {}),
         )
 
     def save(self) -> None:
@@ -118,6 +124,25 @@ def ensure_tools() -> None:
     finally:
         if created:
             policy.unlink()
+
+
+def raise_kernel_limits(state: State) -> None:
+    """The relays' kernel limits, which their own deploy cannot set from inside a container.
+    The old values are recorded, and `down` puts them back."""
+    for key, wanted in KERNEL_LIMITS.items():
+        path = Path("/proc/sys") / key.replace(".", "/")
+        current = path.read_text().strip()
+        if int(current) >= wanted:
+            continue
+        state.sysctl.setdefault(key, current)
+        path.write_text(f"{wanted}\n")
+    state.save()
+
+
+def restore_kernel_limits(state: State) -> None:
+    for key, old in state.sysctl.items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / key.replace(".", "/")).write_text(f"{old}\n")
 
 
 def relay_zones(state: State) -> dict[str, str]:
@@ -203,6 +228,7 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
     ensure_tools()
     LAB.mkdir(parents=True, exist_ok=True)
     state = State.load()
+    raise_kernel_limits(state)
     net.ensure_bridge()
     client = net.Namespace(CLIENT_NETNS, net.CLIENT_IP)
     client.ensure()
@@ -346,6 +372,7 @@ def down() -> None:
     for name in state.netns:
         net.Namespace(name, "").remove()
     net.remove_bridge()
+    restore_kernel_limits(state)
     shutil.rmtree(Path("/etc/netns") / CLIENT_NETNS, ignore_errors=True)
     for relay in state.relays:
         shutil.rmtree(LAB / relay.name, ignore_errors=True)
