@@ -264,15 +264,15 @@ class Acme(Component):
         systemd.service(
             name="Daily certificate check", service=acme.TIMER, running=True, enabled=True
         )
-        if missing(acme.issued_cert(self.layout)) or self.changed:
-            # A failure leaves the relay on its placeholder: not a failed deploy, but a
-            # pending certificate that `cmdeploy run` reports at the end (and the timer retries).
-            needed = None if missing(acme.issued_cert(self.layout)) else any_changed(*self.changed)
-            server.shell(
-                name="Request the certificate (ACME)",
-                commands=[f"systemctl start {acme.SERVICE} || true"],
-                _if=needed,
-            )
+        # Until a certificate was issued every run asks for one; after, only a changed request
+        # does (renewal is the timer's). A failure leaves the relay on its placeholder: not a
+        # failed deploy, but a pending certificate that the run's summary reports.
+        first = missing(acme.issued_cert(self.layout))
+        server.shell(
+            name="Request the certificate (ACME)",
+            commands=[f"systemctl start {acme.SERVICE} || true"],
+            _if=None if first else any_changed(*self.changed),
+        )
 
 
 class Chatmaild(Component):
