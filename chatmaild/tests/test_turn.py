@@ -14,7 +14,7 @@ import pytest
 from dovecot_harness import free_port
 
 from chatmaild import turn
-from cmdeploy.templates import render
+from cmdeploy.coturn import DENIED_PEERS, peer_range, turnserver_conf
 
 SECRET = b"lab-secret-0123456789"
 
@@ -40,8 +40,12 @@ def test_read_secret(tmp_path: Path, content: bytes, expected: bytes | None) -> 
     assert turn.read_secret(tmp_path / "missing") is None
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+@pytest.fixture(scope="module", params=[()])
+def coturn(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """coturn with our configuration, denying the peers in `request.param` (none: the test
+    client's peer is on loopback, which a relay denies)."""
     if shutil.which("turnserver") is None:
         if os.environ.get("CI"):
             pytest.fail("coturn is not installed (scripts/test installs it)")
@@ -49,9 +53,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     conf = tmp_path_factory.mktemp("coturn") / "turnserver.conf"
     conf.write_text(
-        render(
-            "coturn",
-            "turnserver.conf.j2",
+        turnserver_conf(
             port=port,
             listen_addresses=["127.0.0.1"],
             relay_addresses=["127.0.0.1"],
@@ -59,7 +61,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             max_port=50200,
             realm="example.org",
             secret=SECRET.decode(),
-            denied_peers=[],
+            denied_peers=request.param,
         )
     )
     proc = subprocess.Popen(
@@ -79,7 +81,8 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def allocate(port: int, username: str, password: str) -> int:
-    """turnutils_uclient's exit status for one allocation and a message round trip."""
+    """0: an allocation and a message round trip through it; 1: allocation refused; 2: the
+    peer refused (403 Forbidden IP); -1: anything else (not reachable yet)."""
     result = subprocess.run(
         [
             "turnutils_uclient",
@@ -104,6 +107,8 @@ def allocate(port: int, username: str, password: str) -> int:
     )
     if "Cannot complete Allocation" in result.stdout + result.stderr:
         return 1
+    if "Forbidden IP" in result.stdout + result.stderr:
+        return 2
     if result.returncode != 0:
         return -1  # not reachable yet or another failure
     return 0
@@ -128,3 +133,16 @@ def test_coturn_refuses_bad_credentials(coturn: int, case: str) -> None:
     else:
         username, password = turn.credentials(b"another-relay-secret", now)
     assert allocate(coturn, username, password) == 1
+
+
+@pytest.mark.parametrize("coturn", [DENIED_PEERS], indirect=True)
+def test_coturn_relays_nothing_to_denied_networks(coturn: int) -> None:
+    """The relay's own list (loopback among it): the peer on 127.0.0.1 is refused, even with
+    coturn's own loopback block lifted as in the fixture."""
+    username, password = turn.credentials(SECRET, time.time())
+    assert allocate(coturn, username, password) == 2
+
+
+def test_denied_networks_are_written_as_ranges() -> None:
+    assert peer_range("10.0.0.0/8") == "10.0.0.0-10.255.255.255"
+    assert peer_range("fe80::/10") == "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff"

@@ -34,13 +34,13 @@ from chatmaild.config import read_config
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
 from cmdeploy.chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, chatmaild_files, services
+from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
 from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import postfix_files, postmap_needed
-from cmdeploy.templates import render
 from cmdeploy.unbound import unbound_files
 
 Ops = list[OperationMeta]
@@ -351,7 +351,12 @@ class OpenDkim(Component):
             mode="750",
         )
         server.user(
-            name="postfix may use the DKIM socket", user="postfix", groups=["opendkim"], append=True
+            name="postfix may use the DKIM socket",
+            user="postfix",
+            groups=["opendkim"],
+            append=True,
+            # its home is Postfix's spool, which must stay root's ("not owned by root")
+            ensure_home=False,
         )
         self.changed = put(opendkim_files(layout))
 
@@ -374,6 +379,10 @@ class Postfix(Component):
     packages = ("postfix",)
 
     def configure(self) -> None:
+        # Postfix refuses a spool not owned by root (earlier deploys chowned it by mistake)
+        files.directory(
+            name="Postfix spool", path="/var/spool/postfix", user="root", group="root", mode="755"
+        )
         contents = postfix_files(self.layout, myhostname=self.reverse_name())
         self.changed = put(contents)
         maps = [path for path in contents if postmap_needed(path)]
@@ -452,27 +461,12 @@ class Coturn(Component):
 
     def configure(self) -> None:
         secret, _ = turn_secret(self.layout)
-        conf = render(
-            "coturn",
-            "turnserver.conf.j2",
+        conf = turnserver_conf(
             port=3478,
-            listen_addresses=[],
-            relay_addresses=[],
-            min_port=49152,
-            max_port=65535,
             realm=self.layout.config.mail_domain,
             secret=secret,
-            denied_peers=[
-                "0.0.0.0/8",
-                "10.0.0.0/8",
-                "127.0.0.0/8",
-                "169.254.0.0/16",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-                "::1",
-                "fc00::/7",
-                "fe80::/10",
-            ],
+            listen_addresses=[],
+            relay_addresses=[],
         )
         self.changed = put({"/etc/turnserver.conf": conf}, mode="640", group="turnserver")
 
