@@ -220,4 +220,7 @@ class IMAPClient:
                 self.writer.write(b"DONE\r\n")
             self.writer.write(b"bz LOGOUT\r\n")
             await asyncio.wait_for(self.writer.drain(), 5)
+            # until the server closes: a hibernated session is thawed to answer, and the
+            # bench must not remove its mailbox before that (Dovecot would log an error)
+            await asyncio.wait_for(self.reader.read(), 5)
         await _close(self.writer)
