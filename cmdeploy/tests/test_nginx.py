@@ -474,16 +474,24 @@ class Relay:
         return self.config.mail_domain
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    """A port free on 127.0.0.1 and ::1 (nginx binds both)."""
+    """A port free on 127.0.0.1 and ::1 (nginx binds both), never one handed out before: the
+    probing socket is closed at once, so the kernel may offer the same port to the next
+    call, and two of nginx's listeners on one port make it fail with 'Address in use'."""
     while True:
         with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
             v4.bind(("127.0.0.1", 0))
             port = int(v4.getsockname()[1])
+            if port in _HANDED_OUT:
+                continue
             try:
                 v6.bind(("::1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
 
 
