@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
+from free_ports import free_port
 
 from chatmaild.config import Config
 from cmdeploy import acme
@@ -30,21 +31,6 @@ needs_tools = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("certbot", "pebble", "pebble-challtestsrv")),
     reason="needs Debian's certbot and pebble (scripts/test installs them)",
 )
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1, never one handed out before (the fixture takes several, and
-    a closed probe's port may be offered again)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:

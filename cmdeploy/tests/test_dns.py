@@ -25,11 +25,11 @@ import dns.rdata
 import dns.rdtypes.txtbase
 import dns.resolver
 import pytest
+from free_ports import free_port
 
 from chatmaild.config import Config
 from cmdeploy.dns import (
     CheckResult,
-    Problem,
     Record,
     RelayFacts,
     check,
@@ -208,20 +208,6 @@ def test_quote_txt(text: str, value: str) -> None:
 # --- a private authoritative server -------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (NSD listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-
-
 def zone_text(origin: str, lines: list[str]) -> str:
     head = [
         f"{origin} 3600 IN SOA ns1.{origin} hostmaster.{origin} 1 3600 600 86400 300",
@@ -345,15 +331,16 @@ def local_resolver(port: int) -> dns.resolver.Resolver:
 
 
 def problems(result: CheckResult) -> dict[str, set[tuple[str, str]]]:
-    def pick(ps: list[Problem]) -> set[tuple[str, str]]:
-        return {(p.record.name, p.record.type) for p in ps}
-
-    return {
-        "required_missing": pick(result.required_missing),
-        "required_wrong": pick(result.required_wrong),
-        "recommended_missing": pick(result.recommended_missing),
-        "recommended_wrong": pick(result.recommended_wrong),
+    """{"required_missing": {(name, type), ...}, "recommended_wrong": ..., ...}"""
+    grouped: dict[str, set[tuple[str, str]]] = {
+        f"{level}_{kind}": set()
+        for level in ("required", "recommended")
+        for kind in ("missing", "wrong")
     }
+    for p in result.problems:
+        level = "required" if p.record.required else "recommended"
+        grouped[f"{level}_{p.kind}"].add((p.record.name, p.record.type))
+    return grouped
 
 
 # --- checking against it ------------------------------------------------------------------
@@ -467,7 +454,8 @@ def test_silent_resolver_is_missing_within_bounded_time(silent_port: int) -> Non
     start = time.monotonic()
     result = check(records, resolver, port=silent_port, timeout=0.3)
     assert time.monotonic() - start < 2.0
-    assert len(result.required_missing) == sum(r.required for r in records)
+    missing = [p for p in result.problems if p.record.required and p.kind == "missing"]
+    assert len(missing) == sum(r.required for r in records)
     assert {p.reason for p in result.problems} == {
         "could not be looked up: the DNS resolver did not answer within 0.3s"
     }

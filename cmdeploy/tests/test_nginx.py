@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import cast
 
 import pytest
+from free_ports import free_port
 
 from chatmaild.config import Config
 from cmdeploy.layout import Layout, Tls
@@ -474,27 +475,6 @@ class Relay:
         return self.config.mail_domain
 
 
-_HANDED_OUT: set[int] = set()
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 and ::1 (nginx binds both), never one handed out before: the
-    probing socket is closed at once, so the kernel may offer the same port to the next
-    call, and two of nginx's listeners on one port make it fail with 'Address in use'."""
-    while True:
-        with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
-            v4.bind(("127.0.0.1", 0))
-            port = int(v4.getsockname()[1])
-            if port in _HANDED_OUT:
-                continue
-            try:
-                v6.bind(("::1", port))
-            except OSError:
-                continue
-            _HANDED_OUT.add(port)
-            return port
-
-
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     """Poll for an event that has no notification (a port opening, a log line written)."""
     deadline = time.monotonic() + timeout
@@ -547,13 +527,13 @@ def relay(
         sockets = Sockets(
             public_ipv4="127.0.0.1",
             public_ipv6="[::1]",
-            https=_free_port(),
-            http=_free_port(),
-            web=_free_port(),
+            https=free_port(),
+            http=free_port(),
+            web=free_port(),
             imaps=int(imaps.server_address[1]),
             smtps=int(smtps.server_address[1]),
-            imap_hop=_free_port(),
-            smtp_hop=_free_port(),
+            imap_hop=free_port(),
+            smtp_hop=free_port(),
             fcgiwrap=f"{root}/fcgiwrap.socket",
         )
         log = root / "log" / "chatmail.log"

@@ -193,29 +193,15 @@ class CheckResult:
     checked: list[Record]
     problems: list[Problem] = field(default_factory=list)
 
-    def _select(self, kind: str, required: bool) -> list[Problem]:
-        return [p for p in self.problems if p.kind == kind and p.record.required == required]
-
     @property
-    def required_missing(self) -> list[Problem]:
-        return self._select("missing", True)
-
-    @property
-    def required_wrong(self) -> list[Problem]:
-        return self._select("wrong", True)
-
-    @property
-    def recommended_missing(self) -> list[Problem]:
-        return self._select("missing", False)
-
-    @property
-    def recommended_wrong(self) -> list[Problem]:
-        return self._select("wrong", False)
+    def required_problems(self) -> int:
+        """How many required records are missing or wrong."""
+        return sum(p.record.required for p in self.problems)
 
     @property
     def ok(self) -> bool:
         """True when every required record is in place (recommended ones may lack)."""
-        return not any(p.record.required for p in self.problems)
+        return self.required_problems == 0
 
 
 class _Unreachable(Exception):
@@ -469,7 +455,7 @@ def report(result: CheckResult) -> str:
     dkim = unsplit_dkim(p.record for p in problems)
     if dkim is not None:
         lines.append(f"DKIM value as one string for web interfaces: {dkim}")
-    required = sum(p.record.required for p in problems)
+    required = result.required_problems
     lines.append(
         f"{required} required and {len(problems) - required} recommended of "
         f"{len(result.checked)} DNS records need attention."

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from chatmaild.config import Config
 
-from .remote import ssh_options
+from .remote import command
 
 # port -> the process names that may hold it (those the deploy itself starts)
 EXPECTED_OWNERS: dict[int, frozenset[str]] = {
@@ -190,19 +190,13 @@ def probe(config: Config) -> str:
     return f'{PROBE}; echo \'--- unreadable\'; for f in {paths}; do test -r "$f" || echo "$f"; done'
 
 
-def probe_command(host: str, config: Config) -> list[str]:
-    if host == "@local":
-        return ["sh", "-c", probe(config)]
-    return ["ssh", *ssh_options(), f"root@{host}", probe(config)]
-
-
 def check_target(
     host: str, config: Config, lookup: Lookup | None = None, timeout: float = 60
 ) -> None:
     """Raises PreflightError with every problem found; `lookup=None` skips the DNS check."""
     try:
         result = subprocess.run(
-            probe_command(host, config),
+            command(host, probe(config)),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -132,10 +132,11 @@ def ssh_options() -> list[str]:
     return options
 
 
-def command(host: str) -> list[str]:
+def command(host: str, script: str = "python3 -") -> list[str]:
+    """`script` (a shell command line) as root on `host`, or here for `@local`."""
     if host == "@local":
-        return ["python3", "-"]
-    return ["ssh", *ssh_options(), f"root@{host}", "python3", "-"]
+        return ["sh", "-c", script]
+    return ["ssh", *ssh_options(), f"root@{host}", script]
 
 
 def parse_state(output: str) -> RelayState:

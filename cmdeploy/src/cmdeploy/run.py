@@ -118,7 +118,7 @@ def what_is_left(config: Config, host: str) -> Left:
         facts = relay_dns.facts_from_state(state)
         try:
             result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
-            left.dns_missing = sum(p.record.required for p in result.problems)
+            left.dns_missing = result.required_problems
         except Exception:  # noqa: BLE001 (reported as unchecked; never fails the run)
             left.dns_missing = None
     return left

@@ -173,7 +173,7 @@ def relay_domain(name: str, ip: str) -> str:
     return f"_{name}.test" if name == SELF_SIGNED_RELAY else f"{name}.test"
 
 
-def ensure_trust(state: State) -> None:
+def ensure_trust() -> None:
     """The lab's CAs, trusted by the client namespace and (see `trust_on_relay`) the relays.
 
     pebble makes a new root at each start, so the bundle is rewritten whenever it starts."""
@@ -245,7 +245,7 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         if not hosts.alive(state.pids.get(name, 0)):
             state.pids[name] = start(LAB)
     state.save()
-    ensure_trust(state)
+    ensure_trust()
 
     say("base image (cached after the first time, about a minute)")
     base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")

@@ -66,7 +66,7 @@ class ServiceError(Exception):
     pass
 
 
-def start(argv: list[str], log: Path) -> int:
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -74,6 +74,7 @@ def start(argv: list[str], log: Path) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
     return proc.pid
 
@@ -211,16 +212,7 @@ def start_pebble(lab: Path) -> int:
     # exercise client retries; here they would only slow every deploy down)
     env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
     argv = ["pebble", "-config", str(conf), "-dnsserver", f"{GATEWAY}:53"]
-    with open(lab / "pebble.log", "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-    return proc.pid
+    return start(argv, lab / "pebble.log", env)
 
 
 def fetch_acme_root(lab: Path, timeout: float = 30) -> str:
