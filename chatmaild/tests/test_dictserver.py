@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 from dictclient import DictClient
 from servethread import serving
 
-from chatmaild.dictserver import MAX_LINE
+from chatmaild.dictserver import MAX_LINE, MAX_STAGED, MAX_TRANSACTIONS
 
 
 class FakeBackend:
@@ -134,3 +137,87 @@ def test_stale_socket_is_replaced(tmp_path: Path, backend: FakeBackend) -> None:
     stale.close()
     with serving(path, backend), DictClient(path) as c:
         assert c.lookup("shared/a") == "O1"
+
+
+def test_too_many_open_transactions_close_that_connection(
+    sock: Path, backend: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    with DictClient(sock) as leaky, DictClient(sock) as good:
+        for n in range(MAX_TRANSACTIONS):
+            leaky.send(f"B{n}\tsecret-user")
+            leaky.send(f"S{n}\tok/secret-key\tsecret-value")
+        assert leaky.request("C0") == "O0"  # at the bound, all is well
+        leaky.send("B0\tsecret-user")
+        leaky.send("B1\tsecret-user")  # reuses an open id: still MAX_TRANSACTIONS open
+        assert leaky.lookup("shared/a") == "O1"
+        leaky.send(f"B{MAX_TRANSACTIONS}\tsecret-user")
+        with pytest.raises((ConnectionError, OSError)):
+            leaky.readline()
+        good.send("B1\tu")
+        good.send("S1\tok/x\t1")
+        assert good.request("C1") == "O1"
+    assert caplog.text.count(f"over {MAX_TRANSACTIONS} open transactions") == 1
+    assert "secret" not in caplog.text
+
+
+def test_a_transaction_over_the_staged_bound_fails_and_the_connection_goes_on(
+    sock: Path, backend: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    value = "secret-value-" + "v" * 60_000
+    with DictClient(sock) as c:
+        c.send("B1\tu")
+        c.send("S1\tok/first\t" + value)  # a transaction of its own, open meanwhile
+        c.send("B2\tu")
+        for n in range(MAX_STAGED // len(value) + 1):
+            c.send(f"S2\tok/secret-key-{n}\t{value}")
+        c.send("U2\tok/after-failing")  # ignored: the transaction failed already
+        assert c.request("C2") == "F2"
+        assert c.request("C1") == "O1"
+        assert backend.commits == [("u", [("ok/first", value)])]
+        # what the failed transaction staged is free again: the same amount fits now
+        c.send("B3\tu")
+        for n in range(MAX_STAGED // len(value)):
+            c.send(f"S3\tok/k{n}\t{value}")
+        assert c.request("C3") == "O3"
+    assert caplog.text.count("dict transaction fails: over") == 1
+    assert "secret" not in caplog.text
+
+
+# Run a real dict service with few descriptors; once more clients wait than it can accept,
+# asyncio fails each accept of a listen backlog in one go, every second.
+def _few_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+
+def test_out_of_descriptors_the_service_logs_one_line_not_thousands(tmp_path: Path) -> None:
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(f"[params]\nmail_domain = example.org\nmailboxes_dir = {tmp_path}\n")
+    path = tmp_path / "lastlogin.socket"
+    exe = Path(sys.executable).parent / "lastlogin"
+    service = subprocess.Popen(
+        [str(exe), str(path), str(ini)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_few_descriptors,  # the child only calls setrlimit before exec
+    )
+    assert service.stderr is not None
+    clients = []
+    try:
+        assert "listening on" in service.stderr.readline()
+        for _ in range(100):  # queued in the listen backlog of 1000: each connect succeeds
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(str(path))
+            clients.append(client)
+        first = service.stderr.readline()  # asyncio's line or ours, whichever it is
+        service.terminate()
+        _, rest = service.communicate(timeout=60)
+    finally:
+        service.kill()
+        service.wait()
+        for client in clients:
+            client.close()
+    lines = [first, *rest.splitlines()]
+    about_accept = [line for line in lines if "accept" in line]
+    assert len(about_accept) == 1, f"{len(about_accept)} lines, the first: {first}"
+    assert "cannot accept connections (Too many open files)" in about_accept[0]
+    assert "Traceback" not in rest

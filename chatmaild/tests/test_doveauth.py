@@ -254,6 +254,51 @@ def test_logs_hold_no_credentials(
         assert needle not in caplog.text
 
 
+def raw_passdb_line(addr: str, password: bytes) -> bytes:
+    """The lookup line Dovecot sends: %E-escaped bytes as they came, tab-escaped for the dict."""
+    escaped = b"".join(b"\\" + bytes([b]) if b in b"\"'\\" else bytes([b]) for b in password)
+    key = b"shared/passdb/" + escaped + b'"' + addr.encode()
+    return b"L" + key.replace(b"\0", b"\x010") + b"\t" + addr.encode() + b"\n"
+
+
+# libcrypt hashes at most 511 bytes; Dovecot sends passwords as they came, UTF-8 or not.
+UNUSABLE_PASSWORDS = [
+    pytest.param(b"secretpw" * 64, id="512-bytes"),
+    pytest.param(b"secretpw" * 100, id="800-bytes"),
+    pytest.param("\u00e9".encode() * 300, id="300-characters-600-bytes"),
+    pytest.param(b"secret\xff\xfepassword", id="not-utf-8"),
+    pytest.param(b"secret\xc3password", id="cut-utf-8-sequence"),
+    pytest.param(b"secretpw\0more-secret", id="nul"),
+]
+
+
+@pytest.mark.parametrize("password", UNUSABLE_PASSWORDS)
+def test_unusable_passwords_are_refused_not_failed(
+    config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture, password: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    auth = make_auth(config, tmp_path)
+    assert passdb(auth, "existing1@example.org", "long-enough-pw") is not None
+    with serving(tmp_path / "auth.socket", auth), DictClient(tmp_path / "auth.socket") as c:
+        for addr in ("existing1@example.org", "newcomer1@example.org"):
+            c.file.write(raw_passdb_line(addr, password))
+            c.file.flush()
+            # "not found": Dovecot refuses the login; F would be a temporary failure
+            assert c.readline() == "N"
+    assert [p.name for p in config.mailboxes_path.iterdir()] == ["existing1@example.org"]
+    assert caplog.text.count("login refused: password") == 2
+    for needle in (b"secret", "\u00e9".encode() * 2):
+        assert needle not in caplog.text.encode()
+
+
+def test_the_longest_usable_password_creates_and_logs_in(config: Config, tmp_path: Path) -> None:
+    auth = make_auth(config, tmp_path)
+    password = "\u00e9" * 255 + "x"  # 511 bytes
+    record = passdb(auth, "longpass1@example.org", password)
+    assert record is not None and pwhash.verify_password(password, record["password"])
+    assert passdb(auth, "longpass1@example.org", password) == record
+
+
 @pytest.mark.parametrize("program", ["doveauth", "lastlogin"])
 @pytest.mark.parametrize(
     ("ini_text", "words"),

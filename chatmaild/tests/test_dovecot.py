@@ -91,6 +91,35 @@ def test_refused_creations(relay: Relay, addr: str, password: str) -> None:
     assert not (relay.mailboxes / addr).exists()
 
 
+def plain_login(relay: Relay, addr: str, password: bytes) -> str:
+    """AUTHENTICATE PLAIN with any bytes as the password: "OK" or Dovecot's refusal text."""
+    conn = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
+    try:
+        conn.authenticate("PLAIN", lambda _: b"\0" + addr.encode() + b"\0" + password)
+    except imaplib.IMAP4.error as e:
+        return str(e)
+    finally:
+        conn.shutdown()
+    return "OK"
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        pytest.param(b"toolongpw" * 60, id="540-bytes"),
+        pytest.param(b"notutf8pw\xff\xfe", id="not-utf-8"),
+    ],
+)
+def test_unusable_passwords_fail_like_wrong_ones(relay: Relay, password: bytes) -> None:
+    login(relay, "unusable1@example.org", "pass-word-1").logout()
+    for addr in ("unusable1@example.org", "unusable2@example.org"):
+        # a plain refusal, not "[UNAVAILABLE] Temporary authentication failure"
+        assert "[AUTHENTICATIONFAILED]" in plain_login(relay, addr, password)
+    assert not (relay.mailboxes / "unusable2@example.org").exists()
+    # Dovecot logs the key of a lookup that failed, password included: there is none
+    assert password[:9].decode() not in relay.dovecot_log()
+
+
 def test_addresses_are_case_insensitive(relay: Relay) -> None:
     login(relay, "MixedCase@Example.org", "pass-word-1").logout()
     assert (relay.mailboxes / "mixedcase@example.org" / "password").exists()

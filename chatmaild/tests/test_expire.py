@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from chatmaild import expire
-from chatmaild.accounts import log_id
+from chatmaild import expire, fsutil
+from chatmaild.accounts import ENFORCE_E2EE_FILE, LOCK_FILE, log_id
 from chatmaild.config import Config
-from chatmaild.expire import MailboxFacts, MailFile, Policy, Verdict, decide
+from chatmaild.expire import Leftover, MailboxFacts, MailFile, Policy, Verdict, decide
 
 DAY = 86400
 HOUR = 3600
@@ -33,9 +33,14 @@ def msg(folder: str, age_days: float, size: int = 100, i: int = 0) -> MailFile:
     return MailFile(f"{folder}/{int(t)}.M{i}P1.host,S={size},W={size}{flags}", t, size)
 
 
-def facts(*files: MailFile, password_age: float | None = 1, empty: bool = False) -> MailboxFacts:
+def facts(
+    *files: MailFile,
+    password_age: float | None = 1,
+    empty: bool = False,
+    leftovers: tuple[Leftover, ...] = (),
+) -> MailboxFacts:
     pw = None if password_age is None else NOW - password_age * DAY
-    return MailboxFacts(pw, empty, files)
+    return MailboxFacts(pw, empty, files, leftovers)
 
 
 # Defaults: delete_mails_after 20, delete_large_after 7, delete_inactive_users_after 90.
@@ -96,6 +101,78 @@ def test_decide_prunes_to_70_percent(files: list[tuple[float, int]], removed: li
 def test_tmp_files_do_not_count_for_quota() -> None:
     mailbox = facts(msg("tmp", 1, 10**7), msg("cur", 2, 100, 1))
     assert decide(mailbox, policy(max_mailbox_size="1M"), NOW) == Verdict()
+
+
+TMP = ".password.4242.98765432101.tmp"  # fsutil.write_atomic's, from a process killed in it
+
+
+def left(*names: str, hours: float) -> tuple[Leftover, ...]:
+    return tuple(Leftover(name, NOW - hours * HOUR) for name in names)
+
+
+KILLED_CREATION = (LOCK_FILE, ENFORCE_E2EE_FILE, TMP)
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "remove_mailbox", "leftovers"),
+    [
+        pytest.param(
+            facts(password_age=None, empty=True, leftovers=left(*KILLED_CREATION, hours=2)),
+            True,
+            [],
+            id="creation-killed-hours-ago",
+        ),
+        pytest.param(
+            facts(password_age=None, empty=True, leftovers=left(LOCK_FILE, TMP, hours=2)),
+            True,
+            [],
+            id="killed-before-enforce-file",
+        ),
+        pytest.param(
+            facts(
+                password_age=None,
+                empty=True,
+                leftovers=left(LOCK_FILE, hours=0.5) + left(ENFORCE_E2EE_FILE, TMP, hours=2),
+            ),
+            False,
+            [TMP],
+            id="a-creation-within-the-hour",
+        ),
+        pytest.param(
+            facts(password_age=None, leftovers=left(*KILLED_CREATION, hours=2)),
+            False,
+            [LOCK_FILE, TMP],
+            id="no-password-but-mail",
+        ),
+        pytest.param(
+            facts(leftovers=left(LOCK_FILE, TMP, ".metadata.json.1.2.tmp", hours=2)),
+            False,
+            [LOCK_FILE, TMP, ".metadata.json.1.2.tmp"],
+            id="account-with-old-leftovers",
+        ),
+        pytest.param(
+            facts(leftovers=left(LOCK_FILE, TMP, hours=0.9)), False, [], id="fresh-leftovers"
+        ),
+        pytest.param(
+            facts(password_age=91, leftovers=left(LOCK_FILE, hours=0.1)),
+            True,
+            [],
+            id="inactive-whatever-leftovers",
+        ),
+    ],
+)
+def test_decide_leftovers(
+    mailbox: MailboxFacts, remove_mailbox: bool, leftovers: list[str]
+) -> None:
+    verdict = decide(mailbox, policy(), NOW)
+    assert verdict.remove_mailbox == remove_mailbox
+    assert sorted(verdict.remove_leftovers) == sorted(leftovers)
+
+
+def test_days_never_make_a_fresh_leftover_old() -> None:
+    killed = facts(password_age=None, empty=True, leftovers=left(*KILLED_CREATION, hours=0.5))
+    assert decide(killed, policy(), NOW + 40 * DAY).remove_mailbox
+    assert decide(killed, policy(), NOW + 40 * DAY, wall_now=NOW) == Verdict()
 
 
 @pytest.mark.parametrize(
@@ -204,6 +281,60 @@ def test_missing_mailboxes_dir_is_no_mailboxes(tmp_path: Path) -> None:
     assert expire.list_mailboxes(tmp_path / "nothing") == []
 
 
+KILLED = "killed001@example.org"  # a creation killed two hours ago
+KILLED_NOW = "killed002@example.org"  # the same ten minutes ago: it may still be running
+HELD = "killed003@example.org"  # old leftovers, but a creation holds the lock right now
+LIVE = "livelong1@example.org"  # an account with old leftovers of writes
+LIVE_FRESH = "livefresh@example.org"  # an account with leftovers of this hour
+
+
+def build_leftovers(root: Path, now: float) -> None:
+    for addr, age in [(KILLED, 2 * HOUR), (KILLED_NOW, 600), (HELD, 2 * HOUR)]:
+        for name in KILLED_CREATION:
+            put(root / addr / name, now - age, 0)
+    for addr, age in [(LIVE, 2 * DAY), (LIVE_FRESH, 600)]:
+        put(root / addr / "password", now)
+        put(root / addr / ENFORCE_E2EE_FILE, now - 3 * DAY, 0)
+        for name in (LOCK_FILE, TMP, ".metadata.json.77.123.tmp"):
+            put(root / addr / name, now - age, 0)
+    (root / LIVE / ".Old.1.2.tmp" / "cur").mkdir(parents=True)  # a folder, not a leftover
+    os.utime(root / LIVE / ".Old.1.2.tmp", (now - 2 * DAY, now - 2 * DAY))
+
+
+def test_leftovers_of_interrupted_writes_on_disk(tmp_path: Path) -> None:
+    now = time.time()
+    build_leftovers(tmp_path, now)
+    before = tree(tmp_path)
+    with fsutil.file_lock(tmp_path / HELD / LOCK_FILE, timeout=0):
+        expire.expire_mailboxes(expire.list_mailboxes(tmp_path), policy(), now, remove=True)
+        assert {p for p in before if p.startswith(HELD)} <= tree(tmp_path)
+    gone = (
+        {p for p in before if p.startswith(KILLED + "/")}
+        | {KILLED}
+        | {f"{LIVE}/{name}" for name in (LOCK_FILE, TMP, ".metadata.json.77.123.tmp")}
+    )
+    assert tree(tmp_path) == before - gone
+    assert (tmp_path / LIVE / ".Old.1.2.tmp" / "cur").is_dir()
+    # once the creation let go of its lock, its old leftovers go
+    expire.expire_mailboxes(expire.list_mailboxes(tmp_path), policy(), now, remove=True)
+    assert not (tmp_path / HELD).exists()
+    assert (tmp_path / KILLED_NOW / LOCK_FILE).exists()
+
+
+def test_leftovers_dry_run_counts_what_the_real_run_removes(tmp_path: Path) -> None:
+    now = time.time()
+    build_leftovers(tmp_path, now)
+    (tmp_path / HELD).rename(tmp_path / "killed004@example.org")
+    before = tree(tmp_path)
+    mailboxes = expire.list_mailboxes(tmp_path)
+    dry = expire.expire_mailboxes(mailboxes, policy(), now, remove=False)
+    assert tree(tmp_path) == before
+    real = expire.expire_mailboxes(mailboxes, policy(), now, remove=True)
+    assert dry == real
+    assert (real.removed_mailboxes, real.removed_leftovers) == (2, 3)
+    assert "3 leftover(s) of interrupted writes" in expire.summary(real, True, 0.1)
+
+
 # --- command line --------------------------------------------------------------------------
 
 SUMMARY_RE = re.compile(
@@ -270,6 +401,17 @@ def test_main_days_shifts_the_date(
     put(root / ACTIVE / "cur" / f"{int(now - age * DAY)}.M1P1.h,S=10:2,S", now - age * DAY)
     got, _ = run_main([str(ini), "--days", days], capsys)
     assert got[3] == removed_files
+
+
+def test_main_with_days_never_removes_fresh_leftovers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini, root = write_ini(tmp_path)
+    build_leftovers(root, time.time())
+    fresh = {p for p in tree(root) if p.startswith((KILLED_NOW, LIVE_FRESH))}
+    run_main([str(ini), "--days", "-40", "--remove"], capsys)
+    assert fresh <= tree(root)
+    assert not (root / KILLED).exists()
 
 
 def test_main_output_names_no_address(

@@ -230,6 +230,21 @@ HOSTILE_LINES = [
     ("helo=<evil>name> rest", "helo=<…> rest"),
     ("to=<jürgen@bücher.example>", "to=<…@bücher.example>"),
     ("at 12:34:56 on a clock, version 1.2.3", "at 12:34:56 on a clock, version 1.2.3"),
+    # an address that ends in "::" (or is "::"), then a colon
+    (
+        "warning: 2001:db8:1::: address not listed for hostname mx.example.net",
+        "warning: IP: address not listed for hostname mx.example.net",
+    ),
+    ("warning: 2001:db8:1:::25: lost", "warning: IP:25: lost"),
+    ("::", "IP"),
+    ("peer ::: said", "peer IP: said"),
+    ("::1:", "IP:"),
+    ("::1::", "IP::"),
+    ("fe80::1%eth0: refused", "IP: refused"),
+    ("fe80::1%.", "IP%."),
+    ("at ::ffff:192.0.2.1: lost", "at IP: lost"),
+    ("[2001:db8::]:25 and [::]:587", "[IP]:25 and [IP]:587"),
+    ("2001:db8::1:xyz", "IP:xyz"),
 ]
 
 
@@ -363,6 +378,23 @@ def test_an_ip_address_between_delimiters_vanishes(
     before: str, d1: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, d2: str, after: str
 ) -> None:
     out = redact(f"{before}{d1}{ip}{d2}{after}")
+    assert str(ip) not in out or str(ip) in before + after
+
+
+@derandomized()
+@given(
+    hostile_text,
+    delimiter,
+    st.ip_addresses(v=6),
+    st.sampled_from([":", ".", ":25", ":25:"]),
+    delimiter,
+    hostile_text,
+)
+@example("", " ", ipaddress.IPv6Address("2001:db8:1::"), ":", " ", "address not listed")
+def test_an_ipv6_address_before_a_colon_or_a_dot_vanishes(
+    before: str, d1: str, ip: ipaddress.IPv6Address, after_ip: str, d2: str, after: str
+) -> None:
+    out = redact(f"{before}{d1}{ip}{after_ip}{d2}{after}")
     assert str(ip) not in out or str(ip) in before + after
 
 

@@ -59,6 +59,39 @@ def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() 
     assert "Also=chatmail-postlog.socket\n" in service
 
 
+def unit_limit(unit: str) -> int:
+    (line,) = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    return int(line.removeprefix("LimitNOFILE="))
+
+
+@pytest.mark.parametrize(("smtp", "imap"), [(1000, 10000), (3000, 20000), (10, 50)])
+def test_each_service_may_open_a_descriptor_per_connection_it_may_get(smtp: int, imap: int) -> None:
+    config = Config.from_params(
+        {
+            "mail_domain": "chat.example.org",
+            "max_smtp_connections": str(smtp),
+            "max_imap_connections": str(imap),
+        }
+    )
+    files = chatmaild_files(Layout(config))
+
+    def limit(name: str) -> int:
+        return unit_limit(files[f"/etc/systemd/system/{name}.service"])
+
+    # submission and smtps: `smtp` sessions each, each with a filtermail connection and, while
+    # it hands the message on, filtermail's re-injection connection
+    assert limit("filtermail") >= 2 * 2 * smtp + 1024
+    # one connection per imap process to each dict service, and LMTP's to metadata
+    assert limit("chatmail-lastlogin") >= imap + 1024
+    assert limit("chatmail-metadata") >= imap + 100 + 1024
+    # port 25 (Postfix's default_process_limit) and /mxdeliv, each re-injected
+    assert limit("filtermail-incoming") >= 2 * 100 + 1024
+    # two connections per Dovecot auth worker (default_process_limit)
+    assert limit("doveauth") >= 2 * 100 + 1024
+    # one socket in, one out: systemd's default is plenty
+    assert "LimitNOFILE" not in files["/etc/systemd/system/chatmail-postlog.service"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd")
 def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     lib = tmp_path / "lib"

@@ -23,6 +23,9 @@ PASSWORD_FILE = "password"  # noqa: S105 (a file name)
 LOCK_FILE = "password.lock"
 ENFORCE_E2EE_FILE = "enforceE2EEincoming"
 LOCK_TIMEOUT = 5.0
+# libxcrypt hashes at most CRYPT_MAX_PASSPHRASE_SIZE (512) bytes including the final NUL, and
+# Dovecot verifies with the same libcrypt: a longer password can never log in.
+MAX_PASSWORD_BYTES = 511
 _LOCALPART_RE = re.compile(r"^[a-z0-9._-]+$")
 _LOG_KEY = secrets.token_bytes(16)
 
@@ -48,6 +51,24 @@ def address_error(addr: str, address_domain: str) -> str | None:
         return "path characters in local part"
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in local):
         return "control characters in local part"
+    return None
+
+
+def password_error(password: str) -> str | None:
+    """Why no account can be created or entered with `password`, or None.
+
+    The dict server decodes with `surrogateescape`, so bytes that are not UTF-8 arrive as lone
+    surrogates; libcrypt cannot hash them the way Dovecot would verify them, nor a password
+    longer than `MAX_PASSWORD_BYTES`, and a NUL would silently cut the C string it hashes.
+    """
+    try:
+        size = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "password is not valid UTF-8"
+    if size > MAX_PASSWORD_BYTES:
+        return f"password longer than {MAX_PASSWORD_BYTES} bytes"
+    if "\0" in password:
+        return "password holds a NUL"
     return None
 
 

@@ -3,7 +3,9 @@
 Each connection is served by its own asyncio task, so a slow or silent client never delays
 another; requests of one connection are answered in order, as Dovecot expects. Transactions
 belong to their connection (Dovecot reuses ids such as `1` across connections). A line longer
-than `MAX_LINE` closes that connection. Backends do their quick work inline and hand slow work
+than `MAX_LINE`, or more than `MAX_TRANSACTIONS` open at once, close that connection; a
+transaction that would take the connection's staged changes past `MAX_STAGED` fails (`F` at
+its commit) and the connection goes on. Backends do their quick work inline and hand slow work
 (hashing, fsync) to a thread with `asyncio.to_thread`.
 """
 
@@ -21,11 +23,16 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from . import dictproto as dp
-from .service import fail
+from .service import fail, quiet_accept_errors
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
+# Dovecot's dict client keeps a transaction open for one login (lastlogin: one key) or one
+# SETMETADATA command (one key per entry, small values), one or two at a time per connection:
+# bounds far above that, which only a broken or hostile client reaches, keep its memory small.
+MAX_TRANSACTIONS = 32  # open at once on one connection
+MAX_STAGED = 256 * 1024  # characters of keys and values staged on one connection
 LISTEN_BACKLOG = 1000
 _WRITE_HIGH_WATER = 64 * 1024
 # What a request that Dovecot waits on gets when it fails: an iteration must still end.
@@ -56,6 +63,11 @@ class _Transaction:
     user: str
     ok: bool = True
     changes: list[tuple[str, str | None]] = field(default_factory=list)
+    size: int = 0  # characters of keys and values in `changes`
+
+
+class TooManyTransactions(Exception):
+    """A client has more transactions open than `MAX_TRANSACTIONS`: its connection closes."""
 
 
 class DictConnection:
@@ -64,6 +76,7 @@ class DictConnection:
     def __init__(self, backend: DictBackend) -> None:
         self.backend = backend
         self.transactions: dict[str, _Transaction] = {}
+        self.staged = 0  # the sum of their sizes
 
     async def handle(self, line: str) -> bytes:
         """The reply bytes for one request line (empty when the request has no reply)."""
@@ -75,6 +88,8 @@ class DictConnection:
             return _FAILURE_REPLIES.get(line[:1], b"")
         try:
             return await self._dispatch(req)
+        except TooManyTransactions:
+            raise
         except Exception as e:  # noqa: BLE001 (request boundary: answer F, keep serving)
             log.error("dict request %r failed: %s", line[:1], type(e).__name__)
             if isinstance(req, dp.Iterate):
@@ -93,15 +108,18 @@ class DictConnection:
                     rows.append(dp.reply_row(key, value))
                 return b"".join(rows) + dp.ITERATION_END
             case dp.Begin(txid, user):
+                self._end(txid)  # a reused id starts afresh
+                if len(self.transactions) >= MAX_TRANSACTIONS:
+                    raise TooManyTransactions
                 self.transactions[txid] = _Transaction(user)
             case dp.Set(txid, key, value):
                 self._stage(txid, key, value)
             case dp.Unset(txid, key):
                 self._stage(txid, key, None)
             case dp.Rollback(txid):
-                self.transactions.pop(txid, None)
+                self._end(txid)
             case dp.Commit(txid, is_async):
-                tx = self.transactions.pop(txid, None)
+                tx = self._end(txid)
                 ok = tx is not None and tx.ok
                 if tx is not None and tx.ok and tx.changes:
                     ok = await self.backend.commit(tx.user, tx.changes)
@@ -113,11 +131,33 @@ class DictConnection:
         if tx is None:
             log.warning("dict request for unknown transaction")
             return
+        if not tx.ok:
+            return  # failed already (and logged): its changes are never applied
         if not self.backend.accepts(key):
             log.error("refusing to set an unknown dict key; transaction fails")
-            tx.ok = False
+            self._fail(tx)
+            return
+        size = len(key) + len(value or "")
+        if self.staged + size > MAX_STAGED:
+            log.warning("dict transaction fails: over %d characters staged", MAX_STAGED)
+            self._fail(tx)
             return
         tx.changes.append((key, value))
+        tx.size += size
+        self.staged += size
+
+    def _fail(self, tx: _Transaction) -> None:
+        """The transaction's commit will answer F: drop what it staged."""
+        tx.ok = False
+        tx.changes.clear()
+        self.staged -= tx.size
+        tx.size = 0
+
+    def _end(self, txid: str) -> _Transaction | None:
+        tx = self.transactions.pop(txid, None)
+        if tx is not None:
+            self.staged -= tx.size
+        return tx
 
 
 async def _serve_client(
@@ -133,7 +173,11 @@ async def _serve_client(
             except asyncio.LimitOverrunError:
                 log.warning("closing dict connection: request line over %d bytes", MAX_LINE)
                 return
-            reply = await conn.handle(raw[:-1].decode("utf-8", "surrogateescape"))
+            try:
+                reply = await conn.handle(raw[:-1].decode("utf-8", "surrogateescape"))
+            except TooManyTransactions:
+                log.warning("closing dict connection: over %d open transactions", MAX_TRANSACTIONS)
+                return
             if reply:
                 writer.write(reply)
                 if writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
@@ -195,12 +239,14 @@ def run_service(socket_path: Path, serve_until: Callable[[asyncio.Event], Awaita
     """Run `serve_until(stop)` until SIGTERM or SIGINT sets `stop`.
 
     A socket that cannot be created (missing directory, no permission) ends the process with
-    one line naming it, not a traceback.
+    one line naming it, not a traceback. Out of descriptors, failing accepts make one line a
+    minute (`service.quiet_accept_errors`), not one per client waiting in the backlog.
     """
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve_until(stop)

@@ -9,7 +9,9 @@ Dovecot 2.3 asks this service over the dict protocol (`passdb`/`userdb` `driver 
 
 A found user gets a JSON object with `addr`, `home`, `uid`, `gid` and `password` (the stored
 `{SHA512-CRYPT}` hash); Dovecot compares the login password with the hash itself. An unknown
-user whose credentials pass every creation rule is created first. Iterating
+user whose credentials pass every creation rule is created first. A password no hash can
+match (not UTF-8, over 511 bytes, a NUL) gets "not found" for any user, like a wrong one:
+never a failure reply, which Dovecot reports as a temporary error. Iterating
 `shared/userdb/` lists every account, for `doveadm user '*'` and `doveadm -A`.
 
 Usage: doveauth SOCKET INI [--nocreate-file PATH]
@@ -135,6 +137,13 @@ class AuthDict:
 
     async def passdb(self, addr: str, password: str) -> str | None:
         if accounts.address_error(addr, self.domain) is not None:
+            return None
+        # Before the account is even looked up: such a password matches no stored hash, and
+        # hashing it fails. A failure reply (F) would be a temporary error to the client, and
+        # Dovecot logs the whole key of a failed lookup, password included.
+        reason = accounts.password_error(password)
+        if reason is not None:
+            log.warning("login refused: %s", reason)
             return None
         existing = self.existing_record(addr)
         if existing is not None:

@@ -78,6 +78,9 @@ _LOCAL_PART = re.compile(rf'(?<![^{_DELIMS}])(?:"[^"]*+"|[^{_DELIMS}])++(?=@)')
 # Candidates only; ipaddress decides. Not after a letter, digit or dot (so "IPv6:" stays).
 _IPV6 = re.compile(r"(?<![0-9A-Za-z.])[0-9A-Fa-f]*+:[0-9A-Fa-f:.]++(?:%[0-9A-Za-z_.-]+)?")
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# An IPv6 address with a zone id is never longer; longer heads are not tried, so a long run of
+# colons and hex digits costs linear time.
+_IP_TEXT_MAX = 128
 
 
 def redact(message: str) -> str:
@@ -121,14 +124,16 @@ def _hide_bracketed(match: re.Match[str]) -> str:
 
 def _hide_ipv6(match: re.Match[str]) -> str:
     text = match[0]
-    # the candidate may run on into the end of a sentence or a port ("1:2:3:4:5:6:7:8:25")
-    for core in (text.rstrip("."), text, text.rstrip(".:")):
-        if _is_ip(core):
-            return IP + text[len(core) :]
-    core = text.rstrip(".:")
-    head, sep, port = core.rpartition(":")
-    if sep and _is_ip(head):
-        return f"{IP}:{port}{text[len(core) :]}"
+    # the end of a sentence first: a zone id ("fe80::1%eth0.") may end in a dot
+    core = text.rstrip(".")
+    if _is_ip(core):
+        return IP + text[len(core) :]
+    # The candidate may run on into a colon, a port or whatever hex follows one, and an
+    # address may itself end in colons: "2001:db8:1::: address", "1:2:3:4:5:6:7:8:25",
+    # "::1:x". The longest head before a ".", ":" or "%" that is an address goes.
+    for end in range(min(len(text), _IP_TEXT_MAX) - 1, 0, -1):
+        if text[end] in ".:%" and _is_ip(text[:end]):
+            return IP + text[end:]
     return text
 
 

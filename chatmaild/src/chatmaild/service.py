@@ -1,14 +1,26 @@
-"""What every chatmaild service does at start: log to stderr (journald), load the config."""
+"""What every chatmaild service does at start: log to stderr (journald), load the config,
+keep asyncio's accept errors to one line a minute."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .config import Config, ConfigError, read_config
+
+log = logging.getLogger("chatmaild")
+
+# What asyncio's selector loop passes to the loop's exception handler for each accept() that
+# fails with EMFILE, ENFILE, ENOBUFS or ENOMEM. It tries as many accepts as the listen backlog
+# is long in one go, so out of descriptors the default handler logs that many lines, with a
+# traceback each, every second.
+ACCEPT_ERROR_MESSAGE = "socket.accept() out of system resource"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -38,3 +50,42 @@ def load_config_or_exit(path: Path) -> Config:
         return read_config(path)
     except ConfigError as e:
         fail(str(e))
+
+
+def quiet_accept_errors(
+    loop: asyncio.AbstractEventLoop,
+    interval: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Install a loop exception handler that logs failing accepts at most once per `interval`
+    seconds, one line without traceback, with the count since the last line; every other
+    context goes on to the handler set before (or asyncio's default one).
+
+    The context's socket is never logged: its repr holds the listening address.
+    """
+    previous = loop.get_exception_handler()
+    failures = 0
+    last_line: float | None = None
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        nonlocal failures, last_line
+        if context.get("message") != ACCEPT_ERROR_MESSAGE:
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        failures += 1
+        now = clock()
+        if last_line is not None and now - last_line < interval:
+            return
+        error = context.get("exception")
+        reason = error.strerror if isinstance(error, OSError) else type(error).__name__
+        log.error(
+            "cannot accept connections (%s): %d failed accept(s) since the last such line",
+            reason,
+            failures,
+        )
+        failures, last_line = 0, now
+
+    loop.set_exception_handler(handle)

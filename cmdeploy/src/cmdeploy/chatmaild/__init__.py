@@ -6,12 +6,18 @@ their socket directory from systemd (`RuntimeDirectory`), so a stale socket neve
 reboot. chatmail-postlog, the scrubber of Postfix's log lines (spec §9), owns nothing: it runs
 as a user of its own (`DynamicUser`) on a socket systemd holds (`chatmail-postlog.socket`),
 which Postfix's unit binds over its /dev/log (see `cmdeploy.postfix`).
+
+Each service may open as many descriptors (`LimitNOFILE`) as the connections Postfix and
+Dovecot may hold to it at once, from the configured counts, plus `FD_HEADROOM`: systemd's
+default soft limit of 1024 stalled a service at about 1020 open connections.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+from chatmaild.config import Config
 
 from ..layout import Layout
 from ..templates import render
@@ -22,6 +28,42 @@ POSTLOG_UNIT = "chatmail-postlog"
 POSTLOG_SOCKET = PurePosixPath("/run/chatmail-postlog/dev-log")
 
 
+# The process's own descriptors (stdio, epoll, listeners, the resolver's and worker threads'
+# sockets, files being read or written) need far less; 1024 was the whole limit before.
+FD_HEADROOM = 1024
+# Counts the config does not set. Postfix's default_process_limit bounds port 25 (smtpd),
+# Dovecot's its LMTP and auth-worker processes; nginx has worker_connections 2048 per worker,
+# half of them towards clients, so a relay with up to 8 cores (one worker each) proxies at
+# most 8192 requests to /mxdeliv at once.
+POSTFIX_DEFAULT_PROCESS_LIMIT = 100
+DOVECOT_DEFAULT_PROCESS_LIMIT = 100
+NGINX_UPSTREAM_CONNECTIONS = 8 * 2048 // 2
+# Dovecot's auth workers (up to its default_process_limit) ask doveauth, each over one
+# connection for passdb and one for userdb; doveadm's are few.
+DOVEAUTH_CONNECTIONS = 2 * DOVECOT_DEFAULT_PROCESS_LIMIT
+
+
+def open_file_limits(config: Config) -> dict[str, int]:
+    """LimitNOFILE per service: its peers' connections at once, plus `FD_HEADROOM`."""
+    return {
+        "doveauth": DOVEAUTH_CONNECTIONS + FD_HEADROOM,
+        # each imap process holds at most one connection to each dict service
+        "chatmail-lastlogin": config.max_imap_connections + FD_HEADROOM,
+        # ... and LMTP writes /private/messagenew through it for push notifications
+        "chatmail-metadata": (
+            config.max_imap_connections + DOVECOT_DEFAULT_PROCESS_LIMIT + FD_HEADROOM
+        ),
+        # submission (587) and smtps (465) each run max_smtp_connections sessions; each holds
+        # a connection to filtermail, and filtermail one to the re-injection port while it
+        # hands the message on: 2 * 2 * max_smtp_connections
+        "filtermail": 4 * config.max_smtp_connections + FD_HEADROOM,
+        # port 25 sessions and /mxdeliv requests, each with its re-injection connection
+        "filtermail-incoming": (
+            2 * (POSTFIX_DEFAULT_PROCESS_LIMIT + NGINX_UPSTREAM_CONNECTIONS) + FD_HEADROOM
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class Service:
     unit: str
@@ -30,40 +72,47 @@ class Service:
     runtime_dir: str | None = None
     restart_sec: int = 5
     template: str = "service.j2"
+    open_files: int | None = None  # LimitNOFILE; None: systemd's default
 
 
 def services(layout: Layout) -> list[Service]:
     ini = layout.ini
+    limits = open_file_limits(layout.config)
     return [
         Service(
             "doveauth",
             "chatmail: accounts for Dovecot, created at first login",
             f"{layout.bin('doveauth')} {layout.doveauth_socket} {ini}",
             runtime_dir=layout.doveauth_socket.parent.name,
+            open_files=limits["doveauth"],
         ),
         Service(
             "chatmail-lastlogin",
             "chatmail: records the day of each login",
             f"{layout.bin('lastlogin')} {layout.lastlogin_socket} {ini}",
             runtime_dir=layout.lastlogin_socket.parent.name,
+            open_files=limits["chatmail-lastlogin"],
         ),
         Service(
             "chatmail-metadata",
             "chatmail: IMAP METADATA, push notifications and TURN credentials",
             f"{layout.bin('chatmail-metadata')} {layout.metadata_socket} {ini}",
             runtime_dir=layout.metadata_socket.parent.name,
+            open_files=limits["chatmail-metadata"],
         ),
         Service(
             "filtermail",
             "chatmail: encryption gate for outgoing mail",
             f"{layout.bin('filtermail')} {ini} outgoing",
             restart_sec=2,
+            open_files=limits["filtermail"],
         ),
         Service(
             "filtermail-incoming",
             "chatmail: encryption gate for incoming mail and /mxdeliv",
             f"{layout.bin('filtermail')} {ini} incoming",
             restart_sec=2,
+            open_files=limits["filtermail-incoming"],
         ),
         Service(
             POSTLOG_UNIT,
@@ -86,6 +135,7 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
             exec_start=s.args,
             runtime_dir=s.runtime_dir,
             restart_sec=s.restart_sec,
+            open_files=s.open_files,
             mailboxes=layout.mailboxes,
             # Dovecot must find the dict sockets when it starts
             before="dovecot.service" if s.runtime_dir else None,
