@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from chatmaild_testing import make_config
 
+from chatmaild import smtpfront
 from chatmaild.filtermail import IncomingGate, OutgoingGate
 from chatmaild.mxdeliv import start_mxdeliv_server
 from chatmaild.ratelimit import RateLimiter
@@ -40,8 +41,11 @@ class Sink:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reply: str = "250 OK"
 
-    def check_sender(self, mail_from: str) -> None:
-        pass
+    def check_sender(self, mail_from: str) -> str:
+        return mail_from
+
+    def check_recipient(self, rcpt: str) -> str:
+        return rcpt
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         self.messages.append((mail_from, rcpts, data))
@@ -202,6 +206,43 @@ def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "mail_from", ['"alice"@example.org', "alice+x@example.org", "a@other.example"]
+)
+def test_mail_from_in_another_spelling_is_refused(gate: Ports, mail_from: str) -> None:
+    """Postfix ties MAIL FROM to the login in its own reading; the gate takes one spelling."""
+    with RawClient(gate.outgoing) as client:
+        assert client.command(f"MAIL FROM:<{mail_from}>").startswith("500 Invalid from address")
+
+
+def test_recipients_are_reinjected_in_their_one_spelling(gate: Ports) -> None:
+    rcpts = ["Bob@Example.ORG", "carol@other.example"]
+    assert send(gate.outgoing, "Alice@example.org", rcpts, ENCRYPTED) == (250, "OK")
+    [(mail_from, reinjected, _data)] = gate.sink.messages
+    assert (mail_from, reinjected) == (ALICE, [BOB, "carol@other.example"])
+
+
+@pytest.mark.parametrize("port", ["outgoing", "incoming"])
+@pytest.mark.parametrize(
+    "rcpt", ['"bob"@example.org', "bob@example.org.", "bob+x@example.org", "@x:bob@example.org"]
+)
+def test_other_spellings_of_a_local_recipient_are_refused_at_rcpt(
+    gate: Ports, port: str, rcpt: str
+) -> None:
+    with RawClient(getattr(gate, port)) as client:
+        assert client.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
+        reply = client.command(f"RCPT TO:<{rcpt}>")
+        assert reply == "553 5.1.3 Invalid recipient address\r\n"
+        assert client.command("DATA").startswith("503 ")  # no recipient was taken
+
+
+def test_incoming_takes_only_local_recipients(gate: Ports) -> None:
+    with RawClient(gate.incoming) as client:
+        assert client.command("MAIL FROM:<carol@other.example>") == "250 OK\r\n"
+        assert client.command("RCPT TO:<dave@other.example>").startswith("553 5.1.3 ")
+        assert client.command("RCPT TO:<Bob@example.org>") == "250 OK\r\n"
+
+
 def test_rate_limit_after_the_burst_closes_the_connection(gate: Ports) -> None:
     for _ in range(3):  # the burst
         assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED)[0] == 250
@@ -270,6 +311,58 @@ def test_bare_lf_closes_the_connection(gate: Ports, payload: bytes, replies: int
     assert gate.sink.messages == []
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"NOOP\rRSET\r\n",  # a bare CR in a command line
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nX: y\rZ\r\n",
+    ],
+)
+def test_bare_cr_closes_the_connection(gate: Ports, payload: bytes) -> None:
+    with RawClient(gate.outgoing) as client:
+        client.send(payload)
+        while client.readline():
+            pass  # until the server closes
+    assert gate.sink.messages == []
+
+
+def closed_while_trickling(client: RawClient, chunk: bytes, chunks: int) -> bool:
+    """Send `chunk` every 50 ms or so (well within the read timeout) until the server closes
+    the connection: whether it did within `chunks` chunks."""
+    client.sock.settimeout(0.05)
+    for _ in range(chunks):
+        try:
+            client.send(chunk)
+            if client.sock.recv(1) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_a_trickling_command_is_closed_at_its_deadline(
+    gate: Ports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte arrives well within the read timeout, but the line never ends in time."""
+    monkeypatch.setattr(smtpfront, "COMMAND_DEADLINE", 0.5)
+    with RawClient(gate.outgoing) as client:
+        assert closed_while_trickling(client, b"N", 400)  # at most 20 s
+
+
+def test_a_trickling_message_is_closed_at_the_data_deadline(
+    gate: Ports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smtpfront, "DATA_DEADLINE", 0.5)
+    with RawClient(gate.outgoing) as client:
+        for line in (f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{BOB}>"):
+            assert client.command(line).startswith("250")
+        assert client.command("DATA").startswith("354")
+        assert closed_while_trickling(client, b"X-Slow: y\r\n", 400)
+    assert gate.sink.messages == []
+
+
 def test_oversized_data_is_552_and_closes(gate: Ports) -> None:
     with RawClient(gate.outgoing) as client:
         for line in (f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{BOB}>"):
@@ -282,8 +375,9 @@ def test_oversized_data_is_552_and_closes(gate: Ports) -> None:
 
 
 def test_dot_stuffing_is_undone(gate: Ports) -> None:
-    head, sep, rest = crlf(ENCRYPTED).partition(b"\r\n\r\n")
-    dotted = head + sep + b".a preamble line starting with a dot\r\n..two\r\n" + rest
+    # a field name may start with a dot (RFC 5322 ftext): the one place an accepted message
+    # can have a line starting with one
+    dotted = b".X-Dot: one\r\n..X-Dots: two\r\n" + ENCRYPTED
     assert send(gate.outgoing, ALICE, [BOB], dotted) == (250, "OK")
     assert gate.sink.messages[0][2] == dotted
 
@@ -380,6 +474,65 @@ def test_mxdeliv_answers(
     expected: tuple[int, str],
 ) -> None:
     assert post(gate.http, body, headers, method, path) == expected
+    assert gate.sink.messages == []
+
+
+def raw_request(port: int, request: bytes) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode().strip()
+
+
+def mxdeliv_request(headers: list[bytes], body: bytes) -> bytes:
+    return b"\r\n".join([b"POST /mxdeliv HTTP/1.1", b"Host: x", *headers, b"", body])
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([b"X-MAIL-TO: bob@example.org", b"Content-Length: \xc2\xb2"], 400),  # a superscript 2
+        ([b"X-MAIL-TO: bob@example.org", b"Content-Length: +1"], 400),
+        ([b"X-MAIL-TO: bob@example.org", b"Content-Length: 4", b"Content-Length: 4"], 400),
+        ([b"X-MAIL-TO: bob@example.org", b"Content-Length: 4", b"Transfer-Encoding: chunked"], 400),
+        ([b"X-MAIL-TO: bob@example.org\rRCPT TO:<bob@example.org>", b"Content-Length: 4"], 400),
+        ([b"X-MAIL-TO: bob@example.org\nRCPT TO:<x@y>", b"Content-Length: 4"], 400),
+        ([b"X-MAIL-FROM: a@x\rRSET", b"X-MAIL-TO: bob@example.org", b"Content-Length: 4"], 400),
+        ([b"X-MAIL-TO: bob@example.org"], 411),
+    ],
+)
+def test_mxdeliv_refuses_ambiguous_requests(
+    gate: Ports, headers: list[bytes], expected: int
+) -> None:
+    status, _text = raw_request(gate.http, mxdeliv_request(headers, b"abcd"))
+    assert status == expected
+    assert gate.sink.messages == []
+
+
+@pytest.mark.parametrize(
+    "rcpt", ['"bob"@example.org', "bob@example.org.", "bob+x@example.org", "carol@other.example"]
+)
+def test_mxdeliv_recipient_in_another_spelling_refuses_the_request(gate: Ports, rcpt: str) -> None:
+    headers = [("X-MAIL-FROM", ALICE), ("X-MAIL-TO", BOB), ("X-MAIL-TO", rcpt)]
+    assert post(gate.http, CLEARTEXT, headers) == (400, "553 5.1.3 Invalid recipient address")
+    assert gate.sink.messages == []
+
+
+def test_mxdeliv_bare_lf_becomes_crlf_and_dots_are_stuffed(gate: Ports) -> None:
+    """A lone `.` line ended by LF must not end DATA at Postfix's loopback port."""
+    dotted = b".X-Dot: one\n" + ENCRYPTED.replace(b"\r\n", b"\n", 3)
+    assert post(gate.http, dotted, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB}) == (200, "250 OK")
+    [(_from, _rcpts, data)] = gate.sink.messages
+    assert data == crlf(dotted)
+
+
+def test_mxdeliv_bare_cr_is_refused(gate: Ports) -> None:
+    body = ENCRYPTED.replace(b"\r\n", b"\r", 1)
+    status, text = post(gate.http, body, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})
+    assert (status, text) == (400, "bare CR in the message")
     assert gate.sink.messages == []
 
 

@@ -18,7 +18,7 @@ from test_filtermail import CLEARTEXT, ENCRYPTED, LoopThread, Sink, crlf, send
 from chatmaild.smtpfront import start_smtp_server
 
 ALICE_IP, BOB = "alice@[192.0.2.1]", "bob@example.org"
-# From an IP-literal domain there is no DKIM to check (spec §4.6): no DNS is needed here
+# From an IP-literal domain there is no DKIM to check: no DNS is needed here
 ENCRYPTED_FROM_IP = ENCRYPTED.replace(b"From: alice@example.org", f"From: {ALICE_IP}".encode())
 
 

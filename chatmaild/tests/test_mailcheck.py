@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import random
 import tomllib
-from email.message import Message
+import tracemalloc
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,13 +18,13 @@ from chatmaild.accounts import ENFORCE_E2EE_FILE
 from chatmaild.mailcheck import (
     Reject,
     check_incoming,
-    check_mail_from,
     check_outgoing,
     from_address,
     is_encrypted,
     mailbox_enforces_e2ee,
     parse_message,
 )
+from chatmaild.mimeparse import crlf_only, parse_content_type, read_entity, split_multipart
 from chatmaild.openpgp import decode_armor, is_encrypted_packet_stream
 
 CORPUS = Path(__file__).parent / "data" / "mail"
@@ -122,11 +124,13 @@ def test_version_header_differs_by_direction() -> None:
 
 
 def _armor_of(name: str) -> bytes:
-    parts = parse_message((CORPUS / f"{name}.eml").read_bytes()).get_payload()
-    assert isinstance(parts, list) and isinstance(parts[1], Message)
-    body = parts[1].get_payload()
-    assert isinstance(body, str)
-    return body.encode()
+    msg = read_entity((CORPUS / f"{name}.eml").read_bytes())
+    ctype = parse_content_type(msg.get("content-type"))
+    assert ctype is not None
+    multipart = split_multipart(msg, ctype.params["boundary"])
+    assert multipart is not None
+    start, end = multipart.parts[1]
+    return read_entity(msg.data, start, end).body()
 
 
 @pytest.mark.parametrize(
@@ -136,20 +140,21 @@ def test_near_misses_fail_at_the_intended_step(name: str) -> None:
     """armor-* break the armor; pkt-* keep it valid and break only the packet stream."""
     case = next(c for c in CASES if c["name"] == name)
     decoded = decode_armor(_armor_of(name), allow_version_header=True)
-    if name.startswith("armor-") and name not in ("armor-empty", "armor-not-openpgp"):
+    if name.startswith("armor-") and name != "armor-not-openpgp":
         assert decoded is None
     else:
         assert decoded is not None
         assert is_encrypted_packet_stream(decoded) is (case["incoming"] == "accept")
 
 
-# --- replies (§4.8)
+# --- replies (doc/encryption-gate.md §3)
 
 
 @pytest.mark.parametrize(
     ("reject", "reply"),
     [
         (smtpreject.invalid_from_address("x@y@z"), "500 Invalid from address <x@y@z>"),
+        (smtpreject.invalid_recipient("why"), "553 5.1.3 Invalid recipient address"),
         (
             smtpreject.too_much_mail(ALICE, "2026-01-01T12:00:01Z"),
             f"450 4.7.1: Too much mail from <{ALICE}>, rate limited until 2026-01-01T12:00:01Z",
@@ -188,19 +193,6 @@ def test_reply_is_one_line_of_bounded_length() -> None:
         assert "\r" not in reply and "\n" not in reply
         assert len(reply) < 510
         assert reply.isascii()
-
-
-@pytest.mark.parametrize(
-    ("addr", "ok"),
-    [(ALICE, True), ("", False), ("alice", False), ("a@b@c", False), ("@", True)],
-)
-def test_check_mail_from(addr: str, ok: bool) -> None:
-    if ok:
-        check_mail_from(addr)
-    else:
-        with pytest.raises(Reject) as exc:
-            check_mail_from(addr)
-        assert exc.value.reply() == f"500 Invalid from address <{addr}>"
 
 
 # --- privacy
@@ -288,7 +280,7 @@ def test_from_address(header: bytes, expected: str) -> None:
         assert from_address(msg) == expected
 
 
-# --- enforceE2EEincoming (§4.5.5)
+# --- enforceE2EEincoming
 
 
 @pytest.mark.parametrize(
@@ -384,8 +376,8 @@ def test_all_corpus_files_at_every_length_never_raise_but_reject() -> None:
             assert e.code in (500, 523)
 
 
-def test_deep_nesting_is_a_parse_failure_not_a_crash() -> None:
-    # each level with its own boundary, so the parser really nests (and runs out of stack)
+def test_deep_nesting_is_cleartext_not_a_crash() -> None:
+    # each level with its own boundary: a recursive parser would nest and run out of stack
     levels = range(3000)
     head = b"From: alice@example.org\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n"
     nested = b"".join(
@@ -393,7 +385,7 @@ def test_deep_nesting_is_a_parse_failure_not_a_crash() -> None:
     )
     with pytest.raises(Reject) as exc:
         check_outgoing(ALICE, [BOB], head + nested)
-    assert exc.value.reply() == "500 Failed to parse message"
+    assert exc.value.code == 523
 
 
 @pytest.mark.parametrize(
@@ -411,3 +403,55 @@ def test_from_address_forms(header: bytes, expected: str) -> None:
     assert (
         from_address(parse_message(header + b"\r\nTo: x@example.org\r\n\r\nbody\r\n")) == expected
     )
+
+
+def _big_encrypted_message(payload_size: int) -> bytes:
+    """A PGP/MIME message around `payload_size` random bytes framed as PKESK + SEIPD."""
+    seipd = os.urandom(payload_size)
+    packets = b"\xc1\x5e" + b"k" * 94 + b"\xd2\xff" + len(seipd).to_bytes(4, "big") + seipd
+    text = base64.b64encode(packets)
+    lines = b"\r\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\n" + lines + b"\r\n-----END PGP MESSAGE-----"
+    return (
+        b"From: alice@example.org\r\nTo: bob@example.org\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary=B\r\n'
+        b"\r\n--B\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+        b"\r\n--B\r\nContent-Type: application/octet-stream\r\n\r\n" + armor + b"\r\n\r\n--B--\r\n"
+    )
+
+
+def test_a_big_message_costs_little_more_than_its_decoded_size() -> None:
+    """The gate reads the message in place: besides the decoded packets (3/4 of the armor)
+    and a few windows of the armor, nothing as large as the message is allocated, at any
+    MIME level (one more copy would make it 1.75)."""
+    data = _big_encrypted_message(6_000_000)
+    tracemalloc.start()
+    try:
+        check_outgoing(ALICE, [BOB], data)
+        check_incoming(ALICE, [BOB], data, _always_enforces)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.0 * len(data), f"{peak / len(data):.2f} x the message size"
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 7, 1 << 18])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", True),
+        (b"a\r\nb\r\n", True),
+        (b"\r\n\r\n\r\n", True),
+        (b"a\r\nb", True),
+        (b"a\nb\r\n", False),
+        (b"a\r\nb\r", False),
+        (b"a\rb\r\n", False),
+        (b"\r\r\n", False),
+        (b"\r\n\n", False),
+        (b"\n", False),
+        (b"\r", False),
+    ],
+)
+def test_crlf_only_at_any_window(data: bytes, expected: bool, window: int) -> None:
+    """Windows end after an LF, so a CRLF is never split between two of them."""
+    assert crlf_only(data, window) is expected

@@ -1,4 +1,4 @@
-"""Armor and packet walk of relay-spec §4.2 steps 3-4, on hand-built byte strings."""
+"""Armor and packet walk (doc/encryption-gate.md §2.3), on hand-built byte strings."""
 
 from __future__ import annotations
 
@@ -90,6 +90,9 @@ SEIPD = new(18, b"\x01" + b"e" * 60)
         pytest.param(PKESK + b"\xd2\xe2ab", False, id="partial-chunk-truncated"),
         pytest.param(PKESK + b"\xd2\xfe" + b"x" * 64, False, id="partial-2-to-the-30"),
         pytest.param(PKESK + b"\xd2\xe1ab\x03cd", False, id="partial-last-truncated"),
+        # partial lengths are for data packets only (RFC 4880 §4.2.2.4)
+        pytest.param(b"\xc1\xe0k\x01k" + SEIPD, False, id="partial-pkesk"),
+        pytest.param(b"\xc3\xe0s\x01s" + SEIPD, False, id="partial-skesk"),
     ],
 )
 def test_packet_walk(data: bytes, expected: bool) -> None:
@@ -128,7 +131,7 @@ GOOD = armor(PAYLOAD)
         pytest.param(
             GOOD.replace(BEGIN + CRLF + CRLF, BEGIN + CRLF + b"Version: X" + CRLF),
             None,
-            PAYLOAD,
+            None,
             id="version-header-no-blank",
         ),
         pytest.param(armor(PAYLOAD, b"Comment: x"), None, None, id="comment-header"),
@@ -136,14 +139,19 @@ GOOD = armor(PAYLOAD)
         pytest.param(armor(PAYLOAD, b"Version: X", b"Version: Y"), None, None, id="two-versions"),
         pytest.param(armor(PAYLOAD, b"Version:X"), None, None, id="version-no-space"),
         pytest.param(BEGIN + CRLF + b"Version: X" + END, None, None, id="version-runs-into-end"),
-        pytest.param(GOOD.replace(CRLF + CRLF, CRLF, 1), PAYLOAD, PAYLOAD, id="no-blank-line"),
+        pytest.param(GOOD.replace(CRLF + CRLF, CRLF, 1), None, None, id="no-blank-line"),
+        pytest.param(GOOD.replace(CRLF + CRLF, CRLF * 4, 1), None, None, id="many-blank-lines"),
+        pytest.param(GOOD.replace(CRLF + CRLF, CRLF * 3, 1), None, None, id="two-blank-lines"),
         pytest.param(
-            GOOD.replace(CRLF + CRLF, CRLF * 4, 1), PAYLOAD, PAYLOAD, id="many-blank-lines"
+            GOOD.replace(GOOD.split(CRLF)[3], CRLF + GOOD.split(CRLF)[3], 1),
+            None,
+            None,
+            id="blank-line-among-data",
         ),
         pytest.param(armor(PAYLOAD, crc=b"=zzzz"), PAYLOAD, PAYLOAD, id="crc-not-verified"),
         pytest.param(armor(b"abc", crc=None), b"abc", b"abc", id="no-crc-no-padding"),
-        pytest.param(armor(b"ab", crc=None), None, None, id="no-crc-padding-is-cut"),
-        pytest.param(armor(b""), b"", b"", id="empty-data"),
+        pytest.param(armor(b"ab", crc=None), b"ab", b"ab", id="no-crc-padding-kept"),
+        pytest.param(armor(b""), None, None, id="no-data-lines"),
         pytest.param(GOOD[len(BEGIN) + 2 :], None, None, id="no-begin"),
         pytest.param(GOOD[: -len(END)], None, None, id="no-end"),
         pytest.param(armor(PAYLOAD, eol=b"\n"), None, None, id="lf-only"),
@@ -154,10 +162,40 @@ GOOD = armor(PAYLOAD)
         pytest.param(GOOD.replace(BEGIN, BEGIN + b" "), None, None, id="space-after-begin"),
         pytest.param(GOOD.replace(BEGIN, BEGIN.lower()), None, None, id="lowercase-begin"),
         pytest.param(GOOD.replace(b"MESSAGE", b"SIGNATURE"), None, None, id="signature"),
-        pytest.param(GOOD.replace(b"\r\n", b"\r\n\n", 3), PAYLOAD, PAYLOAD, id="stray-lf-inside"),
-        pytest.param(armor(PAYLOAD).replace(b"AAAA", b"AA A"), PAYLOAD, PAYLOAD, id="junk-in-crc"),
+        pytest.param(GOOD.replace(b"\r\n", b"\r\n\n", 3), None, None, id="stray-lf-inside"),
+        pytest.param(armor(PAYLOAD).replace(b"AAAA", b"AA A"), None, None, id="junk-in-crc"),
+        pytest.param(armor(PAYLOAD, crc=b"=AAAA hi"), None, None, id="text-in-crc-line"),
+        pytest.param(armor(PAYLOAD, crc=b"=AAAAAAAA"), None, None, id="long-crc-line"),
+        pytest.param(armor(PAYLOAD, crc=b"=AAA"), None, None, id="short-crc-line"),
+        pytest.param(
+            GOOD.replace(END, b"hello" + CRLF + END), None, None, id="text-between-crc-and-end"
+        ),
+        pytest.param(GOOD + b" hello", None, None, id="text-on-end-line"),
+        pytest.param(GOOD + CRLF + GOOD, None, None, id="second-block"),
+        pytest.param(GOOD + CRLF + CRLF + b"x", None, None, id="text-after-blank-after-end"),
+        pytest.param(
+            GOOD.replace(GOOD.split(CRLF)[2], GOOD.split(CRLF)[2][:-1] + b"=", 1),
+            None,
+            None,
+            id="padding-in-first-of-several-lines",
+        ),
+        pytest.param(
+            armor(PAYLOAD, crc=None).replace(END, b"=AAAA" + CRLF + b"=AAAA" + CRLF + END),
+            None,
+            None,
+            id="two-crc-lines",
+        ),
         pytest.param(armor(b"\x01\x02").replace(b"AQI=", b"AQL="), None, None, id="non-canonical"),
         pytest.param(armor(b"ab").replace(b"YWI=", b"YWI"), None, None, id="padding-missing"),
+        pytest.param(
+            armor(b"abcd").replace(b"YWJjZA==", b"YWJjZA=" + CRLF + b"="),
+            None,
+            None,
+            id="padding-split-over-lines",
+        ),
+        pytest.param(
+            armor(b"a").replace(b"YQ==", b"YQ" + CRLF + b"=="), None, None, id="padding-line"
+        ),
         pytest.param(armor(b"abcdef").replace(b"YWJj", b"YW*j"), None, None, id="bad-char"),
         pytest.param(armor(b"abcdef").replace(b"YWJj", b"YW Jj"), None, None, id="space"),
         pytest.param(armor(b"abcdef").replace(b"ZGVm", b"ZGVm\xc3\xa9"), None, None, id="8bit"),
@@ -184,4 +222,4 @@ def test_decode_armor_never_raises() -> None:
             body[pos : pos + rng.randint(0, 3)] = rng.randbytes(rng.randint(0, 3))
         for allow in (False, True):
             result = decode_armor(bytes(body), allow)
-            assert result is None or isinstance(result, bytes)
+            assert result is None or isinstance(result, bytes | bytearray)

@@ -123,3 +123,37 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
         return reply
 
     assert run(scenario()) == "421 4.3.2 Service shutting down"
+
+
+@pytest.mark.parametrize(
+    ("message", "payload"),
+    [
+        (b"A: b\r\n\r\nx\r\n", b"A: b\r\n\r\nx\r\n.\r\n"),
+        (b".A: b\r\n\r\n.\r\n..\r\nx", b"..A: b\r\n\r\n..\r\n...\r\nx\r\n.\r\n"),
+        (b"", b".\r\n"),
+    ],
+)
+def test_dot_stuff(message: bytes, payload: bytes) -> None:
+    assert b"".join(reinject.dot_stuff(message)) == payload
+
+
+@pytest.mark.parametrize(
+    "message", [b"A: b\r\n\r\nx\n.\nRCPT TO:<x@y>\r\n", b"A: b\r\n\r\nx\r.\r\n", b"A: b\n"]
+)
+def test_a_bare_newline_is_never_reinjected(message: bytes) -> None:
+    """Postfix's loopback port takes a bare LF as a line end: `.` + LF would end DATA early
+    and what follows would be read as commands. No such message leaves for Postfix."""
+    with pytest.raises(reinject.BareNewline):
+        reinject.dot_stuff(message)
+
+    async def deliver() -> str:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(reinject.BareNewline):
+                await Reinjector("127.0.0.1", port).deliver("a@b", ["c@d"], message)
+            return "refused before connecting"
+        finally:
+            server.close()
+
+    assert asyncio.run(deliver()) == "refused before connecting"

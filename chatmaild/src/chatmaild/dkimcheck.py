@@ -1,7 +1,7 @@
-"""The DKIM origin check of the incoming gate (relay-spec §4.6; DKIM itself is RFC 6376).
+"""The DKIM origin check of the incoming gate (doc/encryption-gate.md §3; DKIM is RFC 6376).
 
 Filtermail's incoming front ends (SMTP on 10081 and `/mxdeliv` over HTTP) call
-`DkimVerifier.check` after the content checks of §4.5. Mail whose From domain is a DNS name
+`DkimVerifier.check` after the content checks. Mail whose From domain is a DNS name
 needs at least one DKIM signature that verifies *and* whose `d=` equals the From domain
 exactly, ignoring case: strict alignment as with DMARC `adkim=s`, so parent and sub-domains do
 not count. SPF, DMARC policy and reputation are not consulted. A From domain that is an IP
@@ -9,10 +9,11 @@ literal (`[a.b.c.d]`, `[IPv6:...]`) is not checked at all.
 
 Replies (`smtpreject`): no `DKIM-Signature` header at all gives
 `554 5.7.1 No DKIM signature found`; none that verifies and aligns gives
-`554 5.7.1 No valid DKIM signature found`. The front end keeps the copy of a rejected message
-and honours `FILTERMAIL_SKIP_DKIM`; this module only decides.
+`554 5.7.1 No valid DKIM signature found`. No copy of a refused message is kept anywhere
+(it would hold someone's mail on disk), and there is no switch that turns the check off:
+tests pass the verifier a resolver of their own instead. This module only decides.
 
-Key lookup (§4.6): a DNS TXT query for `<selector>._domainkey.<d>` with a 60 s timeout, and an
+Key lookup: a DNS TXT query for `<selector>._domainkey.<d>` with a 60 s timeout, and an
 in-memory LRU cache of 1000 selector records; an entry is dropped when a verification with it
 fails. Whitespace in the record is tolerated and `v=` is optional (dkimpy's tag parser and key
 decoding already do both). A failed lookup of any kind means "not valid", never an exception.
@@ -186,7 +187,7 @@ def _pick_key_record(records: list[bytes]) -> bytes | None:
 
 
 class DkimVerifier:
-    """The §4.6 origin check, with its selector-record cache. Thread-safe."""
+    """The origin check, with its selector-record cache. Thread-safe."""
 
     def __init__(
         self,
@@ -203,7 +204,7 @@ class DkimVerifier:
         self._lock = threading.Lock()
 
     def check(self, data: bytes, from_domain: str) -> None:
-        """Return if `data` may come from `from_domain`; raise the §4.6 `Reject` otherwise."""
+        """Return if `data` may come from `from_domain`; raise the `Reject` otherwise."""
         if is_ip_literal(from_domain):
             return
         if not has_dkim_signature(data):

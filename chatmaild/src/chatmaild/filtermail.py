@@ -1,4 +1,4 @@
-"""filtermail: the encryption gate between Postfix and the world (relay-spec §4).
+"""filtermail: the encryption gate between Postfix and the world (doc/encryption-gate.md).
 
 `filtermail INI outgoing` listens on `filtermail_smtp_port` for submissions (Postfix proxies
 the live SMTP dialogue from 587/465 here), `filtermail INI incoming` on
@@ -7,11 +7,18 @@ the live SMTP dialogue from 587/465 here), `filtermail INI incoming` on
 only. Accepted mail is re-injected into Postfix; refusals reach the sender inside the same
 SMTP transaction, so nothing is queued that would later bounce.
 
-- outgoing: MAIL FROM sanity and rate limit, then From = MAIL FROM and only encrypted mail,
-  Secure-Join requests and a self-sent Autocrypt Setup Message (§4.4);
-- incoming: envelope sender replaced by `<>` when it differs from From, only encrypted mail,
-  Secure-Join requests, mailer-daemon reports, or cleartext for accounts that accept it
-  (§4.5), and a valid DKIM signature aligned with the From domain (§4.6).
+Envelope addresses are taken in one spelling only, and re-injected in exactly that spelling
+(`addresses`, doc §1):
+
+- outgoing: MAIL FROM is the sender's own address, rate limited; then From = MAIL FROM and
+  only encrypted mail, Secure-Join requests and a self-sent Autocrypt Setup Message (§2);
+- incoming: recipients are the relay's own addresses; the envelope sender is replaced by `<>`
+  when it differs from From; only encrypted mail, Secure-Join requests, mailer-daemon reports,
+  or cleartext for accounts that accept it (§2), and a valid DKIM signature aligned with the
+  From domain (`dkimcheck`).
+
+A big message is judged in a worker thread, so that the event loop keeps answering the other
+connections meanwhile.
 """
 
 from __future__ import annotations
@@ -22,41 +29,56 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from . import mailcheck, smtpreject
+from .addresses import AddressPolicy
 from .config import Config
 from .dkimcheck import DkimVerifier
 from .mxdeliv import start_mxdeliv_server
 from .ratelimit import RateLimiter, until_text
-from .reinject import Reinjector
-from .service import fail, load_config_or_exit, setup_logging
+from .reinject import OFF_LOOP_SIZE, Reinjector
+from .service import fail, load_config_or_exit, quiet_accept_errors, setup_logging
 from .smtpfront import start_smtp_server
 
 log = logging.getLogger("filtermail")
 
+T = TypeVar("T")
+
+
+async def _judge(data: bytes, check: Callable[[], T]) -> T:
+    if len(data) > OFF_LOOP_SIZE:
+        return await asyncio.to_thread(check)
+    return check()
+
 
 class OutgoingGate:
-    """Submissions of this relay's users (§4.4)."""
+    """Submissions of this relay's users."""
 
     def __init__(self, config: Config, reinjector: Reinjector, limiter: RateLimiter) -> None:
+        self.addresses = AddressPolicy(config.address_domain)
         self.reinjector = reinjector
         self.limiter = limiter
 
-    def check_sender(self, mail_from: str) -> None:
-        mailcheck.check_mail_from(mail_from)
-        wait = self.limiter.check(mail_from.lower())
+    def check_sender(self, mail_from: str) -> str:
+        sender = self.addresses.outgoing_sender(mail_from)
+        wait = self.limiter.check(sender)
         if wait is not None:
-            raise smtpreject.too_much_mail(mail_from, until_text(wait, time.time()))
+            raise smtpreject.too_much_mail(sender, until_text(wait, time.time()))
+        return sender
+
+    def check_recipient(self, rcpt: str) -> str:
+        return self.addresses.outgoing_recipient(rcpt)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        mailcheck.check_outgoing(mail_from, rcpts, data)
+        await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
         reply = await self.reinjector.deliver(mail_from, rcpts, data)
         log.info("outgoing message passed the gate: %s", reply[:3])
         return reply
 
 
 class IncomingGate:
-    """Mail from other relays and MTAs, by SMTP or by /mxdeliv (§4.5, §4.6)."""
+    """Mail from other relays and MTAs, by SMTP or by /mxdeliv."""
 
     def __init__(
         self,
@@ -65,17 +87,24 @@ class IncomingGate:
         verifier: DkimVerifier,
         enforces_e2ee: Callable[[str], bool] | None = None,
     ) -> None:
+        self.addresses = AddressPolicy(config.address_domain)
         self.reinjector = reinjector
         self.verifier = verifier
         self.enforces_e2ee = enforces_e2ee or functools.partial(
             mailcheck.mailbox_enforces_e2ee, config.mailboxes_path
         )
 
-    def check_sender(self, mail_from: str) -> None:
-        pass  # any sender, also the null sender <> of bounces
+    def check_sender(self, mail_from: str) -> str:
+        # any sender, also the null sender <> of bounces; one in another spelling becomes <>
+        return self.addresses.incoming_sender(mail_from)
+
+    def check_recipient(self, rcpt: str) -> str:
+        return self.addresses.incoming_recipient(rcpt)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        sender = mailcheck.check_incoming(mail_from, rcpts, data, self.enforces_e2ee)
+        sender = await _judge(
+            data, lambda: mailcheck.check_incoming(mail_from, rcpts, data, self.enforces_e2ee)
+        )
         from_domain = mailcheck.from_address(mailcheck.parse_message(data)).rpartition("@")[2]
         # DNS lookups and RSA: off the event loop, so other connections keep moving
         await asyncio.to_thread(self.verifier.check, data, from_domain)
@@ -85,6 +114,8 @@ class IncomingGate:
 
 
 async def serve(config: Config, mode: str) -> None:
+    # out of file descriptors, each refused accept would log a traceback
+    quiet_accept_errors(asyncio.get_running_loop())
     host, size = config.filtermail_host, config.max_message_size
     servers: list[asyncio.AbstractServer] = []
     if mode == "outgoing":

@@ -1,36 +1,41 @@
-"""The OpenPGP half of the encryption gate: armor and packet walk (relay-spec §4.2, steps 3-4).
+"""The OpenPGP half of the encryption gate: armor and packet walk (doc/encryption-gate.md §2.3).
 
 filtermail never decrypts and never looks at keys. It only asks whether the body of the
 `application/octet-stream` part has the shape of an encrypted OpenPGP message: ASCII armor
-around a packet stream of session-key packets (PKESK, SKESK) closed by exactly one
-integrity-protected data packet (SEIPD). Everything here is pure, works on bytes, and answers
-None/False for any input it does not like; it never raises.
+(RFC 4880 §6.2) around a packet stream of session-key packets (PKESK, SKESK) closed by exactly
+one integrity-protected data packet (SEIPD). Everything here is pure, works on bytes, and
+answers None/False for any input it does not like; it never raises.
 
-Choices where §4.2 is silent, each the stricter reading:
+The armor is read line by line against one grammar, so that no text can sit anywhere a reader
+would skip it:
 
-- Armor headers: only a single `Version: ` line, directly after the BEGIN line, is an armor
-  header we know (refused outgoing, skipped incoming). Any other header line (`Comment:`,
-  `Charset:`, a second `Version:`) is not base64 and so fails the strict decode in both
-  directions, as it does in the reference (a strict base64 decoder).
-- The blank line that RFC 4880 puts after the armor headers is optional, because "leading blank
-  lines are dropped" (zero or more), which matches the reference.
-- The CRC24 is cut off, not verified: a wrong checksum harms only the recipient's own client.
-  Without any `=` nothing is cut (RFC 9580 makes the checksum optional).
+    -----BEGIN PGP MESSAGE-----
+    [Version: text]          incoming only: other clients write it; any other header is refused
+    (exactly one blank line)
+    base64 lines             "=" padding only at the end of the last one
+    [=XXXX]                  the CRC24 line: "=" and exactly four base64 characters
+    -----END PGP MESSAGE-----
+    (blank lines only, up to the end of the part)
+
+- The CRC24 is not verified: a wrong checksum harms only the recipient's own client, and
+  RFC 9580 makes it optional.
 - base64 is decoded strictly: alphabet only, correct padding, and canonical (the decoded bytes
   must encode back to the same text), which is what a strict decoder such as Rust's does.
 - Old-format packets with the indeterminate length (length type 3) are refused: such a packet
   runs "to the end of the data", so it can hide anything, and no tag-18 packet can use the old
   format anyway (old-format tags stop at 15).
-- A stream of only a SEIPD (no session-key packet) passes, as the spec's "every packet before
-  the last" is then vacuous; partial lengths are walked for any tag, without the RFC's 512-octet
-  minimum for the first chunk. Neither can carry cleartext.
+- A stream of only a SEIPD (no session-key packet) passes, as "every packet before the last"
+  is then vacuous. Partial lengths are taken on the SEIPD only, the one data packet here (RFC
+  4880 §4.2.2.4 allows them on data packets alone), without the RFC's 512-octet minimum for
+  the first chunk, which cannot carry cleartext either way.
 """
 
 from __future__ import annotations
 
 import binascii
+import re
 
-ARMOR_BEGIN = b"-----BEGIN PGP MESSAGE-----\r\n"
+ARMOR_BEGIN = b"-----BEGIN PGP MESSAGE-----"
 ARMOR_END = b"-----END PGP MESSAGE-----"
 VERSION_HEADER = b"Version: "
 
@@ -40,49 +45,101 @@ TAG_SEIPD = 18
 SESSION_KEY_TAGS = frozenset({TAG_PKESK, TAG_SKESK})
 
 _CRLF = b"\r\n"
+_VERSION_LINE = re.compile(rb"Version: [\x20-\x7e]+\Z")
+# How much of an armor is judged in one step (see `_decode_base64_lines`).
+WINDOW = 1 << 18
+_CHECKSUM_LINE = re.compile(rb"=[A-Za-z0-9+/]{4}\r\n\Z")
 
 
-def decode_armor(body: bytes, allow_version_header: bool) -> bytes | None:
-    """The binary OpenPGP data inside an armored `PGP MESSAGE`, or None if the armor is invalid.
+def decode_armor(
+    body: bytes, allow_version_header: bool, start: int = 0, end: int | None = None
+) -> bytes | None:
+    """The binary OpenPGP data inside an armored `PGP MESSAGE` in `body[start:end]`, or None if
+    the armor is invalid.
 
-    `allow_version_header` is True for incoming mail (the header is skipped) and False for
-    outgoing mail (the header makes the message count as not encrypted), spec §4.2 step 3.
+    `allow_version_header` is True for incoming mail (one `Version:` header may precede the
+    blank line) and False for outgoing mail (no armor header at all). The armor is read in
+    place: besides the decoded data, nothing as large as the message is allocated.
     """
-    if not body.startswith(ARMOR_BEGIN):
+    end = len(body) if end is None else end
+    if not body.startswith(ARMOR_BEGIN + _CRLF, start, end):
         return None
-    inner = body[len(ARMOR_BEGIN) :]
-    while inner.endswith(_CRLF):
-        inner = inner[: -len(_CRLF)]
-    if not inner.endswith(ARMOR_END):
-        return None
-    inner = inner[: -len(ARMOR_END)]
-
-    if inner.startswith(VERSION_HEADER):
-        if not allow_version_header:
+    pos = start + len(ARMOR_BEGIN) + 2
+    if allow_version_header and body.startswith(VERSION_HEADER, pos, end):
+        line_end = body.find(_CRLF, pos, end)
+        if line_end < 0 or not _VERSION_LINE.match(body, pos, line_end):
             return None
-        _header_line, crlf, inner = inner.partition(_CRLF)
-        if not crlf:  # the header line runs into END: there is no data at all
+        pos = line_end + 2
+    if not body.startswith(_CRLF, pos, end):
+        return None  # the one blank line after the armor headers
+    region = _base64_region(body, pos + 2, end)
+    if region is None:
+        return None
+    return _decode_base64_lines(body, *region)
+
+
+def _base64_region(body: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """Where the base64 lines lie between the blank line at `start` and the part's `end`:
+    after them only the checksum line, the END line and blank lines; None if anything else."""
+    while end - 2 >= start and body.startswith(_CRLF, end - 2, end):
+        end -= 2  # blank lines after END
+    end_line = end - len(ARMOR_END)
+    if end_line - 2 < start or not body.startswith(_CRLF + ARMOR_END, end_line - 2, end):
+        return None
+    data_end = end_line
+    before_last = body.rfind(_CRLF, start, end_line - 2)
+    last_line = before_last + 2 if before_last >= 0 else start  # the line before END
+    if body.startswith(b"=", last_line, end_line):
+        if not _CHECKSUM_LINE.match(body, last_line, end_line):
             return None
-    while inner.startswith(_CRLF):
-        inner = inner[len(_CRLF) :]
-
-    equals_at = inner.rfind(b"=")
-    if equals_at >= 0:
-        inner = inner[:equals_at]  # the CRC24 line "=XXXX" and whatever follows it
-    text = inner.replace(b"\r", b"").replace(b"\n", b"")
-    return _strict_base64(text)
+        data_end = last_line
+    return (start, data_end) if data_end > start else None
 
 
-def _strict_base64(text: bytes) -> bytes | None:
-    try:
-        data = binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
+def _decode_base64_lines(body: bytes, start: int, end: int) -> bytes | None:
+    """Decode the base64 lines in `body[start:end]` strictly, a window at a time.
+
+    Every line ends in CRLF and holds base64 characters only, "=" padding only at the end of
+    the last line, in the right amount, and no stray bits after the last octet: one message
+    has one spelling. Judged `WINDOW` bytes at a time, so that a thread judging a 25 MB armor
+    never holds the interpreter for long, and the memory needed is the decoded data alone.
+    """
+    if body.startswith(_CRLF, start, end) or not body.endswith(_CRLF, start, end):
+        return None  # an empty first line, or a last line without CRLF
+    first_padding = body.find(b"=", start, end)
+    if first_padding >= 0 and (
+        body[first_padding:end] not in (b"=\r\n", b"==\r\n")
+        or body[first_padding - 1] == ord("\n")  # a line of padding alone
+    ):
         return None
-    # Canonical form only: refuses stray bits after the last full octet (e.g. "QUJ="), so
-    # that one message has one spelling.
-    if binascii.b2a_base64(data, newline=False) != text:
+    characters = end - start - 2 * body.count(_CRLF, start, end)
+    padding = 0 if first_padding < 0 else end - 2 - first_padding
+    if characters % 4:
         return None
-    return data
+    decoded = bytearray(characters // 4 * 3 - padding)
+    filled, carry, pos, last_group = 0, b"", start, b""
+    while pos < end:
+        stop = body.find(_CRLF, min(pos + WINDOW, end) - 2, end) + 2  # after a whole line
+        window = body[pos:stop]
+        if window.count(b"\r") != window.count(b"\n") or _CRLF + _CRLF in window:
+            return None
+        text = carry + window.replace(_CRLF, b"")
+        if len(text) != len(carry) + len(window) - 2 * window.count(_CRLF):
+            return None  # a CR or LF that is not part of a CRLF
+        usable = len(text) - len(text) % 4
+        try:
+            chunk = binascii.a2b_base64(text[:usable], strict_mode=True)
+        except binascii.Error:
+            return None  # a character outside the alphabet
+        decoded[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+        carry, pos = text[usable:], stop
+        if usable:
+            last_group = text[usable - 4 : usable]
+    # Only a padded last group can have stray bits (e.g. "QUJ=" for "AB", which is "QUI=").
+    if padding and binascii.b2a_base64(decoded[-(3 - padding) :], newline=False) != last_group:
+        return None
+    return decoded if filled == len(decoded) else None  # a bytearray: no copy of 3/4 armor
 
 
 def _body_length(data: bytes, pos: int) -> tuple[int, int, bool] | None:
@@ -107,7 +164,7 @@ def _body_length(data: bytes, pos: int) -> tuple[int, int, bool] | None:
     return 1 << (first & 0x1F), 1, True
 
 
-def _new_format_end(data: bytes, pos: int) -> int | None:
+def _new_format_end(data: bytes, pos: int, partial_allowed: bool) -> int | None:
     """Where a new-format packet body starting with its length at `pos` ends, None if truncated.
 
     Partial chunks are walked one by one; the chain must close with a definite length.
@@ -117,6 +174,8 @@ def _new_format_end(data: bytes, pos: int) -> int | None:
         if decoded is None:
             return None
         length, header_size, partial = decoded
+        if partial and not partial_allowed:
+            return None
         pos += header_size + length
         if pos > len(data):
             return None
@@ -136,7 +195,7 @@ def _old_format_end(data: bytes, pos: int, length_type: int) -> int | None:
 
 
 def is_encrypted_packet_stream(data: bytes) -> bool:
-    """Whether `data` is PKESK/SKESK packets followed by one SEIPD that ends the data (§4.2.4)."""
+    """Whether `data` is PKESK/SKESK packets followed by one SEIPD that ends the data."""
     pos = 0
     while pos < len(data):
         ctb = data[pos]
@@ -144,7 +203,7 @@ def is_encrypted_packet_stream(data: bytes) -> bool:
             return False  # bit 7 is always set in a packet tag
         if ctb & 0x40:
             tag = ctb & 0x3F
-            end = _new_format_end(data, pos + 1)
+            end = _new_format_end(data, pos + 1, partial_allowed=tag == TAG_SEIPD)
         else:
             tag = (ctb >> 2) & 0x0F
             end = _old_format_end(data, pos + 1, ctb & 0x03)
@@ -158,7 +217,9 @@ def is_encrypted_packet_stream(data: bytes) -> bool:
     return False  # empty data
 
 
-def is_armored_encrypted_message(body: bytes, allow_version_header: bool) -> bool:
+def is_armored_encrypted_message(
+    body: bytes, allow_version_header: bool, start: int = 0, end: int | None = None
+) -> bool:
     """Both steps at once: valid armor around an encrypted packet stream."""
-    data = decode_armor(body, allow_version_header)
+    data = decode_armor(body, allow_version_header, start, end)
     return data is not None and is_encrypted_packet_stream(data)

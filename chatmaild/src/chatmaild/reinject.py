@@ -1,4 +1,4 @@
-"""Hands accepted mail back to Postfix over SMTP (relay-spec §4.1).
+"""Hands accepted mail back to Postfix over SMTP.
 
 Outgoing mail goes to `postfix_reinject_port` (10025: header cleanup and DKIM signing),
 incoming mail to `postfix_reinject_port_incoming` (10026: on to LMTP). Postfix's own reply
@@ -22,10 +22,15 @@ import contextlib
 import logging
 import time
 
+from .mimeparse import crlf_only
+
 log = logging.getLogger("filtermail")
 
 TIMEOUT = 60.0
 MAX_IDLE = 16
+# Work on a message above this size is done in a worker thread, so that the event loop keeps
+# serving the other connections (for a small one the hand-over costs more than it saves).
+OFF_LOOP_SIZE = 256 * 1024
 IDLE_LIFETIME = 120.0  # seconds
 CLOSING = 421  # "service not available, closing transmission channel"
 TEMPORARY_FAILURE = "451 4.3.0 Could not hand the message on, please try again later"
@@ -39,14 +44,24 @@ class ReplyError(Exception):
         self.reply = reply
 
 
-def dot_stuff(data: bytes) -> bytes:
-    """The DATA payload: CRLF line ends, a dot doubled at each line start, CRLF.CRLF at the end."""
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
+class BareNewline(ValueError):
+    """The message has a line end other than CRLF: it must never reach Postfix's loopback
+    ports, which take a bare LF as a line end (a lone `.` would end DATA early)."""
+
+
+def dot_stuff(data: bytes) -> list[bytes]:
+    """The DATA payload in pieces to write: a dot doubled at each line start, CRLF.CRLF at the
+    end (RFC 5321 §4.5.2). Both front ends hand over CRLF-only messages; anything else raises
+    `BareNewline` rather than be sent."""
+    if not crlf_only(data):
+        raise BareNewline("bare CR or LF in a message to re-inject")
+    pieces = [data if b"\r\n." not in data else data.replace(b"\r\n.", b"\r\n..")]
+    if data.startswith(b"."):
+        pieces.insert(0, b".")
+    if not data.endswith(b"\r\n") and data:
+        pieces.append(b"\r\n")
+    pieces.append(b".\r\n")
+    return pieces
 
 
 class Connection:
@@ -66,8 +81,8 @@ class Connection:
             if line[3:4] != b"-":
                 return int(line[:3]), " ".join(t for t in texts if t)
 
-    async def command(self, line: bytes, expect: int) -> None:
-        self.writer.write(line)
+    async def command(self, line: bytes | list[bytes], expect: int) -> None:
+        self.writer.writelines([line] if isinstance(line, bytes) else line)
         await asyncio.wait_for(self.writer.drain(), TIMEOUT)
         code, text = await self.reply()
         if code != expect:
@@ -97,16 +112,22 @@ class Reinjector:
         return conn
 
     async def _transaction(
-        self, conn: Connection, mail_from: str, rcpts: list[str], data: bytes
+        self, conn: Connection, mail_from: str, rcpts: list[str], payload: list[bytes]
     ) -> None:
         await conn.command(f"MAIL FROM:<{mail_from}>\r\n".encode(), 250)
         for rcpt in rcpts:
             await conn.command(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
         await conn.command(b"DATA\r\n", 354)
-        await conn.command(dot_stuff(data), 250)
+        await conn.command(payload, 250)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         """Hand the message to Postfix; the reply line for the client."""
+        # before any connection is used, so BareNewline leaves none open; a big message off
+        # the event loop
+        if len(data) > OFF_LOOP_SIZE:
+            payload = await asyncio.to_thread(dot_stuff, data)
+        else:
+            payload = dot_stuff(data)
         self._drop_expired()
         for attempt in range(2):
             pooled = bool(self._idle) and attempt == 0
@@ -118,7 +139,7 @@ class Reinjector:
                 log.error("re-injection failed: %s", type(e).__name__)
                 return TEMPORARY_FAILURE
             try:
-                await self._transaction(conn, mail_from, rcpts, data)
+                await self._transaction(conn, mail_from, rcpts, payload)
             except ReplyError as e:
                 if pooled and e.reply.startswith(f"{CLOSING} "):
                     conn.close()

@@ -1,15 +1,17 @@
-"""The SMTP side of filtermail: the server Postfix's before-queue proxy filter talks to (§4.1).
+"""The SMTP side of filtermail: the server Postfix's before-queue proxy filter talks to.
 
 A deliberately small and strict ESMTP server (RFC 5321): HELO, EHLO, MAIL, RCPT, DATA, RSET,
 NOOP and QUIT; anything else gets `500 Command not recognized`. Every line must end in CRLF:
-a bare LF closes the connection, so no one can smuggle a second message past the gate.
-Every read has a timeout. A message over `max_size` gets `552 Message exceeds maximum size`
-and the connection is closed. MAIL and RCPT parameters (SIZE, BODY, ORCPT, NOTIFY, ...) are
-accepted and ignored.
+a bare LF or a bare CR closes the connection, so no one can smuggle a second message past the
+gate. Every read has a timeout, and so has each command line and the whole DATA phase (a
+client trickling a byte now and then is closed all the same). A message over `max_size` gets
+`552 Message exceeds maximum size` and the connection is closed. MAIL and RCPT parameters
+(SIZE, BODY, ORCPT, NOTIFY, ...) are accepted and ignored.
 
-What is accepted is the `Gate`'s decision: it may raise `Reject` at MAIL FROM or after DATA,
-and exactly one place here turns a `Reject` into the reply line. An unexpected exception
-becomes `451 4.3.0` and a log line naming only the exception type.
+What is accepted is the `Gate`'s decision: it may raise `Reject` at MAIL FROM, at RCPT TO
+(addresses are taken in one spelling only, doc/encryption-gate.md §1) or after DATA, and
+exactly one place here turns a `Reject` into the reply line. An unexpected exception becomes
+`451 4.3.0` and a log line naming only the exception type.
 """
 
 from __future__ import annotations
@@ -27,14 +29,23 @@ from .smtpreject import Reject
 log = logging.getLogger("filtermail")
 
 READ_TIMEOUT = 120.0  # Postfix's smtpd_proxy_timeout is 100 s: it gives up first
+# A whole command line, however it trickles in; and the whole DATA phase: Postfix streams a
+# client's message through as it arrives, and 30 MB over a slow mobile link take minutes.
+COMMAND_DEADLINE = READ_TIMEOUT
+DATA_DEADLINE = 1800.0
 MAX_COMMAND_LINE = 2048
+MAX_RECIPIENTS = 1000  # Postfix's smtpd_recipient_limit, which Postfix enforces first
 READ_SIZE = 256 * 1024
-_PATH_RE = re.compile(r"^(FROM|TO):\s*<([^<>]*)>(\s+.*)?$", re.IGNORECASE)
+# `FROM:<path>` and `TO:<path>`, parameters after a space; the path is judged by the gate.
+_PATH_RE = re.compile(r"(FROM|TO):[ ]?<([^<>]*)>(?: (.*))?\Z", re.IGNORECASE | re.DOTALL)
 
 
 class Gate(Protocol):
-    def check_sender(self, mail_from: str) -> None:
-        """Raise Reject to refuse MAIL FROM; a 450 (rate limit) also closes the connection."""
+    def check_sender(self, mail_from: str) -> str:
+        """MAIL FROM as the gate takes it; raise Reject to refuse (a 450 closes the connection)."""
+
+    def check_recipient(self, rcpt: str) -> str:
+        """RCPT TO in its one spelling, as it will be re-injected; raise Reject to refuse."""
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         """Check and re-inject the message; the reply line, or raise Reject."""
@@ -51,23 +62,31 @@ class ConnectionClosed(Exception):
 
 
 def parse_path(argument: str, keyword: str) -> str | None:
-    """`FROM:<addr> PARAMS` -> addr (without the brackets); None if malformed."""
-    m = _PATH_RE.match(argument.strip())
+    """`FROM:<addr> PARAMS` -> addr, exactly as written between the brackets; None if malformed."""
+    m = _PATH_RE.match(argument)
     if not m or m.group(1).upper() != keyword:
         return None
-    return m.group(2).strip()
+    return m.group(2)
 
 
-def _has_bare_lf(buffer: bytearray, start: int) -> bool:
-    """Whether `buffer[start:]` holds an LF without a CR before it (the CR may precede start)."""
-    lfs = buffer.count(b"\n", start)
-    return lfs != buffer.count(b"\r\n", max(0, start - 1)) if lfs else False
+def _newlines_checked(buffer: bytearray, start: int) -> int | None:
+    """Check `buffer[start:]` for a bare LF or CR: None if there is one, else how far the
+    buffer is checked. A CR last in the buffer may yet get its LF: it is looked at again
+    once more data has arrived."""
+    end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
+    pairs = buffer.count(b"\r\n", start, end)
+    if buffer.count(b"\n", start, end) != pairs or buffer.count(b"\r", start, end) != pairs:
+        return None
+    return end
 
 
-def unstuff(data: bytes) -> bytes:
+def unstuff(data: bytearray) -> bytearray:
     """DATA as sent -> the message: the first dot of every line that starts with one goes."""
-    unstuffed = data.replace(b"\r\n.", b"\r\n")
-    return unstuffed[1:] if unstuffed.startswith(b".") else unstuffed
+    if data.startswith(b"."):
+        del data[:1]
+    if b"\r\n." in data:  # rare in chat mail; armor lines never start with a dot
+        data = data.replace(b"\r\n.", b"\r\n")
+    return data
 
 
 class SmtpSession:
@@ -93,25 +112,35 @@ class SmtpSession:
         self.writer.write(line.encode("ascii", "replace") + b"\r\n")
         await self.writer.drain()
 
-    async def _fill(self) -> None:
+    def _deadline(self, seconds: float) -> float:
+        return asyncio.get_running_loop().time() + seconds
+
+    async def _fill(self, deadline: float) -> None:
+        timeout = min(self.timeout, deadline - asyncio.get_running_loop().time())
         try:
-            chunk = await asyncio.wait_for(self.reader.read(READ_SIZE), self.timeout)
-        except (ConnectionError, TimeoutError):
+            if timeout <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+        except TimeoutError:
+            log.info("closing connection: timeout")
+            raise ConnectionClosed from None
+        except ConnectionError:
             raise ConnectionClosed from None
         if not chunk:
             raise ConnectionClosed
         self.buffer += chunk
 
     async def readline(self, limit: int) -> bytes:
+        deadline = self._deadline(COMMAND_DEADLINE)
         while (end := self.buffer.find(b"\n")) < 0:
             if len(self.buffer) > limit:
                 await self.reply("500 Line too long")
                 raise ConnectionClosed
-            await self._fill()
+            await self._fill(deadline)
         line = bytes(self.buffer[: end + 1])
         del self.buffer[: end + 1]
-        if not line.endswith(b"\r\n"):
-            log.warning("closing connection: line not ending in CRLF")
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            log.warning("closing connection: line not ending in CRLF, or a bare CR in it")
             raise ConnectionClosed
         if len(line) > limit:
             await self.reply("500 Line too long")
@@ -123,7 +152,8 @@ class SmtpSession:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 line = await self.readline(MAX_COMMAND_LINE)
-                text = line[:-2].decode("utf-8", "replace")
+                # surrogate escapes keep bytes that are not UTF-8 visible to the gate's checks
+                text = line[:-2].decode("utf-8", "surrogateescape")
                 verb, _, argument = text.partition(" ")
                 handler = self.handlers.get(verb.upper())
                 if handler is None:
@@ -150,14 +180,14 @@ class SmtpSession:
             await self.reply("501 Syntax: MAIL FROM:<address>")
             return
         try:
-            self.gate.check_sender(addr)
+            sender = self.gate.check_sender(addr)
         except Reject as e:
             log.info("refused sender: %s", e.private)
             await self.reply(e.reply())
-            if e.code == 450:  # rate limited: the spec closes the connection
+            if e.code == 450:  # rate limited: the connection is closed
                 raise ConnectionClosed from None
             return
-        self.envelope.mail_from = addr
+        self.envelope.mail_from = sender
         await self.reply("250 OK")
 
     async def on_rcpt(self, argument: str) -> None:
@@ -168,7 +198,16 @@ class SmtpSession:
         if not addr:
             await self.reply("501 Syntax: RCPT TO:<address>")
             return
-        self.envelope.rcpts.append(addr)
+        if len(self.envelope.rcpts) >= MAX_RECIPIENTS:
+            await self.reply("452 4.5.3 Too many recipients")
+            return
+        try:
+            rcpt = self.gate.check_recipient(addr)
+        except Reject as e:
+            log.info("refused recipient: %s", e.private)
+            await self.reply(e.reply())
+            return
+        self.envelope.rcpts.append(rcpt)
         await self.reply("250 OK")
 
     async def on_data(self, argument: str) -> None:
@@ -185,31 +224,35 @@ class SmtpSession:
         """The message after `354`, up to CRLF.CRLF, dot-unstuffed (RFC 5321 §4.5.2).
 
         Scanned in blocks rather than lines (a megabyte of armored text is ~15000 lines); each
-        new block is checked for a bare LF at once, which closes the connection.
+        new block is checked for a bare LF or CR at once, which closes the connection. The
+        message is cut out of the read buffer in place: a big message is held about twice,
+        and only for a moment.
         """
+        deadline = self._deadline(DATA_DEADLINE)
         checked = scanned = 0
         while True:
-            if _has_bare_lf(self.buffer, checked):
-                log.warning("closing connection: line not ending in CRLF in DATA")
+            newlines_ok = _newlines_checked(self.buffer, checked)
+            if newlines_ok is None:
+                log.warning("closing connection: a bare LF or CR in DATA")
                 raise ConnectionClosed
-            checked = len(self.buffer)
+            checked = newlines_ok
             if self.buffer.startswith(b".\r\n"):  # an empty message
                 del self.buffer[:3]
                 return b""
             end = self.buffer.find(b"\r\n.\r\n", scanned)
             if end >= 0:
-                data = bytes(self.buffer[: end + 2])
-                del self.buffer[: end + 5]
                 break
             if len(self.buffer) > self.max_size + 5:
                 await self.reply("552 Message exceeds maximum size")
                 raise ConnectionClosed
             scanned = max(0, len(self.buffer) - 4)
-            await self._fill()
-        if len(data) > self.max_size + 2:
+            await self._fill(deadline)
+        message, self.buffer = self.buffer, self.buffer[end + 5 :]
+        del message[end + 2 :]
+        if len(message) > self.max_size + 2:
             await self.reply("552 Message exceeds maximum size")
             raise ConnectionClosed
-        return unstuff(data)
+        return bytes(unstuff(message))
 
     async def decide(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         """The one place where the outcome of a message becomes its reply."""

@@ -1,9 +1,9 @@
-"""The replies of the encryption gate (relay-spec §4.8) as `Reject` exceptions.
+"""The replies of the encryption gate (doc/encryption-gate.md §3) as `Reject` exceptions.
 
 A check raises `Reject`; exactly one place, the SMTP/HTTP front end, turns it into the reply
 line with `Reject.reply()`. `public` is what the client or peer reads; `private` is the reason
 for our logs and never holds an address, subject or body text. The constructors below are the
-only way the texts of §4.8 are spelled, so the tests can pin each one.
+only way the texts of §3 are spelled, so the tests can pin each one.
 """
 
 from __future__ import annotations
@@ -44,14 +44,22 @@ class Reject(Exception):
 
 
 def invalid_from_address(mail_from: str) -> Reject:
-    """§4.4.1: a MAIL FROM address without exactly one `@`."""
+    """Outgoing MAIL FROM that is not one of the relay's addresses in its one spelling (§1.3)."""
     return Reject(
-        500, None, f"Invalid from address <{_shown(mail_from)}>", "MAIL FROM without exactly one @"
+        500,
+        None,
+        f"Invalid from address <{_shown(mail_from)}>",
+        "MAIL FROM not a local address in its one spelling",
     )
 
 
+def invalid_recipient(why: str) -> Reject:
+    """RCPT TO / X-MAIL-TO in a spelling the gate does not take (§1.3). `why` names the rule."""
+    return Reject(553, "5.1.3", "Invalid recipient address", f"recipient: {why}")
+
+
 def too_much_mail(mail_from: str, until: str) -> Reject:
-    """§4.4.2: over the rate limit (the front end decides that, and closes the connection).
+    """Over the outgoing rate limit (the front end decides that, and closes the connection).
 
     The reference writes the enhanced code with a colon (`450 4.7.1: Too much...`), which is not
     an RFC 3463 code a client would parse; keeping the reply byte-identical matters more, so the
@@ -66,17 +74,17 @@ def too_much_mail(mail_from: str, until: str) -> Reject:
 
 
 def message_too_large() -> Reject:
-    """§4.1: DATA over `max_message_size` (the front end measures, and closes the connection)."""
+    """DATA over `max_message_size` (the front end measures, and closes the connection)."""
     return Reject(552, None, "Message exceeds maximum size", "message over max_message_size")
 
 
 def parse_failed(why: str) -> Reject:
-    """§4.4.4: bytes that are not a message. `why` names the failure, never its content."""
+    """Bytes that are not a message. `why` names the failure, never its content."""
     return Reject(500, None, "Failed to parse message", f"unparsable message: {why}")
 
 
 def invalid_from_header(why: str) -> Reject:
-    """§4.4.4: no single address can be taken from the From header.
+    """No single address can be taken from the From header.
 
     The reply names the kind of failure ("missing", "more than one address", ...) instead of
     echoing the header: a header is arbitrary bytes from the sender.
@@ -85,7 +93,7 @@ def invalid_from_header(why: str) -> Reject:
 
 
 def from_mismatch(from_addr: str, mail_from: str) -> Reject:
-    """§4.4.4: outgoing From header address differs from MAIL FROM (ignoring case)."""
+    """Outgoing From header address differs from MAIL FROM (ignoring case)."""
     return Reject(
         500,
         None,
@@ -95,15 +103,15 @@ def from_mismatch(from_addr: str, mail_from: str) -> Reject:
 
 
 def encryption_needed(why: str) -> Reject:
-    """§4.4.7, §4.5.5: cleartext where it is not allowed (code 523 of RFC 5248)."""
+    """Cleartext where it is not allowed (code 523 of RFC 5248)."""
     return Reject(523, None, "Encryption Needed: Invalid Unencrypted Mail", why)
 
 
 def no_dkim_signature() -> Reject:
-    """§4.6: incoming mail without any DKIM-Signature header."""
+    """Incoming mail without any DKIM-Signature header."""
     return Reject(554, "5.7.1", "No DKIM signature found", "no DKIM-Signature header")
 
 
 def no_valid_dkim_signature() -> Reject:
-    """§4.6: no DKIM signature that both verifies and aligns with the From domain."""
+    """No DKIM signature that both verifies and aligns with the From domain."""
     return Reject(554, "5.7.1", "No valid DKIM signature found", "no valid aligned DKIM signature")

@@ -253,6 +253,16 @@ def cleartext(headers: list[tuple[str, str]] | None = None, text: str = "Hello!"
     return message(head, text + CRLF)
 
 
+THUNDERBIRD_PREAMBLE = "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
+
+
+def with_preamble(message_text: str, preamble: str) -> str:
+    """`message_text` (from `encrypted`) with `preamble` before its first delimiter."""
+    return message_text.replace(
+        CRLF * 2 + "--XbOuNdArYx" + CRLF, CRLF * 2 + preamble + CRLF + "--XbOuNdArYx" + CRLF, 1
+    )
+
+
 # --- the catalogue
 
 PLAINTEXT = ("Content-Type: text/plain; charset=utf-8" + CRLF + CRLF + "Hi Bob!" + CRLF).encode()
@@ -325,32 +335,42 @@ def build_valid_variants(bob: str) -> None:
     add(
         "enc-version-header-no-blank-line",
         encrypted(no_blank_version),
-        "Version header directly followed by data (the blank line is optional)",
+        "Version header directly followed by data: the armor needs its one blank line",
         523,
-        ACCEPT,
+        523,
     )
     no_blank = CRLF.join([lines[0], *lines[2:]])
-    add("enc-no-blank-line", encrypted(no_blank), "no blank line after BEGIN", ACCEPT, ACCEPT)
+    add("enc-no-blank-line", encrypted(no_blank), "no blank line after BEGIN", 523, 523)
     blanks = CRLF.join([lines[0], "", "", "", *lines[2:]])
-    add("enc-extra-blank-lines", encrypted(blanks), "blank lines after BEGIN", ACCEPT, ACCEPT)
+    add("enc-extra-blank-lines", encrypted(blanks), "three blank lines after BEGIN", 523, 523)
     trailing = bob + CRLF * 3
     add("enc-trailing-blank-lines", encrypted(trailing), "CRLFs after END", ACCEPT, ACCEPT)
-    preamble = encrypted(bob).replace(
-        "\r\n\r\n--XbOuNdArYx\r\n",
-        "\r\n\r\nThis is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n--XbOuNdArYx\r\n",
-        1,
+    preamble = with_preamble(encrypted(bob), THUNDERBIRD_PREAMBLE)
+    add(
+        "enc-preamble-thunderbird",
+        preamble,
+        "the one preamble line Thunderbird (and other OpenPGP mailers) write",
+        ACCEPT,
+        ACCEPT,
     )
     add(
         "enc-preamble-epilogue",
         preamble + "epilogue" + CRLF,
-        "MIME preamble (as Thunderbird writes it) and epilogue are ignored",
-        ACCEPT,
-        ACCEPT,
+        "Thunderbird's preamble, and text in the epilogue",
+        523,
+        523,
     )
     add(
         "enc-no-close-delimiter",
         encrypted(bob).replace("--XbOuNdArYx--" + CRLF, ""),
-        "closing MIME delimiter missing: the parser recovers both parts intact",
+        "closing MIME delimiter missing: recovering the parts would be a guess",
+        523,
+        523,
+    )
+    add(
+        "enc-epilogue-blank-lines",
+        encrypted(bob) + CRLF * 2,
+        "blank lines after the close delimiter (Delta Chat writes one)",
         ACCEPT,
         ACCEPT,
     )
@@ -424,9 +444,9 @@ def build_valid_variants(bob: str) -> None:
     add(
         "enc-lf-only",
         encrypted(bob).replace(CRLF, "\n"),
-        "the whole message with LF line endings: the armor needs CRLF after BEGIN",
-        523,
-        523,
+        "the whole message with LF line endings: no header section to read (SMTP never sends it)",
+        500,
+        500,
     )
 
 
@@ -909,9 +929,9 @@ def build_cleartext() -> None:
     add(
         "cleartext-lf-only",
         cleartext().replace(CRLF, "\n"),
-        "LF line endings, to an old account",
-        523,
-        ACCEPT,
+        "LF line endings, to an old account: no header section to read (SMTP never sends it)",
+        500,
+        500,
         enforcing=[],
     )
 
@@ -948,6 +968,231 @@ def build_malformed(bob: str) -> None:
         add(name, data, about, 500, 500)
 
 
+def build_one_reading(bob: str) -> None:
+    """Messages encrypted in shape that carry cleartext beside the ciphertext, or that another
+    parser reads differently (doc/encryption-gate.md §2): all refused with 523."""
+    lines = bob.split(CRLF)  # BEGIN, "", data..., =CRC, END
+    crc, end = lines[-2], lines[-1]
+    good = encrypted(bob)
+    top = "Content-Type: " + ENCRYPTED_TYPE + CRLF
+    control_ct = "Content-Type: application/pgp-encrypted" + CRLF
+    secret = "Meet me at the old mill at midnight."
+    cases: list[tuple[str, str, str]] = [
+        ("shape-preamble-text", with_preamble(good, secret), "cleartext in the preamble"),
+        (
+            "shape-preamble-thunderbird-and-text",
+            with_preamble(good, THUNDERBIRD_PREAMBLE + CRLF + secret),
+            "Thunderbird's preamble line and one more",
+        ),
+        (
+            "shape-preamble-large",
+            with_preamble(good, (secret + CRLF) * 2000),
+            "70 kB of cleartext in the preamble",
+        ),
+        ("shape-epilogue-text", good + secret + CRLF, "cleartext in the epilogue"),
+        (
+            "shape-close-delimiter-text",
+            good.replace("--XbOuNdArYx--", "--XbOuNdArYx-- " + secret),
+            "text on the close delimiter line",
+        ),
+        (
+            "shape-delimiter-padding",
+            good.replace("--XbOuNdArYx" + CRLF, "--XbOuNdArYx  " + CRLF, 1),
+            "transport padding after a delimiter",
+        ),
+        (
+            "shape-delimiter-prefix-line",
+            good.replace("Version: 1" + CRLF, "Version: 1" + CRLF + "--XbOuNdArYxZ" + CRLF, 1),
+            "a line starting with the delimiter inside a part",
+        ),
+        (
+            "shape-armor-text-after-crc",
+            good.replace(crc + CRLF, crc + CRLF + secret + CRLF, 1),
+            "a text line between the checksum and END",
+        ),
+        (
+            "shape-armor-crc-with-text",
+            good.replace(crc + CRLF, crc + secret + CRLF, 1),
+            "a checksum line of = and text",
+        ),
+        (
+            "shape-armor-crc-long",
+            good.replace(crc + CRLF, crc + "AAAA" + CRLF, 1),
+            "a checksum line of eight characters",
+        ),
+        (
+            "shape-armor-end-line-text",
+            good.replace(end, end + " " + secret, 1),
+            "text on the END line",
+        ),
+        (
+            "shape-armor-second-block",
+            good.replace(end + CRLF, end + CRLF + bob + CRLF, 1),
+            "a whole second armor block after the first",
+        ),
+        (
+            "shape-armor-text-after-end",
+            good.replace(end + CRLF, end + CRLF + CRLF + secret + CRLF, 1),
+            "a blank line, then text after END",
+        ),
+        (
+            "shape-armor-padding-inside",
+            good.replace(lines[2] + CRLF, lines[2][:-2] + "==" + CRLF, 1),
+            "= padding in a base64 line that is not the last",
+        ),
+        (
+            "shape-two-content-types",
+            good.replace(top, top + "Content-Type: text/plain" + CRLF, 1),
+            "a second top-level Content-Type",
+        ),
+        (
+            "shape-two-content-types-cleartext-first",
+            good.replace(top, "Content-Type: text/plain" + CRLF + top, 1),
+            "text/plain first, then multipart/encrypted",
+        ),
+        (
+            "shape-part-two-content-types",
+            good.replace(control_ct, control_ct + "Content-Type: text/plain" + CRLF, 1),
+            "a second Content-Type in the control part",
+        ),
+        (
+            "shape-boundary-twice",
+            good.replace('boundary="XbOuNdArYx"', 'boundary="XbOuNdArYx"; boundary="other"', 1),
+            "boundary= given twice",
+        ),
+        (
+            "shape-boundary-rfc2231",
+            good.replace('boundary="XbOuNdArYx"', 'boundary="XbOuNdArYx"; boundary*0="other"', 1),
+            "an RFC 2231 boundary beside the plain one",
+        ),
+        (
+            "shape-content-type-comment",
+            good.replace("multipart/encrypted;", "multipart/encrypted (x);", 1),
+            "a comment in Content-Type",
+        ),
+        (
+            "shape-obsolete-colon",
+            good.replace("Content-Type: multipart", "Content-Type : multipart", 1),
+            "obsolete `Content-Type :` with a space before the colon",
+        ),
+        (
+            "shape-bare-cr-in-header",
+            good.replace(
+                "Subject: [...]" + CRLF, "Subject: [...]\rContent-Type: text/plain" + CRLF, 1
+            ),
+            "a bare CR in a header hides a second Content-Type",
+        ),
+        (
+            "shape-nul-in-header",
+            good.replace("Subject: [...]", "Subject: [.\x00..]", 1),
+            "a NUL byte in a header",
+        ),
+        (
+            "shape-line-without-colon",
+            good.replace(
+                "Subject: [...]" + CRLF,
+                "Subject: [...]" + CRLF + "Content-Type multipart/mixed" + CRLF,
+                1,
+            ),
+            "a header line without a colon",
+        ),
+        (
+            "shape-two-mime-versions",
+            good.replace(
+                "MIME-Version: 1.0" + CRLF,
+                "MIME-Version: 1.0" + CRLF + "MIME-Version: 1.0" + CRLF,
+                1,
+            ),
+            "MIME-Version given twice",
+        ),
+        (
+            "shape-top-base64",
+            good.replace(top, top + "Content-Transfer-Encoding: base64" + CRLF, 1),
+            "the multipart declared base64-encoded",
+        ),
+        (
+            "shape-part-quoted-printable",
+            good.replace(
+                "Content-Description: OpenPGP encrypted message" + CRLF,
+                "Content-Description: OpenPGP encrypted message"
+                + CRLF
+                + "Content-Transfer-Encoding: quoted-printable"
+                + CRLF,
+                1,
+            ),
+            "the data part declared quoted-printable",
+        ),
+        (
+            "shape-part-extra-field",
+            good.replace(control_ct, control_ct + "X-Note: " + secret + CRLF, 1),
+            "a field other than Content-* in a part",
+        ),
+        (
+            "shape-protocol-other",
+            good.replace(
+                'protocol="application/pgp-encrypted"', 'protocol="application/pkcs7-mime"', 1
+            ),
+            "protocol= names another protocol",
+        ),
+    ]
+    for name, data, about in cases:
+        add(name, data, about, 523, 523)
+    sj = securejoin("vc-request", "Secure-Join: vc-request")
+    sj_cases: list[tuple[str, str, str]] = [
+        (
+            "shape-securejoin-two-headers",
+            sj.replace(
+                "Secure-Join: vc-request" + CRLF,
+                "Secure-Join: vc-request" + CRLF + "Secure-Join: vg-request" + CRLF,
+                1,
+            ),
+            "two Secure-Join headers",
+        ),
+        (
+            "shape-securejoin-preamble",
+            sj.replace(CRLF * 2 + "--XbOuNdArYx", CRLF * 2 + secret + CRLF + "--XbOuNdArYx", 1),
+            "cleartext in the preamble of a Secure-Join request",
+        ),
+        (
+            "shape-securejoin-epilogue",
+            sj + secret + CRLF,
+            "cleartext in the epilogue of a Secure-Join request",
+        ),
+        (
+            "shape-securejoin-base64-part",
+            sj.replace(
+                "Content-Type: text/plain" + CRLF,
+                "Content-Type: text/plain" + CRLF + "Content-Transfer-Encoding: base64" + CRLF,
+                1,
+            ),
+            "the request text declared base64",
+        ),
+    ]
+    for name, data, about in sj_cases:
+        add(name, data, about, 523, 523)
+
+
+def build_deltachat() -> None:
+    """Real mail of Delta Chat core 2.65, as delivered by a lab relay (../deltachat/)."""
+    source = OUT.parent / "deltachat"
+    envelope = {"mail_from": "z99hewv2z@_relay2.test", "rcpts": ["1k33ag36z@relay1.test"]}
+    for name, about in [
+        ("encrypted-text", "a 1:1 text message"),
+        (
+            "securejoin-vc-request",
+            "the Secure-Join request, symmetrically encrypted with the QR secret",
+        ),
+    ]:
+        add(
+            f"deltachat-{name}",
+            (source / f"{name}.eml").read_bytes(),
+            f"Delta Chat core 2.65: {about}",
+            ACCEPT,
+            ACCEPT,
+            **envelope,
+        )
+
+
 GITATTRIBUTES = """\
 # SMTP data is CRLF (a few files are deliberately LF-only or binary): git must not convert.
 *.eml -text
@@ -960,7 +1205,7 @@ def toml_value(value: object) -> str:
 
 def manifest() -> str:
     out = [
-        "# The filtermail corpus: which verdict each message gets (relay-spec §4.2-4.5).",
+        "# The filtermail corpus: which verdict each message gets (doc/encryption-gate.md §2).",
         "# Generated by ../make_corpus.py; edit that, not this.",
         "#",
         '# outgoing / incoming: "accept" or the reply code; a missing key means not tested.',
@@ -999,6 +1244,8 @@ def main() -> None:
     build_reports()
     build_cleartext()
     build_malformed(bob)
+    build_one_reading(bob)
+    build_deltachat()
     if OUT.exists():
         for old in OUT.glob("*.eml"):
             old.unlink()

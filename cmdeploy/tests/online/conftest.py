@@ -20,6 +20,7 @@ import contextlib
 import email
 import email.message
 import email.utils
+import http.client
 import imaplib
 import json
 import os
@@ -431,6 +432,24 @@ def transact(conn: smtplib.SMTP, mail_from: str, rcpts: list[str], data: bytes) 
     if code != 250:
         return Outcome("data", code, text.decode(errors="replace"))
     return Outcome("done", code, text.decode(errors="replace"))
+
+
+ENCRYPTION_NEEDED = "523 Encryption Needed: Invalid Unencrypted Mail"
+
+
+def mxdeliv(
+    relay: Relay, method: str, headers: dict[str, str | bytes], body: bytes
+) -> tuple[int, str]:
+    """One request to the relay's `/mxdeliv` on 443: its status and body text."""
+    conn = http.client.HTTPSConnection(
+        relay.domain, 443, timeout=NET_TIMEOUT, context=relay.tls_context()
+    )
+    try:
+        conn.request(method, "/mxdeliv", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace").strip()
+    finally:
+        conn.close()
 
 
 def message_id(relay: Relay) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import math
 import time
 
 import pytest
 from chatmail_online import (
     DELIVERY_TIMEOUT,
-    NET_TIMEOUT,
+    ENCRYPTION_NEEDED,
     REPORT,
     Factory,
     Registry,
@@ -18,6 +17,7 @@ from chatmail_online import (
     close_smtp,
     encrypted_message,
     message_id,
+    mxdeliv,
     parse_mail,
     random_local,
     starttls_connect,
@@ -27,8 +27,6 @@ from chatmail_online import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-ENCRYPTION_NEEDED = "523 Encryption Needed: Invalid Unencrypted Mail"
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -289,18 +287,6 @@ def test_bounce_for_unknown_user_reaches_the_sender(
     assert bounce["Auto-Submitted"]
     assert nobody.encode() in raw
     assert not relay2.exists(relay2.mailbox_dir(nobody)), "a bounce created the mailbox"
-
-
-def mxdeliv(relay: Relay, method: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
-    conn = http.client.HTTPSConnection(
-        relay.domain, 443, timeout=NET_TIMEOUT, context=relay.tls_context()
-    )
-    try:
-        conn.request(method, "/mxdeliv", body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace").strip()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,151 @@
+"""The gate's envelope addresses: one spelling each (doc/encryption-gate.md §1).
+
+Postfix reads an SMTP path generously: it unquotes `"bob"@d`, drops a source route and a
+trailing dot of the domain, folds case, and Dovecot cuts `+detail`. If the gate judged the
+address as written while Postfix delivered to its own reading, a spelling could lead
+cleartext past the check of the recipient's `enforceE2EEincoming`. So the gate accepts only
+the plain RFC 5321 Dot-string form, writes the relay's own addresses in their one canonical
+form (lowercase, account characters only), and re-injects exactly what it judged.
+
+Pure functions over `str` (a path decoded from UTF-8 with surrogate escapes, so bytes that
+are not UTF-8 show up as surrogates and are refused).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from .smtpreject import Reject, invalid_from_address, invalid_recipient
+
+# RFC 5322 §3.2.3 atext; RFC 6531 adds any UTF-8 character beyond ASCII.
+_ATEXT_ASCII = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\Z")
+# What an account name may hold (the same rule as account creation in `accounts`).
+_ACCOUNT_LOCAL = re.compile(r"[a-z0-9._-]+\Z")
+# A host name label; `_` is allowed because relays with self-signed certificates are named
+# `_relay.example.org`.
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+def _is_atom(atom: str) -> bool:
+    if not atom:
+        return False
+    if atom.isascii():
+        return _ATEXT_ASCII.match(atom) is not None
+    return all(_ATEXT_ASCII.match(ch) or _is_utf8_letter(ch) for ch in atom)
+
+
+def _is_utf8_letter(ch: str) -> bool:
+    """A non-ASCII character RFC 6531 allows: not a C1 control, not a surrogate escape."""
+    code = ord(ch)
+    return code > 0x9F and not 0xD800 <= code <= 0xDFFF and ch.isprintable()
+
+
+def _is_dot_string(local: str) -> bool:
+    return all(_is_atom(atom) for atom in local.split("."))
+
+
+def _ip_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of `[a.b.c.d]` or `[IPv6:…]` written in its usual form, else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return ipaddress.IPv6Address(inner[5:])
+        ip = ipaddress.IPv4Address(inner)
+    except ValueError:
+        return None
+    return ip if str(ip) == inner else None
+
+
+def _is_host_name(domain: str) -> bool:
+    labels = domain.split(".")
+    return (
+        len(domain) <= 253
+        and all(_LABEL.match(label) for label in labels)
+        # all digits would read as an IP address without brackets
+        and not labels[-1].isdigit()
+    )
+
+
+def parse_mailbox(text: str) -> Mailbox | None:
+    """`local@domain` in the one syntax of §1.1, or None for anything else."""
+    local, at, domain = text.partition("@")
+    if not at or not _is_dot_string(local):
+        return None
+    if _ip_literal(domain) is None and not _is_host_name(domain):
+        return None
+    return Mailbox(local, domain)
+
+
+class AddressPolicy:
+    """Which envelope addresses the gate takes, and in which spelling (§1.2, §1.3)."""
+
+    def __init__(self, address_domain: str) -> None:
+        self.domain = address_domain.lower()
+        self._own_ip = _ip_literal(self.domain)
+
+    def _is_own_domain(self, domain: str) -> bool:
+        if domain.lower() == self.domain:
+            return True
+        ip = _ip_literal(domain)
+        if ip is None or self._own_ip is None:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip == self._own_ip
+
+    def local_address(self, text: str) -> str | None:
+        """The canonical form of one of the relay's own addresses, or None."""
+        mailbox = parse_mailbox(text)
+        if mailbox is None or mailbox.domain.lower() != self.domain:
+            return None
+        local = mailbox.local.lower()
+        if not _ACCOUNT_LOCAL.match(local):
+            return None
+        return f"{local}@{self.domain}"
+
+    def outgoing_sender(self, text: str) -> str:
+        """MAIL FROM of a submission: the sender's own address, canonical."""
+        address = self.local_address(text)
+        if address is None:
+            raise invalid_from_address(text)
+        return address
+
+    def outgoing_recipient(self, text: str) -> str:
+        """RCPT TO of a submission: a local address (canonical) or anybody else's."""
+        mailbox = parse_mailbox(text)
+        if mailbox is None:
+            raise invalid_recipient("not in the one address syntax")
+        if self._is_own_domain(mailbox.domain):
+            address = self.local_address(text)
+            if address is None:
+                raise invalid_recipient("not a canonical local address")
+            return address
+        return str(mailbox)
+
+    def incoming_recipient(self, text: str) -> str:
+        """RCPT TO / X-MAIL-TO of mail from a peer: only the relay's own addresses."""
+        address = self.local_address(text)
+        if address is None:
+            raise invalid_recipient("not a canonical local address")
+        return address
+
+    def incoming_sender(self, text: str) -> str:
+        """MAIL FROM / X-MAIL-FROM of mail from a peer: as written, or "" (the null sender)."""
+        mailbox = parse_mailbox(text)
+        return "" if mailbox is None else str(mailbox)
+
+
+__all__ = ["AddressPolicy", "Mailbox", "Reject", "parse_mailbox"]
