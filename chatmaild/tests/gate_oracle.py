@@ -48,7 +48,8 @@ ONCE = frozenset(
 # 2.1 structured MIME fields: RFC 2045 tokens, quoted strings without backslash escapes
 # (STRICT: and of printable ASCII, space and tab only), no comments, OWS around ";" only.
 _TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
-_QUOTED = rb'"[\t\x20\x21\x23-\x5b\x5d-\x7e]*"'
+# no ";" in a quoted value (2.1): some parsers split parameters at every ";"
+_QUOTED = rb'"[\t\x20\x21\x23-\x3a\x3c-\x5b\x5d-\x7e]*"'
 _OWS = rb"[ \t]*"
 _PARAM = _OWS + rb";" + _OWS + _TOKEN + rb"=(?:" + _TOKEN + rb"|" + _QUOTED + rb")"
 _PARAMS = rb"(?P<params>(?:" + _PARAM + rb")*)"
@@ -106,17 +107,21 @@ def _structured(pattern: re.Pattern[bytes], value: bytes) -> MimeType | None:
         attr, val = param["attr"].lower(), param["val"]
         if b"*" in attr or attr in params:  # RFC 2231 forms, a parameter named twice
             return None
+        if re.search(rb"=\?[^?]*\?[bq]\?[^?]*\?=", val, re.IGNORECASE):
+            return None  # an encoded word: some parsers decode it first (2.1)
         params[attr] = val[1:-1] if val.startswith(b'"') else val
     return MimeType(match["type"].lower(), match["sub"].lower(), params)
 
 
 def parse_header(section: bytes) -> Header | None:
     """The header section `section` (its lines with their CRLFs), None if ambiguous (2.1)."""
-    if _SECTION.fullmatch(section) is None:
+    # bounds (2.1): 256 KiB for the section, 64 KiB for a field with its folding
+    if len(section) > 256 * 1024 or _SECTION.fullmatch(section) is None:
         return None
-    fields = tuple(
-        (m["name"].lower(), m["value"].replace(CRLF, b"")) for m in _FIELDS.finditer(section)
-    )
+    found = list(_FIELDS.finditer(section))
+    if any(len(m["value"]) > 64 * 1024 for m in found):
+        return None
+    fields = tuple((m["name"].lower(), m["value"].replace(CRLF, b"")) for m in found)
     names = [name for name, _ in fields]
     if any(names.count(name) > 1 for name in ONCE):
         return None
@@ -395,14 +400,15 @@ def setup_message(header: Header, mail_from: str, rcpts: list[str]) -> bool:
     return _multipart_boundary(header, b"mixed") is not None
 
 
-# From for the delivery report (STRICT, the doc does not say how From is read): one mailbox,
-# either addr-spec or [display-name] "<" addr-spec ">", optionally followed by one comment
-# without nesting; the display name a quoted string without escapes or words of atext.
+# From for the delivery report (2.1, 2.4): one mailbox, either addr-spec or
+# [display-name] "<" addr-spec ">", optionally followed by one comment without nesting; the
+# display name words of atext (with ".", encoded words and UTF-8) or quoted strings.
 _ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LOCAL = _ATEXT + rb"+(?:\." + _ATEXT + rb"+)*"
 _DOMAIN = rb"@[A-Za-z0-9.\-_\[\]:]+"
-_COMMENT = rb"(?:[ \t]*\([\t\x20-\x27\x2a-\x5b\x5d-\x7e]*\))?"
-_DISPLAY = rb"(?:" + _QUOTED + rb"|" + _ATEXT + rb"+(?:[ \t]+" + _ATEXT + rb"+)*)?"
+_COMMENT = rb"(?:[ \t]*\([\t\x20-\x27\x2a-\x5b\x5d-\x7e\x80-\xff]*\))?"
+_PHRASE_WORD = rb'(?:[A-Za-z0-9!#$%&\'*+/=?^_`{|}~.\x80-\xff-]+|"(?:[^"\\\r\n]|\\[^\r\n])*")'
+_DISPLAY = rb"(?:" + _PHRASE_WORD + rb"(?:[ \t]+" + _PHRASE_WORD + rb")*)?"
 _FROM = re.compile(
     rb"[ \t]*(?:(?P<local>"
     + _LOCAL
@@ -418,24 +424,47 @@ _FROM = re.compile(
     + _COMMENT
     + rb"[ \t]*"
 )
+RETURNED = {
+    (b"message", b"rfc822"),
+    (b"text", b"rfc822-headers"),
+    (b"message", b"rfc822-headers"),
+}
 
 
-def delivery_report(header: Header) -> bool:
-    """2.4: a bounce from a mailer-daemon (incoming). The body is not looked at."""
+def delivery_report(header: Header, body: bytes) -> bool:
+    """2.4: a bounce from a mailer-daemon (incoming): RFC 3464's shape, parts' bodies unread."""
     auto = header.get(b"auto-submitted")
-    if auto is None or not auto.strip(b" \t"):  # STRICT: white space alone is empty
+    if auto is None or auto.strip(b" \t").lower() in (b"", b"no"):  # RFC 3834
         return False
     from_ = header.get(b"from")
     match = None if from_ is None else _FROM.fullmatch(from_)
     if match is None or (match["local"] or match["l2"]).lower() != b"mailer-daemon":
         return False
-    return _multipart_boundary(header, b"report") is not None
+    boundary = _multipart_boundary(header, b"report")
+    if boundary is None or header.content_type is None:
+        return False
+    if header.content_type.params.get(b"report-type", b"").lower() != b"delivery-status":
+        return False
+    split = split_multipart(body, boundary)
+    if split is None:
+        return False
+    types = []
+    for part in split[1]:
+        entity = split_entity(part)
+        if entity is None or entity[0].content_type is None:
+            return False
+        types.append((entity[0].content_type.type, entity[0].content_type.sub))
+    first = [(b"text", b"plain"), (b"message", b"delivery-status")]
+    return types[:2] == first and (len(types) == 2 or (len(types) == 3 and types[2] in RETURNED))
 
 
 def well_formed(data: bytes, direction: str, mail_from: str, rcpts: list[str]) -> bool:
     """True iff `data` has one of the shapes of 2.2-2.4 that `direction` allows."""
     if direction not in ("outgoing", "incoming"):
         raise ValueError(direction)
+    # 2.1: lines of at most 998 octets, anywhere in the message
+    if any(len(line) > 998 for line in data.split(CRLF)):
+        return False
     entity = split_entity(data)
     if entity is None:  # ambiguous or no header: cleartext to the gate (2.1)
         return False
@@ -444,4 +473,4 @@ def well_formed(data: bytes, direction: str, mail_from: str, rcpts: list[str]) -
         return True
     if direction == "outgoing":
         return setup_message(header, mail_from, rcpts)
-    return delivery_report(header)
+    return delivery_report(header, body)

@@ -179,3 +179,29 @@ def test_private_reason_names_no_address() -> None:
     with pytest.raises(Reject) as exc:
         RELAY.incoming_recipient('"secretname"@relay.example')
     assert "secretname" not in exc.value.private and "relay" not in exc.value.private
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "[IPv6:fe80::1%eth0]",  # a zone: any text, spaces and `]` included
+        "[IPv6:fe80::1%a] NOTIFY=NEVER",
+        "[IPv6:0:0:0:0:0:0:0:1]",  # not compressed
+        "[IPv6:::FFFF:192.0.2.1]",  # upper case
+        "[ipv6:::1]",  # the tag is written "IPv6:"
+        "[192.0.2.01]",
+    ],
+)
+def test_ip_literals_in_one_spelling_only(literal: str) -> None:
+    assert parse_mailbox(f"carol@{literal}") is None
+
+
+def test_ip_literals_in_their_one_spelling() -> None:
+    for literal in ("[IPv6:::1]", "[IPv6:2001:db8::1]", "[192.0.2.1]"):
+        assert parse_mailbox(f"carol@{literal}") is not None
+
+
+def test_a_letter_that_lowercases_into_ascii_is_no_local_address() -> None:
+    """`\u212a` (the Kelvin sign) lowercases to `k`: not an account character to begin with."""
+    with pytest.raises(Reject):
+        RELAY.incoming_recipient("\u212aelvin@relay.example")

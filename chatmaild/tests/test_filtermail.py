@@ -600,3 +600,24 @@ def test_incoming_gate_with_real_dkim(tmp_path: Path) -> None:
         assert [m[2] for m in sink.messages] == [signed]
     finally:
         loop.stop()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Content-Length: \xa04",  # Python's str.strip() takes these, HTTP's white space not
+        b"Content-Length: 4\x1f",
+    ],
+)
+def test_mxdeliv_strips_only_http_white_space(gate: Ports, header: bytes) -> None:
+    status, _text = raw_request(
+        gate.http, mxdeliv_request([b"X-MAIL-TO: bob@example.org", header], b"abcd")
+    )
+    assert status == 400
+    assert gate.sink.messages == []
+
+
+def test_mxdeliv_recipient_with_other_white_space_is_refused(gate: Ports) -> None:
+    headers = [b"X-MAIL-TO: \xa0bob@example.org\x85", b"Content-Length: %d" % len(ENCRYPTED)]
+    status, text = raw_request(gate.http, mxdeliv_request(headers, ENCRYPTED))
+    assert (status, text) == (400, "553 5.1.3 Invalid recipient address")

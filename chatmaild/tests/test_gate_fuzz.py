@@ -13,17 +13,9 @@ import tomllib
 from typing import Any
 
 import pytest
-from gate_fuzz import (
-    CORPUS,
-    DIRECTIONS,
-    Tally,
-    all_seeds,
-    crc24,
-    gate_verdict,
-    generated_seeds,
-    report,
-    run,
-)
+from gate_fuzz import Tally, gate_verdict, report, run
+from gate_fuzz_openpgp import crc24
+from gate_fuzz_seeds import CORPUS, DIRECTIONS, all_seeds, generated_seeds
 from gate_oracle import ONCE, well_formed
 
 ALICE, BOB = "alice@example.org", "bob@example.org"
@@ -175,7 +167,9 @@ REPORT = (
     HEAD.replace(b"alice@example.org", b"MAILER-DAEMON@peer.example (Mail Delivery System)")
     + b"Auto-Submitted: auto-replied\r\n"
     b'Content-Type: multipart/report; report-type=delivery-status; boundary="B0"\r\n'
-    b"\r\n--B0\r\nContent-Type: text/plain\r\n\r\nbounced\r\n--B0--\r\n"
+    b"\r\n--B0\r\nContent-Type: text/plain\r\n\r\nbounced\r\n"
+    b"--B0\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; peer.example\r\n"
+    b"--B0--\r\n"
 )
 ARMOR_START = b"-----BEGIN PGP MESSAGE-----\r\n\r\n"
 ARMOR_TEXT = armor(STREAM)

@@ -141,7 +141,7 @@ def _gate_raises_only_reject(mail_from: str, rcpts: list[str], data: bytes) -> N
     except Reject as e:
         assert e.code in (500, 523)
     try:
-        envelope = check_incoming(mail_from, rcpts, data, _always_enforces)
+        envelope = check_incoming(mail_from, rcpts, data, _always_enforces).envelope_sender
     except Reject as e:
         assert e.code in (500, 523)
     else:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from chatmaild import openpgp
 from chatmaild.openpgp import decode_armor, is_armored_encrypted_message, is_encrypted_packet_stream
 
 CRLF = b"\r\n"
@@ -223,3 +224,16 @@ def test_decode_armor_never_raises() -> None:
         for allow in (False, True):
             result = decode_armor(bytes(body), allow)
             assert result is None or isinstance(result, bytes | bytearray)
+
+
+@pytest.mark.parametrize("at", range(-3, 4))
+def test_an_empty_line_at_any_window_edge_is_refused(
+    monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    """The base64 lines are judged in windows; an empty line where one starts counts too."""
+    data_lines = GOOD.split(CRLF)[2:-2]
+    window = len(CRLF.join(data_lines[:3])) + 2 + at  # near the start of the fourth line
+    monkeypatch.setattr(openpgp, "WINDOW", window)
+    broken = GOOD.replace(data_lines[3], CRLF + data_lines[3], 1)
+    assert decode_armor(broken, allow_version_header=False) is None
+    assert decode_armor(GOOD, allow_version_header=False) == PAYLOAD

@@ -345,6 +345,23 @@ def test_encrypted_mail_to_the_plain_address_is_delivered(
     assert outcome.mailboxes == ["INBOX"], outcome.describe()
 
 
+def test_the_outer_subject_is_not_stored(postfix: PostfixRelay, account: Account) -> None:
+    """A client shows the outer Subject of a message it cannot decrypt: whatever a peer
+    writes there would be cleartext in the chat. It is stored as `[...]`."""
+    marker = secrets.token_hex(8)
+    data = encrypted(marker, account.addr).replace(b"Subject: [...]", b"Subject: Buy pills", 1)
+    outcome = send_smtp(postfix, f"<{account.addr}>", data)
+    settle(postfix, account, marker, outcome)
+    assert outcome.mailboxes == ["INBOX"], outcome.describe()
+    with imap(postfix, account.addr) as conn:
+        conn.select("INBOX", readonly=True)
+        typ, found = conn.search(None, "HEADER", "Message-ID", marker)
+        assert typ == "OK" and found[0], found
+        typ, fetched = conn.fetch(found[0].split()[-1], "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and isinstance(fetched[0], tuple), fetched
+    assert fetched[0][1].strip() == b"Subject: [...]"
+
+
 def test_cleartext_to_an_account_without_the_file_is_delivered(
     postfix: PostfixRelay, account: Account
 ) -> None:

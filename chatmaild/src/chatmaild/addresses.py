@@ -55,18 +55,21 @@ def _is_dot_string(local: str) -> bool:
     return all(_is_atom(atom) for atom in local.split("."))
 
 
-def _ip_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address of `[a.b.c.d]` or `[IPv6:…]` written in its usual form, else None."""
+def ip_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of `[a.b.c.d]` or `[IPv6:…]` written in its one form (no leading zeros,
+    IPv6 compressed and lowercase, no zone), else None."""
     if not (domain.startswith("[") and domain.endswith("]")):
         return None
     inner = domain[1:-1]
+    text = inner[5:] if inner.startswith("IPv6:") else inner
     try:
-        if inner[:5].lower() == "ipv6:":
-            return ipaddress.IPv6Address(inner[5:])
-        ip = ipaddress.IPv4Address(inner)
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+        ip = ipaddress.IPv6Address(text) if text is not inner else ipaddress.IPv4Address(text)
     except ValueError:
         return None
-    return ip if str(ip) == inner else None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return None  # a zone (`%eth0`) may hold any text
+    return ip if str(ip) == text else None
 
 
 def _is_host_name(domain: str) -> bool:
@@ -84,7 +87,7 @@ def parse_mailbox(text: str) -> Mailbox | None:
     local, at, domain = text.partition("@")
     if not at or not _is_dot_string(local):
         return None
-    if _ip_literal(domain) is None and not _is_host_name(domain):
+    if ip_literal(domain) is None and not _is_host_name(domain):
         return None
     return Mailbox(local, domain)
 
@@ -94,12 +97,12 @@ class AddressPolicy:
 
     def __init__(self, address_domain: str) -> None:
         self.domain = address_domain.lower()
-        self._own_ip = _ip_literal(self.domain)
+        self._own_ip = ip_literal(self.domain)
 
     def _is_own_domain(self, domain: str) -> bool:
         if domain.lower() == self.domain:
             return True
-        ip = _ip_literal(domain)
+        ip = ip_literal(domain)
         if ip is None or self._own_ip is None:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -111,6 +114,8 @@ class AddressPolicy:
         mailbox = parse_mailbox(text)
         if mailbox is None or mailbox.domain.lower() != self.domain:
             return None
+        if not mailbox.local.isascii():
+            return None  # lower() would make `\u212a` (the Kelvin sign) a "k"
         local = mailbox.local.lower()
         if not _ACCOUNT_LOCAL.match(local):
             return None

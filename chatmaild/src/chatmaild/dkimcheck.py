@@ -37,7 +37,6 @@ Choices beyond the spec:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import threading
@@ -53,6 +52,7 @@ from dkim.util import (  # type: ignore[import-untyped]
     parse_tag_value,
 )
 
+from .addresses import ip_literal
 from .smtpreject import no_dkim_signature, no_valid_dkim_signature
 
 __all__ = [
@@ -121,18 +121,9 @@ class DnsTxtResolver:
 
 
 def is_ip_literal(domain: str) -> bool:
-    """True for an RFC 5321 address literal: `[192.0.2.1]` or `[IPv6:2001:db8::1]`."""
-    if not (domain.startswith("[") and domain.endswith("]")):
-        return False
-    inner = domain[1:-1]
-    try:
-        if inner[:5].lower() == "ipv6:":
-            ipaddress.IPv6Address(inner[5:])
-        else:
-            ipaddress.IPv4Address(inner)
-    except ValueError:
-        return False
-    return True
+    """True for an RFC 5321 address literal in its one form: `[192.0.2.1]`, `[IPv6:2001:db8::1]`
+    (doc/encryption-gate.md §1.1); anything else gets the DKIM check."""
+    return ip_literal(domain) is not None
 
 
 def has_dkim_signature(data: bytes) -> bool:

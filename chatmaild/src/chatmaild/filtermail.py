@@ -102,13 +102,12 @@ class IncomingGate:
         return self.addresses.incoming_recipient(rcpt)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        sender = await _judge(
+        verdict = await _judge(
             data, lambda: mailcheck.check_incoming(mail_from, rcpts, data, self.enforces_e2ee)
         )
-        from_domain = mailcheck.from_address(mailcheck.parse_message(data)).rpartition("@")[2]
         # DNS lookups and RSA: off the event loop, so other connections keep moving
-        await asyncio.to_thread(self.verifier.check, data, from_domain)
-        reply = await self.reinjector.deliver(sender, rcpts, data)
+        await asyncio.to_thread(self.verifier.check, data, verdict.from_domain)
+        reply = await self.reinjector.deliver(verdict.envelope_sender, rcpts, data)
         log.info("incoming message passed the gate: %s", reply[:3])
         return reply
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .accounts import ENFORCE_E2EE_FILE
@@ -27,12 +28,13 @@ from .mailshape import (
     is_securejoin_request,
     parse_message,
 )
-from .mimeparse import Entity
+from .mimeparse import Entity, lines_within_limit
 from .smtpreject import Reject, encryption_needed, from_mismatch
 
 _ACCOUNT_NAME = re.compile(r"[a-z0-9._-]+@[^@/\\\x00-\x1f\x7f]+\Z")
 
 __all__ = [
+    "Incoming",
     "Reject",
     "check_incoming",
     "check_outgoing",
@@ -57,19 +59,27 @@ def check_outgoing(mail_from: str, rcpts: list[str], data: bytes) -> None:
     from_addr = from_address(msg)
     if from_addr.lower() != mail_from.lower():
         raise from_mismatch(from_addr, mail_from)
-    if _is_exempt_as_encrypted(msg, outgoing=True):
-        return
-    if is_autocrypt_setup_message(msg, from_addr, rcpts):
-        return
-    raise encryption_needed("outgoing cleartext that no exception allows")
+    exempt = _is_exempt_as_encrypted(msg, outgoing=True) or is_autocrypt_setup_message(
+        msg, from_addr, rcpts
+    )
+    if not (exempt and lines_within_limit(data)):
+        raise encryption_needed("outgoing cleartext that no exception allows")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What an accepted message from a peer is re-injected with, and checked against."""
+
+    envelope_sender: str  # MAIL FROM, or "" for <>
+    from_domain: str  # for the DKIM origin check
 
 
 def check_incoming(
     mail_from: str, rcpts: list[str], data: bytes, enforces_e2ee: Callable[[str], bool]
-) -> str:
+) -> Incoming:
     """Accept mail from a peer, or raise `Reject` (doc §2, §3; not the DKIM check).
 
-    Returns the envelope sender for re-injection: MAIL FROM when it equals the From address
+    The envelope sender for re-injection is MAIL FROM when it equals the From address
     (ignoring case), else "" for `<>`: SRS forwarders keep working, and nobody bounces to a
     forged sender. `enforces_e2ee(rcpt)` says whether a recipient refuses cleartext; it is
     asked only for cleartext, and only until the first recipient that does.
@@ -78,9 +88,10 @@ def check_incoming(
     from_addr = from_address(msg)
     envelope_sender = mail_from if mail_from.lower() == from_addr.lower() else ""
     exempt = _is_exempt_as_encrypted(msg, outgoing=False) or is_mailer_daemon_report(msg, from_addr)
+    exempt = exempt and lines_within_limit(data)
     if not exempt and any(enforces_e2ee(rcpt) for rcpt in rcpts):
         raise encryption_needed("incoming cleartext for a recipient that enforces encryption")
-    return envelope_sender
+    return Incoming(envelope_sender, from_addr.rpartition("@")[2])
 
 
 def _is_exempt_as_encrypted(msg: Entity, outgoing: bool) -> bool:

@@ -13,8 +13,6 @@ The verdicts that combine them live in `mailcheck`.
 
 from __future__ import annotations
 
-import email.errors
-import email.policy
 import re
 
 from . import openpgp
@@ -31,7 +29,6 @@ from .mimeparse import (
     parse_token_field,
     read_entity,
     split_multipart,
-    strip_blank_lines,
 )
 from .smtpreject import invalid_from_header, parse_failed
 
@@ -39,39 +36,31 @@ SECUREJOIN_STEPS = frozenset({"vc-request", "vg-request"})
 SECUREJOIN_BODIES = frozenset({f"secure-join: {step}".encode() for step in SECUREJOIN_STEPS})
 AUTOCRYPT_SETUP_SUBJECT = "Autocrypt Setup Message"
 MAILER_DAEMON_LOCALPART = "mailer-daemon"
+# The third part of a delivery report: the returned message, or its header (RFC 3462, 6522)
+RETURNED_MESSAGE_TYPES = frozenset(
+    {"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"}
+)
 # The one preamble text a real OpenPGP mailer writes (Thunderbird, and others after it).
 OPENPGP_PREAMBLE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"
 PART_FIELDS = frozenset(
     {"content-type", "content-transfer-encoding", "content-description", "content-disposition"}
 )
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit"})
-# Characters that never belong in the bare address we compare and report: whitespace and
-# controls, and the delimiters of the RFC 5322 address syntax around an address. (`:` may
-# appear, in an IPv6 domain literal.)
-_NOT_IN_ADDRESS = frozenset('\x7f<>,;"()\\') | frozenset(map(chr, range(0x21)))
-
-# The From field of a delivery report, in the forms mail systems write (doc §2.4): the
-# address, or a display name (atoms or one quoted string) and the address in brackets; then
-# at most one comment, not nested.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_BARE_ADDRESS = r"[^\s<>()\[\]\",;:\\@]+@(?:[^\s<>()\[\]\",;:\\@]+|\[[0-9A-Za-z.:]+\])"
-_DISPLAY_NAME = rf'"[\x20\x21\x23-\x5b\x5d-\x7e]*"|{_ATOM}(?:[ \t]+{_ATOM})*'
-_COMMENT = r"\([\t\x20-\x27\x2a-\x5b\x5d-\x7e]*\)"
-_REPORT_FROM = re.compile(
-    rf"[ \t]*(?:(?P<bare>{_BARE_ADDRESS})"
-    rf"|(?:{_DISPLAY_NAME})?[ \t]*<(?P<bracketed>{_BARE_ADDRESS})>)"
+# The From field, in the forms mail programs write (doc §2.1): the address alone, or an
+# optional display name and the address in angle brackets, then at most one comment, not
+# nested. Words of the display name are atoms (with ".", RFC 2047 encoded words and UTF-8
+# among them, RFC 6532) or quoted strings. One linear regular expression: no group syntax,
+# no list, and no reading of one field two ways (Python's RFC 5322 parser takes the first
+# address in `a@b <c@d>`, a mail client the second).
+_WORD = r'(?:[^\s"<>()\[\]\\,;:@]+|"(?:[^"\\\r\n]|\\[^\r\n])*")'
+_ADDR = r'[^\s"<>()\[\]\\,;:@]+@(?:[^\s"<>()\[\]\\,;:@]+|\[[^\s\[\]\\]+\])'
+_COMMENT = r"\([^()\\\r\n]*\)"
+_FROM = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_ADDR})|(?:{_WORD}(?:[ \t]+{_WORD})*)?[ \t]*<(?P<bracketed>{_ADDR})>)"
     rf"(?:[ \t]*{_COMMENT})?[ \t]*\Z"
 )
-
-# What the email package's address parser may raise on hostile input.
-_ADDRESS_PARSE_ERRORS = (
-    ValueError,
-    LookupError,
-    TypeError,
-    AttributeError,
-    RecursionError,
-    email.errors.HeaderParseError,
-)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+MAX_FROM = 2000  # characters of a From field: a display name is never longer
 
 
 def parse_message(data: bytes) -> Entity:
@@ -83,10 +72,12 @@ def parse_message(data: bytes) -> Entity:
 
 
 def from_address(msg: Entity) -> str:
-    """The one address of the one From header; Reject 500 `Invalid FROM header: ...` otherwise.
+    """The one address of the one From field; Reject 500 `Invalid FROM header: ...` otherwise.
 
     Stricter than RFC 5322 needs for reading, as spoofing needs exactly these: more than one
-    From field, and more than one address in it, are refused.
+    From field, more than one address in it, and forms other than those of `_FROM` (a group,
+    nested comments, an address before the angle brackets) are refused. The address itself
+    is in the one syntax of envelope addresses (doc §1.1).
     """
     fields = msg.all("from")
     if not fields:
@@ -94,36 +85,33 @@ def from_address(msg: Entity) -> str:
     if len(fields) > 1:
         raise invalid_from_header("more than one From header")
     try:
-        # 8-bit header bytes arrive as surrogate escapes; only UTF-8 (RFC 6532) is accepted.
+        # 8-bit header bytes are read as UTF-8 (RFC 6532), nothing else
         text = fields[0].value.replace(CRLF, b"").decode("utf-8")
     except UnicodeError:
         raise invalid_from_header("not UTF-8") from None
-    try:
-        # The RFC 5322 parser of email.headerregistry, not email.utils.getaddresses: the
-        # latter's strict mode (Debian's fix for CVE-2023-27043) drops domain literals such
-        # as user@[192.0.2.1], the addresses of IPv4 relays.
-        header = email.policy.default.header_factory("From", text)
-        addresses = [str(a.addr_spec) for a in header.addresses if a.addr_spec]
-    except _ADDRESS_PARSE_ERRORS:
-        raise invalid_from_header("unparsable") from None
-    if not addresses:
+    if not text.strip(" \t"):
         raise invalid_from_header("no address")
-    if len(addresses) > 1:
-        raise invalid_from_header("more than one address")
-    addr = addresses[0]
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain or "@" in local or _NOT_IN_ADDRESS & set(addr):
+    written = _FROM.match(text) if len(text) <= MAX_FROM else None
+    if written is None:
+        if "," in _QUOTED.sub("", text):
+            raise invalid_from_header("more than one address")
+        raise invalid_from_header("malformed address")
+    addr = written["bare"] or written["bracketed"]
+    if parse_mailbox(addr) is None:
         raise invalid_from_header("malformed address")
     return addr
 
 
 def _content_type(entity: Entity) -> ContentType | None:
     """The Content-Type of an entity whose header section has one reading, else None. A
-    Content-Disposition, if there is one, must be readable too."""
+    Content-Disposition and a Content-Transfer-Encoding, if there, must be readable too."""
     if entity.problem is not None:
         return None
     disposition = entity.get("content-disposition")
     if disposition is not None and parse_disposition(disposition) is None:
+        return None
+    encoding = entity.get("content-transfer-encoding")
+    if encoding is not None and parse_token_field(encoding) is None:
         return None
     return parse_content_type(entity.get("content-type"))
 
@@ -142,15 +130,18 @@ def _multipart(msg: Entity, subtype: str) -> ContentType | None:
     return ctype if is_boundary(ctype.params.get("boundary")) else None
 
 
-def _leaf_parts(msg: Entity, ctype: ContentType, preamble: bytes = b"") -> list[Entity] | None:
+def _leaf_parts(
+    msg: Entity, ctype: ContentType, max_parts: int, preamble: bytes = b""
+) -> list[Entity] | None:
     """The parts of a multipart message with a blank preamble (or `preamble` among blank
     lines) and epilogue, each with only PART_FIELDS; None if anything else."""
-    multipart = split_multipart(msg, ctype.params["boundary"])
+    multipart = split_multipart(msg, ctype.params["boundary"], max_parts)
     if multipart is None or not only_blank_lines(multipart.epilogue):
         return None
-    if strip_blank_lines(multipart.preamble) not in (b"", preamble or b""):
-        return None
     if has_bare_newline(multipart.preamble):
+        return None
+    # without a bare CR or LF, strip() takes whole CRLFs only
+    if multipart.preamble.strip(b"\r\n") not in (b"", preamble or b""):
         return None
     parts = [read_entity(msg.data, start, end) for start, end in multipart.parts]
     for part in parts:
@@ -176,7 +167,7 @@ def is_encrypted(msg: Entity, outgoing: bool) -> bool:
         "application/pgp-encrypted"
     ):
         return False
-    parts = _leaf_parts(msg, ctype, preamble=OPENPGP_PREAMBLE)
+    parts = _leaf_parts(msg, ctype, 2, preamble=OPENPGP_PREAMBLE)
     if parts is None or len(parts) != 2:
         return False
     control, data = parts
@@ -208,7 +199,7 @@ def is_securejoin_request(msg: Entity) -> bool:
     ctype = _multipart(msg, "mixed")
     if ctype is None:
         return False
-    parts = _leaf_parts(msg, ctype)
+    parts = _leaf_parts(msg, ctype, 1)
     if parts is None or len(parts) != 1:
         return False
     (part,) = parts
@@ -235,19 +226,29 @@ def is_autocrypt_setup_message(msg: Entity, from_addr: str, rcpts: list[str]) ->
 
 
 def is_mailer_daemon_report(msg: Entity, from_addr: str) -> bool:
-    """A cleartext delivery report from a mail system (§2.4), e.g. a peer's bounce.
-
-    Its From field must be in one of the simple forms mail systems write, naming `from_addr`
-    in the one address syntax: a bounce is the one cleartext that comes from anybody.
-    """
+    """A cleartext delivery report from a mail system (§2.4), e.g. a peer's bounce: an
+    `Auto-Submitted` other than `no` (RFC 3834), From `mailer-daemon@…`, and a
+    `multipart/report; report-type=delivery-status` (RFC 3464) of the notice for people, the
+    machine-readable status and, optionally, the returned message or its header."""
     auto_submitted = msg.get("auto-submitted")
-    if auto_submitted is None or not auto_submitted.text():
+    if auto_submitted is None or auto_submitted.text().lower() in ("", "no"):
         return False
     local, _at, _domain = from_addr.rpartition("@")
-    if local.lower() != MAILER_DAEMON_LOCALPART or parse_mailbox(from_addr) is None:
+    if local.lower() != MAILER_DAEMON_LOCALPART:
         return False
-    from_field = msg.get("from")
-    written = _REPORT_FROM.match(from_field.text()) if from_field is not None else None
-    if written is None or (written["bare"] or written["bracketed"]) != from_addr:
+    ctype = _multipart(msg, "report")
+    if ctype is None or ctype.params.get("report-type", "").lower() != "delivery-status":
         return False
-    return _multipart(msg, "report") is not None
+    multipart = split_multipart(msg, ctype.params["boundary"], max_parts=3)
+    # a preamble of text is allowed: Postfix writes "This is a MIME-encapsulated message."
+    if multipart is None or len(multipart.parts) < 2 or not only_blank_lines(multipart.epilogue):
+        return False
+    types = []
+    for start, end in multipart.parts:
+        part_type = _content_type(read_entity(msg.data, start, end))
+        if part_type is None:
+            return False
+        types.append(part_type.type)
+    return types[:2] == ["text/plain", "message/delivery-status"] and (
+        len(types) == 2 or types[2] in RETURNED_MESSAGE_TYPES
+    )

@@ -15,6 +15,7 @@ MIME level.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
@@ -49,11 +50,24 @@ SINGLE_FIELDS = frozenset(
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
 # RFC 2045 §5.1: token = 1*<any US-ASCII CHAR except SPACE, CTLs, or tspecials>
 _TOKEN = r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+"  # noqa: S105 (a pattern, not a password)
-_PARAM = re.compile(rf'[ \t]*;[ \t]*({_TOKEN})=(?:({_TOKEN})|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")')
+# A quoted value holds no `;` (some parsers split parameters at every `;`, quoted or not)
+# and no `"` or `\` (no quoted pairs); an RFC 2047 encoded word in it is refused below.
+_QUOTED = r'"([\x20\x21\x23-\x3a\x3c-\x5b\x5d-\x7e]*)"'
+_PARAM = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})=(?:({_TOKEN})|{_QUOTED})")
 _TYPE = re.compile(rf"[ \t]*({_TOKEN})/({_TOKEN})")
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[BbQq]\?[^?]*\?=")
 _TRAILER = re.compile(r"[ \t]*(?:;[ \t]*)?\Z")
 # RFC 2046 §5.1.1 bcharsnospace; a boundary may also hold spaces, but not at its end.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")
+
+
+# Bounds of a header section (doc §2.1): Postfix cuts a header field at header_size_limit
+# (100 KB), and what a parser of ours reads must not cost more than a small multiple of it.
+MAX_HEADER_SECTION = 256 * 1024
+MAX_FIELD = 64 * 1024
+# RFC 5322 §2.1.1: 998 octets per line. Postfix breaks longer lines (CRLF and a space) when
+# it delivers: the mailbox would hold other bytes than the gate judged.
+MAX_LINE = 998
 
 
 def has_bare_newline(data: bytes, start: int = 0, end: int | None = None) -> bool:
@@ -66,14 +80,24 @@ def has_bare_newline(data: bytes, start: int = 0, end: int | None = None) -> boo
 def crlf_only(data: bytes, window: int = 1 << 18) -> bool:
     """Whether every CR and LF in `data` is part of a CRLF. Judged a window of whole lines at a
     time, so that a thread doing this for a 25 MB message lets the others run meanwhile."""
+    return all(_windows_ok(data, window, max_line=None))
+
+
+def lines_within_limit(data: bytes, window: int = 1 << 18) -> bool:
+    """Whether `data` has only CRLF line ends and no line over `MAX_LINE` octets; judged a
+    window at a time like `crlf_only`."""
+    return all(_windows_ok(data, window, max_line=MAX_LINE))
+
+
+def _windows_ok(data: bytes, window: int, max_line: int | None) -> Iterator[bool]:
     pos, end = 0, len(data)
     while pos < end:
         stop = data.find(b"\n", min(pos + window, end) - 1) + 1 or end  # just after an LF
         pairs = data.count(CRLF, pos, stop)
-        if data.count(b"\r", pos, stop) != pairs or data.count(b"\n", pos, stop) != pairs:
-            return False
+        yield data.count(b"\r", pos, stop) == pairs and data.count(b"\n", pos, stop) == pairs
+        if max_line is not None:
+            yield max(map(len, data[pos:stop].split(b"\n"))) <= max_line + 1  # with its CR
         pos = stop
-    return True
 
 
 @dataclass(frozen=True)
@@ -113,7 +137,9 @@ def read_entity(data: bytes, start: int = 0, end: int | None = None) -> Entity:
     end = len(data) if end is None else end
     if data.startswith(CRLF, start):
         return Entity(data, (), start + 2, end, None)
-    blank = data.find(CRLF + CRLF, start, end)
+    blank = data.find(CRLF + CRLF, start, min(end, start + MAX_HEADER_SECTION + 2))
+    if blank < 0 and end - start > MAX_HEADER_SECTION:
+        return Entity(data, (), end, end, "header section over its bound")
     header_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
     fields, problem = _read_fields(data[start:header_end])
     if blank < 0:
@@ -149,6 +175,8 @@ def _read_fields(header: bytes) -> tuple[list[Field], str | None]:
         names.append(raw_name.decode("ascii").lower())
         values.append([value])
     fields = [Field(n, CRLF.join(v)) for n, v in zip(names, values, strict=True)]
+    if any(len(f.value) > MAX_FIELD for f in fields):
+        problem = problem or "a header field over its bound"
     seen: set[str] = set()
     for name in names:
         if name in SINGLE_FIELDS and name in seen:
@@ -186,7 +214,10 @@ def parse_content_type(field: Field | None) -> ContentType | None:
         name = p.group(1).lower()
         if "*" in name or name in params:
             return None
-        params[name] = p.group(2) if p.group(2) is not None else p.group(3)
+        value = p.group(2) if p.group(2) is not None else p.group(3)
+        if _ENCODED_WORD.search(value):
+            return None  # some parsers decode an RFC 2047 encoded word first
+        params[name] = value
         pos = p.end()
     if not _TRAILER.match(text, pos):
         return None
@@ -231,12 +262,13 @@ def is_boundary(value: str | None) -> bool:
     return value is not None and _BOUNDARY.match(value) is not None
 
 
-def split_multipart(entity: Entity, boundary: str) -> Multipart | None:
+def split_multipart(entity: Entity, boundary: str, max_parts: int) -> Multipart | None:
     """The parts of a multipart body (RFC 2046 §5.1.1); None unless there is one reading only.
 
     A delimiter line is exactly `--boundary` (no transport padding), the close delimiter
     exactly `--boundary--`; any other line starting with `--boundary` makes the body
-    unreadable, as does a missing close delimiter (recovering from it is a guess).
+    unreadable, as does a missing close delimiter (recovering from it is a guess). More than
+    `max_parts` parts is None too, found without reading further.
     """
     if not is_boundary(boundary):
         return None
@@ -250,6 +282,8 @@ def split_multipart(entity: Entity, boundary: str) -> Multipart | None:
     while (pos := data.find(CRLF + dash, pos, end)) >= 0:
         starts.append(pos + 2)
         pos += 2
+        if len(starts) > max_parts + 1:  # the delimiters of max_parts, and the close one
+            return None
     if not starts:
         return None
     parts: list[tuple[int, int]] = []
@@ -278,12 +312,3 @@ def split_multipart(entity: Entity, boundary: str) -> Multipart | None:
 def only_blank_lines(text: bytes) -> bool:
     """Whether `text` is nothing but CRLFs."""
     return text.replace(CRLF, b"") == b""
-
-
-def strip_blank_lines(text: bytes) -> bytes:
-    """`text` without the CRLFs (whole line ends only) at its start and end."""
-    while text.startswith(CRLF):
-        text = text[2:]
-    while text.endswith(CRLF):
-        text = text[:-2]
-    return text

@@ -66,7 +66,7 @@ def parse_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
             raise BadRequest(400, "malformed header line")
-        headers.append((name.lower(), value.strip()))
+        headers.append((name.lower(), value.strip(" \t")))  # HTTP's optional white space
     return parts[0], parts[1].split("?", 1)[0], headers
 
 

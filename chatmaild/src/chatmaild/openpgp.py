@@ -121,7 +121,9 @@ def _decode_base64_lines(body: bytes, start: int, end: int) -> bytes | None:
     while pos < end:
         stop = body.find(_CRLF, min(pos + WINDOW, end) - 2, end) + 2  # after a whole line
         window = body[pos:stop]
-        if window.count(b"\r") != window.count(b"\n") or _CRLF + _CRLF in window:
+        if window.startswith(_CRLF) or _CRLF + _CRLF in window:
+            return None  # an empty line, within the window or where it starts
+        if window.count(b"\r") != window.count(b"\n"):
             return None
         text = carry + window.replace(_CRLF, b"")
         if len(text) != len(carry) + len(window) - 2 * window.count(_CRLF):

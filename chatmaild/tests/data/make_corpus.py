@@ -1,12 +1,14 @@
 """Write the filtermail test corpus: tests/data/mail/*.eml and tests/data/mail/verdicts.toml.
 
-    venv/bin/python chatmaild/tests/data/make_corpus.py      # needs GnuPG (`gpg`) on PATH
+    venv/bin/python chatmaild/tests/data/make_corpus.py          # keeps GnuPG's armors
+    venv/bin/python chatmaild/tests/data/make_corpus.py --fresh  # new keys; needs `gpg`
 
 The valid PGP/MIME messages are made by real GnuPG with fresh keys in a temporary GNUPGHOME;
 the near-misses are derived from them by editing armor, MIME structure or the packet stream
 (re-armored with a correct CRC24, so each file breaks exactly one rule). The output is
-committed, so the tests need no gpg. Running this again replaces every encrypted file (new
-keys, new session keys) but must not change a single verdict.
+committed, so the tests need no gpg. Run again, it takes GnuPG's armors from the committed
+files, so only the files of changed cases change; with `--fresh` it replaces every encrypted
+file (new keys, new session keys), which must not change a single verdict.
 
 Everything is CRLF, as SMTP DATA is, unless a file's name says otherwise.
 """
@@ -18,11 +20,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 OUT = Path(__file__).parent / "mail"
 ALICE = "alice@example.org"  # the sender, unless a case says otherwise
@@ -268,14 +272,37 @@ def with_preamble(message_text: str, preamble: str) -> str:
 PLAINTEXT = ("Content-Type: text/plain; charset=utf-8" + CRLF + CRLF + "Hi Bob!" + CRLF).encode()
 
 
-def build_encrypted(home: Path) -> str:
-    """Make keys, add the GnuPG-made valid cases; return the one-recipient armor to derive from."""
+class Armorer(Protocol):
+    def __call__(self, case: str, *args: str, stdin: bytes, passphrase: str = "") -> str:
+        """The armor GnuPG writes with `args` for the case `case`."""
+
+
+def gnupg_armorer(home: Path) -> Armorer:
+    """GnuPG with fresh keys for Bob and Carol."""
     gpg(home, "--quick-gen-key", f"Bob <{BOB}>", "future-default", "default", "never")
     gpg(home, "--quick-gen-key", f"Carol <{CAROL}>", "rsa2048", "sign,encr", "never")
+
+    def armor(case: str, *args: str, stdin: bytes, passphrase: str = "") -> str:
+        return armored(home, *args, stdin=stdin, passphrase=passphrase)
+
+    return armor
+
+
+def kept_armor(case: str, *args: str, stdin: bytes, passphrase: str = "") -> str:
+    """The armor GnuPG wrote last time, from the case's file: the corpus changes only where
+    its cases change."""
+    text = (OUT / f"{case}.eml").read_bytes().decode("ascii")
+    start = text.index("-----BEGIN PGP MESSAGE-----")
+    end = text.index("-----END PGP MESSAGE-----") + len("-----END PGP MESSAGE-----")
+    return text[start:end]
+
+
+def build_encrypted(armored: Armorer) -> str:
+    """Add the GnuPG-made valid cases; return the one-recipient armor to derive from."""
     to_bob = ("--encrypt", "--recipient", BOB)
-    bob = armored(home, *to_bob, stdin=PLAINTEXT)
+    bob = armored("enc-bob", *to_bob, stdin=PLAINTEXT)
     add("enc-bob", encrypted(bob), "GnuPG, one X25519 recipient: PKESK, SEIPD", ACCEPT, ACCEPT)
-    both = armored(home, *to_bob, "--recipient", CAROL, stdin=PLAINTEXT)
+    both = armored("enc-bob-carol", *to_bob, "--recipient", CAROL, stdin=PLAINTEXT)
     add(
         "enc-bob-carol",
         encrypted(both),
@@ -284,9 +311,11 @@ def build_encrypted(home: Path) -> str:
         ACCEPT,
         rcpts=[BOB, CAROL],
     )
-    sym = armored(home, "--symmetric", stdin=PLAINTEXT, passphrase="corpus")
+    sym = armored("enc-symmetric", "--symmetric", stdin=PLAINTEXT, passphrase="corpus")
     add("enc-symmetric", encrypted(sym), "GnuPG --symmetric: SKESK, SEIPD", ACCEPT, ACCEPT)
-    mixed = armored(home, "--symmetric", *to_bob, stdin=PLAINTEXT, passphrase="corpus")
+    mixed = armored(
+        "enc-symmetric-and-bob", "--symmetric", *to_bob, stdin=PLAINTEXT, passphrase="corpus"
+    )
     add(
         "enc-symmetric-and-bob",
         encrypted(mixed),
@@ -295,7 +324,9 @@ def build_encrypted(home: Path) -> str:
         ACCEPT,
     )
     # Random bytes do not compress, and from a pipe gpg does not know the size: partial lengths.
-    large = armored(home, *to_bob, "--compress-algo", "none", stdin=os.urandom(20000))
+    large = armored(
+        "enc-large-partial", *to_bob, "--compress-algo", "none", stdin=os.urandom(20000)
+    )
     assert any(224 <= b < 255 for b in dearmor(large)[96:100]), "expected a partial length"
     add(
         "enc-large-partial",
@@ -306,14 +337,14 @@ def build_encrypted(home: Path) -> str:
     )
     add(
         "pkt-store-only",
-        encrypted(armored(home, "--store", stdin=PLAINTEXT)),
+        encrypted(armored("pkt-store-only", "--store", stdin=PLAINTEXT)),
         "GnuPG --store: one compressed packet (old format, indeterminate length), no encryption",
         523,
         523,
     )
     add(
         "pkt-signed-only",
-        encrypted(armored(home, "--sign", "--local-user", BOB, stdin=PLAINTEXT)),
+        encrypted(armored("pkt-signed-only", "--sign", "--local-user", BOB, stdin=PLAINTEXT)),
         "GnuPG --sign: signed but not encrypted",
         523,
         523,
@@ -889,9 +920,48 @@ def build_reports() -> None:
             "From local part mailer-daemon-x",
         ),
         ("report-text-plain", report(daemon, "auto-replied", "text/plain"), "text/plain"),
+        ("report-auto-submitted-no", report(daemon, "no"), "Auto-Submitted: no (RFC 3834)"),
+        (
+            "report-mdn-from-daemon",
+            report(daemon, "auto-replied").replace("delivery-status", "disposition-notification"),
+            "a read receipt (report-type=disposition-notification), not a delivery report",
+        ),
+        (
+            "report-one-part",
+            report(daemon, "auto-replied").replace("--XbOuNdArYx\r\nContent-Type: message", "X"),
+            "no message/delivery-status part",
+        ),
+        (
+            "report-extra-part",
+            report(daemon, "auto-replied").replace(
+                "--XbOuNdArYx--",
+                "--XbOuNdArYx\r\nContent-Type: image/png\r\n\r\nPNG\r\n--XbOuNdArYx--",
+            ),
+            "an image after the status: a client would show it",
+        ),
+        (
+            "report-from-two-readings",
+            report(f"{PEER_DAEMON} <mallory@peer.example>", "auto-replied"),
+            "From with an address before the angle brackets",
+        ),
     ]
     for name, data, about in near:
-        add(name, data, about, None, 523, **bounce)
+        add(name, data, about, None, 500 if "two-readings" in name else 523, **bounce)
+    postfix_bounce = report(daemon, "auto-replied").replace(
+        '"XbOuNdArYx"\r\n\r\n', '"XbOuNdArYx"\r\n\r\nThis is a MIME-encapsulated message.\r\n\r\n'
+    )
+    postfix_bounce = postfix_bounce.replace(
+        "--XbOuNdArYx--",
+        "--XbOuNdArYx\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: x\r\n--XbOuNdArYx--",
+    )
+    add(
+        "report-postfix-bounce",
+        postfix_bounce,
+        "as Postfix writes it: a preamble, and the returned header as a third part",
+        None,
+        ACCEPT,
+        **bounce,
+    )
     mdn = report(ALICE, "auto-replied").replace("delivery-status", "disposition-notification")
     add("report-unencrypted-mdn", mdn, "a cleartext read receipt from a user", 523, 523)
 
@@ -957,6 +1027,16 @@ def build_malformed(bob: str) -> None:
         ),
         ("from-two-at", without_from([("From", "alice@evil@example.org")]), "two @ in From"),
         (
+            "from-two-readings",
+            without_from([("From", f"{ALICE} <ceo@bank.example>")]),
+            "an address before the angle brackets: parsers differ in which one is From",
+        ),
+        (
+            "from-group",
+            without_from([("From", f"alice:{ALICE};")]),
+            "a group in From",
+        ),
+        (
             "from-8bit-latin1",
             encrypted(bob).replace(f"From: {ALICE}", f"From: Al\udce9ice <{ALICE}>"),
             "From with a non-UTF-8 byte",
@@ -975,6 +1055,12 @@ def build_one_reading(bob: str) -> None:
     crc, end = lines[-2], lines[-1]
     good = encrypted(bob)
     top = "Content-Type: " + ENCRYPTED_TYPE + CRLF
+    (_, pkesk), (_, seipd) = split_packets(dearmor(bob))
+    long_armor = armor(new_packet(1, pkesk) + new_packet(18, seipd + bytes(900)))
+    long_lines = long_armor.split(CRLF)  # BEGIN, "", data..., =CRC, END
+    add(
+        "enc-long-seipd", encrypted(long_armor), "a SEIPD of 1 kB in 64-octet lines", ACCEPT, ACCEPT
+    )
     control_ct = "Content-Type: application/pgp-encrypted" + CRLF
     secret = "Meet me at the old mill at midnight."
     cases: list[tuple[str, str, str]] = [
@@ -1134,6 +1220,28 @@ def build_one_reading(bob: str) -> None:
             ),
             "protocol= names another protocol",
         ),
+        (
+            "shape-param-semicolon",
+            good.replace(
+                'boundary="XbOuNdArYx"', 'boundary="XbOuNdArYx"; x="a; boundary=EVIL; y=b"', 1
+            ),
+            "a `;` in a quoted value: some parsers split there and find a second boundary",
+        ),
+        (
+            "shape-param-encoded-word",
+            good.replace('boundary="XbOuNdArYx"', 'boundary="XbOuNdArYx"; x="=?utf-8?q?a?="', 1),
+            "an RFC 2047 encoded word in a parameter value: some parsers decode it first",
+        ),
+        (
+            "shape-long-line",
+            encrypted(CRLF.join([*long_lines[:2], "".join(long_lines[2:-2]), *long_lines[-2:]])),
+            "the base64 as one line of over 998 octets: Postfix would break it when it delivers",
+        ),
+        (
+            "shape-long-header-field",
+            good.replace("Subject: [...]" + CRLF, "X-Long: " + "x " * 35000 + CRLF, 1),
+            "a header field of 70 kB: Postfix would cut it",
+        ),
     ]
     for name, data, about in cases:
         add(name, data, about, 523, 523)
@@ -1233,8 +1341,11 @@ def manifest() -> str:
 
 
 def main() -> None:
-    with gnupg_home() as home:
-        bob = build_encrypted(home)
+    if "--fresh" in sys.argv[1:] or not (OUT / "enc-bob.eml").exists():
+        with gnupg_home() as home:
+            bob = build_encrypted(gnupg_armorer(home))
+    else:
+        bob = build_encrypted(kept_armor)
     build_valid_variants(bob)
     build_mime_near_misses(bob)
     build_armor_near_misses(bob)
