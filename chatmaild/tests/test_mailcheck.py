@@ -265,6 +265,8 @@ def test_subject_and_addresses_not_in_private_reason() -> None:
         (b"From: undisclosed: ;", "Invalid FROM header: malformed address"),
         (b"From: a@[ ", "Invalid FROM header: malformed address"),  # crashed CPython's parser
         (b"From: a@b.example (c (nested) d)", "Invalid FROM header: malformed address"),
+        (b"From: System\x7f <a@b.example>", "Invalid FROM header: malformed address"),
+        (b"From: a@b.example (Mail \x13ystem)", "Invalid FROM header: malformed address"),
         (b"From: " + b"," * 80000 + b"a@x.example", "Invalid FROM header: more than one address"),
         (b'From: "Smith, J. \\"Jo\\"" <j@x.example>', "j@x.example"),
         (b"From: J. R. Smith <j@x.example>", "j@x.example"),

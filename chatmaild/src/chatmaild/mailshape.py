@@ -52,9 +52,11 @@ _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit"})
 # among them, RFC 6532) or quoted strings. One linear regular expression: no group syntax,
 # no list, and no reading of one field two ways (Python's RFC 5322 parser takes the first
 # address in `a@b <c@d>`, a mail client the second).
-_WORD = r'(?:[^\s"<>()\[\]\\,;:@]+|"(?:[^"\\\r\n]|\\[^\r\n])*")'
-_ADDR = r'[^\s"<>()\[\]\\,;:@]+@(?:[^\s"<>()\[\]\\,;:@]+|\[[^\s\[\]\\]+\])'
-_COMMENT = r"\([^()\\\r\n]*\)"
+_CONTROL = r"\x00-\x1f\x7f-\x9f"  # no control character anywhere in the field
+_ATOM_CHAR = rf'[^\s"<>()\[\]\\,;:@{_CONTROL}]'
+_WORD = rf'(?:{_ATOM_CHAR}+|"(?:[^"\\{_CONTROL}]|\\[^{_CONTROL}])*")'
+_ADDR = rf"{_ATOM_CHAR}+@(?:{_ATOM_CHAR}+|\[[^\s\[\]\\{_CONTROL}]+\])"
+_COMMENT = rf"\([^()\\{_CONTROL}]*\)"
 _FROM = re.compile(
     rf"[ \t]*(?:(?P<bare>{_ADDR})|(?:{_WORD}(?:[ \t]+{_WORD})*)?[ \t]*<(?P<bracketed>{_ADDR})>)"
     rf"(?:[ \t]*{_COMMENT})?[ \t]*\Z"
