@@ -27,7 +27,7 @@ from fakepush import FakePushServer, running_fake_push
 
 import chatmaild
 from chatmaild.config import read_config
-from cmdeploy.dovecot import chatmail_conf, dovecot_files
+from cmdeploy.dovecot import chatmail_conf, dovecot_files, plugin
 from cmdeploy.layout import Layout
 
 TEST_ENVIRONMENT = """\
@@ -36,6 +36,8 @@ base_dir = {base}/run
 state_dir = {base}/state
 instance_name = chatmail-test-{port}
 log_path = {base}/dovecot.log
+# Debian's plugins and chatmail_notify, built for this instance (build_plugins below)
+mail_plugin_dir = {base}/modules
 protocols = imap lmtp
 listen = 127.0.0.1
 ssl = no
@@ -192,6 +194,24 @@ def _vmail_dir(path: Path, vmail: pwd.struct_passwd) -> Path:
     return path
 
 
+def build_plugins(base: Path) -> Path:
+    """`base/modules`: Debian's Dovecot plugins, and chatmail_notify compiled as a relay's
+    deploy compiles it (needs gcc and dovecot-dev, which scripts/test installs)."""
+    modules = base / "modules"
+    modules.mkdir()
+    for module in Path(plugin.MODULE_DIR).iterdir():
+        (modules / module.name).symlink_to(module)
+    source = base / plugin.SOURCE
+    source.write_text(plugin.source())
+    subprocess.run(
+        plugin.build_command(str(source), str(modules / plugin.MODULE)),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return modules
+
+
 def _write_config(relay: Relay, static_password_hash: str | None) -> None:
     environment = TEST_ENVIRONMENT.format(base=relay.base, port=relay.imap_port)
     if static_password_hash is not None:
@@ -221,9 +241,13 @@ def _write_config(relay: Relay, static_password_hash: str | None) -> None:
 
 @contextlib.contextmanager
 def running_relay(
-    static_password_hash: str | None = None, extra_params: str = ""
+    static_password_hash: str | None = None, extra_params: str = "", dovecot_settings: str = ""
 ) -> Iterator[Relay]:
-    """Start the services and Dovecot; with `static_password_hash`, Dovecot alone (baseline)."""
+    """Start the services and Dovecot; with `static_password_hash`, Dovecot alone (baseline).
+
+    `extra_params` go into chatmail.ini; `dovecot_settings` after the relay's Dovecot
+    configuration, where they take precedence (e.g. a short `imap_hibernate_timeout`).
+    """
     if os.geteuid() != 0 or shutil.which("dovecot") is None:
         raise RuntimeError("needs root and Debian's dovecot-imapd (scripts/test installs it)")
     vmail = pwd.getpwnam("vmail")
@@ -257,7 +281,10 @@ def running_relay(
                 + extra_params
             )
             relay.ini.chmod(0o644)
+            build_plugins(base)
             _write_config(relay, static_password_hash)
+            with relay.dovecot_conf.open("a") as conf:
+                conf.write(dovecot_settings)
             if static_password_hash is None:
                 shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
                 for name, (module, extra) in SERVICES.items():

@@ -18,6 +18,7 @@ import functools
 import io
 import os
 import secrets
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from cmdeploy import acme
 from cmdeploy.chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, chatmaild_files, services
 from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import dovecot_files
+from cmdeploy.dovecot import plugin as dovecot_plugin
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
 from cmdeploy.nginx import nginx_files
@@ -366,10 +368,27 @@ class OpenDkim(Component):
 
 
 class Dovecot(Component):
-    packages = ("dovecot-imapd", "dovecot-lmtpd")
+    packages = ("dovecot-imapd", "dovecot-lmtpd", *dovecot_plugin.BUILD_PACKAGES)
 
     def configure(self) -> None:
         self.changed = put(dovecot_files(self.layout))
+        self.changed.append(self.build_plugin())
+
+    def build_plugin(self) -> OperationMeta:
+        """chatmail_notify, compiled here against the installed Dovecot: again whenever its
+        source or Dovecot's version changes (a module of another ABI would not load)."""
+        installed = host.get_fact(DebPackages) or {}
+        version = ",".join(sorted(installed.get("dovecot-dev", [])))
+        source_path = str(self.layout.lib_dir / dovecot_plugin.SOURCE)
+        source = put({source_path: dovecot_plugin.source()})
+        stamp = put({source_path + ".built": f"built against dovecot-dev {version}\n"})
+        module = dovecot_plugin.MODULE_DIR / dovecot_plugin.MODULE
+        build = shlex.join(dovecot_plugin.build_command(source_path, str(module)))
+        return server.shell(
+            name="Build the chatmail_notify Dovecot plugin",
+            commands=[build],
+            _if=None if missing(module) else any_changed(*source, *stamp),
+        )
 
     def activate(self) -> None:
         restart("dovecot", self.changed, check="doveconf -n >/dev/null")
