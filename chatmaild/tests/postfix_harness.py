@@ -112,6 +112,10 @@ MAIN_CF_REMOVED = (
     "mua_client_restrictions",
     "mua_helo_restrictions",
     "mua_sender_restrictions",
+    # the transport to other relays is removed (default_transport above)
+    "filtermail-transport_destination_concurrency_limit",
+    "filtermail-transport_initial_destination_concurrency",
+    "filtermail-transport_destination_recipient_limit",
 )
 
 
@@ -260,7 +264,7 @@ def _parse_postconf(text: str) -> dict[str, str]:
 
 def _parse_service_parameters(text: str) -> dict[str, str]:
     """`postconf -P` output: {"service/type/parameter": value}."""
-    return dict(line.split(" = ", 1) for line in text.splitlines())
+    return _parse_postconf(text)
 
 
 def _service_parameters(config_dir: Path, service: str) -> dict[str, str]:
@@ -417,6 +421,8 @@ def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
             "filtermail_http_port_incoming": free_port(),
             "postfix_reinject_port": free_port(),
             "postfix_reinject_port_incoming": free_port(),
+            "postfix_reinject_port_smtp": free_port(),
+            "filtermail_lmtp_port_transport": free_port(),
         }
         ini = _write_ini(base, relay, ports)
         config = read_config(ini)
@@ -430,12 +436,15 @@ def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
             config=config,
             dovecot=relay,
             smtp_port=free_port(),
-            # Submission needs Dovecot's SASL socket, outgoing re-injection needs OpenDKIM:
-            # none of the three is on the path of mail from peers
+            # Submission needs Dovecot's SASL socket, outgoing re-injection needs OpenDKIM, and
+            # the way out to other relays is not taken here: none of them is on the path of
+            # mail from peers
             removed_services=(
                 "submission/inet",
                 "smtps/inet",
                 f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port']}/inet",
+                f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port_smtp']}/inet",
+                "filtermail-transport/unix",
             ),
         )
         _render(config, postfix.template_dir)

@@ -26,6 +26,7 @@ MAIL_SERVICES = {
     "chatmail-metadata",
     "filtermail",
     "filtermail-incoming",
+    "filtermail-transport",
 }
 
 

@@ -191,7 +191,10 @@ def expected_parameters(rendered: Rendered) -> dict[str, str]:
         "smtpd_sender_login_maps": f"regexp:{rendered.dir}/login_map",
         "local_transport": "lmtp:unix:private/dovecot-lmtp",
         "lmtp_header_checks": f"regexp:{rendered.dir}/lmtp_header_cleanup",
-        "default_transport": "smtp",
+        "default_transport": "filtermail-transport:inet:"
+        + ("[::1]" if config.filtermail_host == "::1" else "127.0.0.1")
+        + f":{config.filtermail_lmtp_port_transport}",
+        "filtermail-transport_destination_concurrency_limit": "100",
         "relayhost": "",
         "smtp_tls_security_level": "verify",
         "smtp_tls_policy_maps": f"regexp:{rendered.dir}/tls_policy",
@@ -272,8 +275,11 @@ def services(conf_dir: Path) -> dict[str, Service]:
 
 def service_parameters(conf_dir: Path) -> dict[str, str]:
     """`postconf -P`: {"name/type/parameter": value} of every -o in master.cf."""
-    lines = postconf(conf_dir, "-P").splitlines()
-    return dict(line.split(" = ", 1) for line in lines)
+    parameters = {}
+    for line in postconf(conf_dir, "-P").splitlines():
+        name, _, value = line.partition(" =")  # "name =" when the value is empty
+        parameters[name] = value.removeprefix(" ")
+    return parameters
 
 
 POSTFIX_INTERNAL = [
@@ -295,7 +301,9 @@ def test_master_cf_has_every_listener_and_service(rendered: Rendered) -> None:
         "smtps/inet",
         f"{reinject_host}:{config.postfix_reinject_port}/inet",
         f"{reinject_host}:{config.postfix_reinject_port_incoming}/inet",
+        f"{reinject_host}:{config.postfix_reinject_port_smtp}/inet",
         "authclean/unix",
+        "filtermail-transport/unix",
         *POSTFIX_INTERNAL,
     }
     assert {e.chroot for e in entries.values()} == {"n"}
@@ -304,6 +312,7 @@ def test_master_cf_has_every_listener_and_service(rendered: Rendered) -> None:
     for name in ("submission/inet", "smtps/inet"):
         assert entries[name].maxproc == str(config.max_smtp_connections)
     assert entries["authclean/unix"].command == "cleanup"
+    assert entries["filtermail-transport/unix"].command == "lmtp"
 
 
 @needs_postfix
@@ -313,6 +322,7 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
     reinject = "10.0.0.5" if config.postfix_host == "10.0.0.5" else "127.0.0.1"
     out_listener = f"{reinject}:{config.postfix_reinject_port}/inet"
     in_listener = f"{reinject}:{config.postfix_reinject_port_incoming}/inet"
+    smtp_listener = f"{reinject}:{config.postfix_reinject_port_smtp}/inet"
     submission = {
         "smtpd_tls_security_level": "encrypt",
         "smtpd_tls_mandatory_protocols": ">=TLSv1.3",
@@ -349,6 +359,20 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
             "smtpd_tls_security_level": "none",
             "smtpd_client_restrictions": "permit_mynetworks,reject",
             "smtpd_relay_restrictions": "reject_unauth_destination",
+        },
+        smtp_listener: {
+            "syslog_name": "postfix/reinject_smtp",
+            "smtpd_tls_security_level": "none",
+            "smtpd_client_restrictions": "permit_mynetworks,reject",
+            "smtpd_relay_restrictions": "permit_mynetworks,reject",
+            # leaves by SMTP, as it came: signed already
+            "content_filter": "smtp:",
+            "receive_override_options": "no_header_body_checks,no_milters,no_address_mappings",
+        },
+        "filtermail-transport/unix": {
+            "syslog_name": "postfix/transport",
+            # nothing of the signed message is removed on its way to the peer
+            "lmtp_header_checks": "",
         },
         "authclean/unix": {
             "header_checks": f"regexp:{rendered.dir}/submission_header_cleanup",

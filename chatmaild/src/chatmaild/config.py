@@ -192,13 +192,18 @@ class Config:
         10082, parse_port, "Loopback port of the incoming filter for /mxdeliv (HTTP)."
     )
     filtermail_lmtp_port_transport: int = _param(
-        10083, parse_port, "Loopback port of the outbound delivery transport (LMTP)."
+        10083, parse_port, "Loopback port of the transport that delivers to peers (LMTP)."
     )
     postfix_reinject_port: int = _param(
         10025, parse_port, "Loopback port where filtered outgoing mail re-enters Postfix."
     )
     postfix_reinject_port_incoming: int = _param(
         10026, parse_port, "Loopback port where filtered incoming mail re-enters Postfix."
+    )
+    postfix_reinject_port_smtp: int = _param(
+        10027,
+        parse_port,
+        "Loopback port where mail for peers without /mxdeliv re-enters Postfix, to leave by SMTP.",
     )
     mtail_address: str | None = _param(
         None, parse_text, "If set: serve metrics on this address, ports 3903 and 3904.", "127.0.0.1"

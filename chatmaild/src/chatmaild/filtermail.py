@@ -3,9 +3,11 @@
 `filtermail INI outgoing` listens on `filtermail_smtp_port` for submissions (Postfix proxies
 the live SMTP dialogue from 587/465 here), `filtermail INI incoming` on
 `filtermail_smtp_port_incoming` for mail from peers (port 25) and on
-`filtermail_http_port_incoming` for `/mxdeliv`. Both listen on `filtermail_host` (loopback)
-only. Accepted mail is re-injected into Postfix; refusals reach the sender inside the same
-SMTP transaction, so nothing is queued that would later bounce.
+`filtermail_http_port_incoming` for `/mxdeliv`; `filtermail INI transport` on
+`filtermail_lmtp_port_transport` delivers mail to other relays (`transport`, HTTPS first).
+All listen on `filtermail_host` (loopback) only. Accepted mail is re-injected into Postfix;
+refusals reach the sender inside the same SMTP transaction, so nothing is queued that would
+later bounce.
 
 Envelope addresses are taken in one spelling only, and re-injected in exactly that spelling
 (`addresses`, doc §1):
@@ -35,11 +37,13 @@ from . import mailcheck, smtpreject
 from .addresses import AddressPolicy
 from .config import Config
 from .dkimcheck import DkimVerifier
+from .mxclient import MxdelivClient
 from .mxdeliv import start_mxdeliv_server
 from .ratelimit import RateLimiter, until_text
 from .reinject import OFF_LOOP_SIZE, Reinjector
 from .service import fail, load_config_or_exit, quiet_accept_errors, setup_logging
 from .smtpfront import start_smtp_server
+from .transport import Transport
 
 log = logging.getLogger("filtermail")
 
@@ -124,6 +128,13 @@ async def serve(config: Config, mode: str) -> None:
         servers.append(
             await start_smtp_server(gate_out, host, config.filtermail_smtp_port, "filtermail", size)
         )
+    elif mode == "transport":
+        fallback = Reinjector(config.postfix_host, config.postfix_reinject_port_smtp)
+        transport = Transport(MxdelivClient(), fallback)
+        port = config.filtermail_lmtp_port_transport
+        servers.append(
+            await start_smtp_server(transport, host, port, "filtermail", size, lmtp=True)
+        )
     else:
         reinjector = Reinjector(config.postfix_host, config.postfix_reinject_port_incoming)
         gate_in = IncomingGate(config, reinjector, DkimVerifier())
@@ -138,7 +149,7 @@ async def serve(config: Config, mode: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="filtermail", description=__doc__.splitlines()[0])
     parser.add_argument("ini", help="path of chatmail.ini")
-    parser.add_argument("mode", choices=["outgoing", "incoming"])
+    parser.add_argument("mode", choices=["outgoing", "incoming", "transport"])
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)

@@ -48,7 +48,8 @@ class Gate(Protocol):
         """RCPT TO in its one spelling, as it will be re-injected; raise Reject to refuse."""
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        """Check and re-inject the message; the reply line, or raise Reject."""
+        """Check and pass on the message; the reply line (LMTP: one per recipient, joined by
+        CRLF), or raise Reject."""
 
 
 @dataclass
@@ -288,12 +289,30 @@ class SmtpSession:
     }
 
 
+class LmtpSession(SmtpSession):
+    """LMTP (RFC 2033), as Postfix's lmtp client speaks it to the transport: LHLO instead of
+    HELO and EHLO, and after DATA one reply per recipient, in the order of RCPT. The gate's
+    `deliver` returns these lines joined by CRLF; a refusal applies to every recipient."""
+
+    async def decide(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
+        reply = await super().decide(mail_from, rcpts, data)
+        lines = reply.split("\r\n")
+        return reply if len(lines) == len(rcpts) else "\r\n".join([lines[0]] * len(rcpts))
+
+    handlers: ClassVar[dict[str, Callable[[SmtpSession, str], Awaitable[None]]]] = {
+        **{k: v for k, v in SmtpSession.handlers.items() if k not in ("HELO", "EHLO")},
+        "LHLO": SmtpSession.on_ehlo,
+    }
+
+
 async def start_smtp_server(
-    gate: Gate, host: str, port: int, hostname: str, max_size: int
+    gate: Gate, host: str, port: int, hostname: str, max_size: int, lmtp: bool = False
 ) -> asyncio.AbstractServer:
+    kind = LmtpSession if lmtp else SmtpSession
+
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await SmtpSession(gate, reader, writer, hostname, max_size).run()
+            await kind(gate, reader, writer, hostname, max_size).run()
         except ConnectionError:
             pass
         finally:

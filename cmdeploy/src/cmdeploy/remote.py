@@ -77,6 +77,7 @@ UNITS = [
     "chatmail-metadata",
     "filtermail",
     "filtermail-incoming",
+    "filtermail-transport",
     "chatmail-postlog",
     "chatmail-expire.timer",
 ]

@@ -61,6 +61,9 @@ def open_file_limits(config: Config) -> dict[str, int]:
         "filtermail-incoming": (
             2 * (POSTFIX_DEFAULT_PROCESS_LIMIT + NGINX_UPSTREAM_CONNECTIONS) + FD_HEADROOM
         ),
+        # Postfix's lmtp processes (up to its default_process_limit), each with a request to a
+        # peer or a hand-over to the SMTP port at a time, and the pooled idle connections
+        "filtermail-transport": 3 * POSTFIX_DEFAULT_PROCESS_LIMIT + FD_HEADROOM,
     }
 
 
@@ -113,6 +116,13 @@ def services(layout: Layout) -> list[Service]:
             f"{layout.bin('filtermail')} {ini} incoming",
             restart_sec=2,
             open_files=limits["filtermail-incoming"],
+        ),
+        Service(
+            "filtermail-transport",
+            "chatmail: delivers mail to other relays, over HTTPS first",
+            f"{layout.bin('filtermail')} {ini} transport",
+            restart_sec=2,
+            open_files=limits["filtermail-transport"],
         ),
         Service(
             POSTLOG_UNIT,

@@ -99,6 +99,9 @@ def postfix_files(
         milter=milter,
         max_message_size=config.max_message_size,
         tables=tables,
+        transport=_host_port(
+            _ip(config.filtermail_host, "filtermail_host"), config.filtermail_lmtp_port_transport
+        ),
     )
     filtermail = _ip(config.filtermail_host, "filtermail_host")
     master_cf = render(
@@ -108,6 +111,7 @@ def postfix_files(
         filter_incoming=_host_port(filtermail, config.filtermail_smtp_port_incoming),
         reinject=_host_port(reinject_host, config.postfix_reinject_port),
         reinject_incoming=_host_port(reinject_host, config.postfix_reinject_port_incoming),
+        reinject_smtp=_host_port(reinject_host, config.postfix_reinject_port_smtp),
         max_smtp_connections=config.max_smtp_connections,
         # 0 would mean "no limit" to Postfix, not "none per IP"
         per_ip_connections=max(1, config.max_smtp_connections // 5),
