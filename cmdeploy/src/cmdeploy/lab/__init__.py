@@ -173,13 +173,15 @@ def relay_domain(name: str, ip: str) -> str:
     return f"_{name}.test" if name == SELF_SIGNED_RELAY else f"{name}.test"
 
 
-def ensure_trust() -> None:
-    """The lab's CAs, trusted by the client namespace and (see `trust_on_relay`) the relays.
+def ensure_trust() -> bool:
+    """The lab's CAs, trusted by the client namespace and (see `trust_on_relay`) the relays;
+    True when the bundle changed.
 
     pebble makes a new root at each start, so the bundle is rewritten whenever it starts."""
     root = services.fetch_acme_root(LAB)
     bundle = root.strip() + "\n" + (LAB / "lab-ca.pem").read_text()
-    if not CA_BUNDLE.exists() or CA_BUNDLE.read_text() != bundle:
+    changed = not CA_BUNDLE.exists() or CA_BUNDLE.read_text() != bundle
+    if changed:
         CA_BUNDLE.write_text(bundle)
     # `ip netns exec` mounts /etc/netns/<ns>/ssl over /etc/ssl: Debian's store plus ours
     ssl_dir = Path("/etc/netns") / CLIENT_NETNS / "ssl"
@@ -188,6 +190,7 @@ def ensure_trust() -> None:
     store = ssl_dir / "certs" / "ca-certificates.crt"
     store.unlink(missing_ok=True)
     store.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + bundle)
+    return changed
 
 
 def trust_on_relay(relay: Relay, key: Path) -> None:
@@ -245,7 +248,11 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         if not hosts.alive(state.pids.get(name, 0)):
             state.pids[name] = start(LAB)
     state.save()
-    ensure_trust()
+    if ensure_trust() and state.relays:
+        # pebble started again (the machine rebooted under a lab that was up): certificates
+        # issued under its old root verify no more, and certbot keeps a valid-looking lineage
+        say("the ACME CA has a new root: the relays start again from the base image")
+        forget_relays(state)
 
     say("base image (cached after the first time, about a minute)")
     base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")
@@ -361,12 +368,23 @@ def status(state: State) -> dict[str, object]:
     }
 
 
-def down() -> None:
-    state = State.load()
+def forget_relays(state: State) -> None:
+    """Stops the relays and removes everything of theirs: trees, configs, zones, host keys."""
     for relay in state.relays:
         if relay.pid:
             say(f"stopping {relay.name}")
             hosts.stop_process(relay.pid)
+        shutil.rmtree(LAB / relay.name, ignore_errors=True)
+        for suffix in (".zone", ".ini", ".deploy.log", ".console.log"):
+            (LAB / f"{relay.name}{suffix}").unlink(missing_ok=True)
+    state.relays = []
+    (LAB / "known_hosts").unlink(missing_ok=True)
+    state.save()
+
+
+def down() -> None:
+    state = State.load()
+    forget_relays(state)
     for pid in state.pids.values():
         hosts.stop_process(pid, timeout=10)
     for name in state.netns:
@@ -374,10 +392,6 @@ def down() -> None:
     net.remove_bridge()
     restore_kernel_limits(state)
     shutil.rmtree(Path("/etc/netns") / CLIENT_NETNS, ignore_errors=True)
-    for relay in state.relays:
-        shutil.rmtree(LAB / relay.name, ignore_errors=True)
-        for suffix in (".zone", ".ini", ".deploy.log", ".console.log"):
-            (LAB / f"{relay.name}{suffix}").unlink(missing_ok=True)
     lab_files = ("known_hosts", "push-tokens.log", "state.json", CA_BUNDLE.name)
     ca_files = ("lab-ca.pem", "lab-ca.key", "lab-ca.srl", "pebble-api.pem", "pebble-api.key")
     for name in (*lab_files, *ca_files, "pebble.json"):
