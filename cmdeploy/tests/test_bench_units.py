@@ -6,14 +6,17 @@ that every generated message would pass the relay's outgoing encryption gate.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
+from pathlib import Path
 
 import pytest
 
 from chatmaild.mailcheck import check_outgoing
 from chatmaild.mailshape import is_encrypted, parse_message
 from chatmaild.smtpreject import Reject
-from cmdeploy.bench import profile, stats, workload
+from cmdeploy.bench import drivers, hops, profile, protocol, remote_helper, stats, workload
 
 
 @pytest.mark.parametrize("size", [2048, 200 * 1024])
@@ -112,3 +115,129 @@ def test_cpu_profile_by_class() -> None:
     assert profile.process_class("smtpd") == "postfix"
     assert profile.process_class("doveauth") == "dict services"
     assert profile.unit_class("opendkim.service") == "opendkim"
+
+
+def test_hop_milestones_are_placed_in_their_sample() -> None:
+    """Log lines between one sample's start and the next belong to it; times are ms after
+    the end of DATA; a step not logged is None."""
+    samples = [hops.Sample(10.0, 10.1, 10.15, 10.3), hops.Sample(20.0, 20.1, 20.2, None)]
+    log = [
+        (10.12, "filtermail.service", "filtermail: INFO: outgoing message passed the gate: 250"),
+        (10.13, "postfix/qmgr", "4AB: from=<...>, size=100, nrcpt=1 (queue active)"),
+        (10.2, "dovecot", "lmtp(...): Info: msgid=<...>: saved mail to INBOX"),
+        (10.21, "postfix/lmtp", "4AB: to=<...>, status=sent (250 2.0.0 Saved)"),
+        (20.13, "postfix/qmgr", "5CD: from=<...>, size=100, nrcpt=1 (queue active)"),
+        (20.3, "postfix/lmtp", "5CD: to=<...>, status=sent (250 2.0.0 Saved)"),
+    ]
+    first, second = hops.milestones(samples, log, log, [10.19, 20.25], cross=False)
+    assert first == {
+        "submitted": 50.0,
+        "gate passed": 20.0,
+        "queued": 30.0,
+        "file in the maildir": 90.0,
+        "stored by Dovecot": 100.0,
+        "delivered (Postfix)": 110.0,
+        "told (EXISTS)": 200.0,
+    }
+    assert second["gate passed"] is None and second["told (EXISTS)"] is None
+    assert second["queued"] == 30.0 and second["file in the maildir"] == 150.0
+    summary = hops.summary([first, second])
+    assert summary["queued"] == {"p50_ms": 30.0, "max_ms": 30.0, "seen": 2}
+    assert summary["told (EXISTS)"]["seen"] == 1
+
+
+# more than loopback's socket buffers hold, so the sender's transport really has to wait
+BIG_ENOUGH_TO_FILL_THE_SOCKET = b"x" * 16_000_000
+
+
+def test_end_of_data_is_known_before_the_client_yields() -> None:
+    """The latency watcher runs whenever the sender awaits; it must find the end of DATA
+    already recorded, even when the transport is slow to drain (the server here reads
+    nothing until the watcher has looked)."""
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        looked = asyncio.Event()
+
+        async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            await looked.wait()
+            received = b""
+            while not received.endswith(b"\r\n.\r\n"):
+                received += await reader.read(1 << 16)
+            writer.write(b"250 queued\r\n")
+            await writer.drain()
+            writer.close()
+
+        srv = await asyncio.start_server(server, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.set_write_buffer_limits(high=1)  # drain waits for the peer to read
+        client = protocol.SMTPClient(reader, writer)
+
+        async def watcher() -> None:
+            await asyncio.sleep(0)
+            while not events:
+                await asyncio.sleep(0)
+            events.append("watcher looked")
+            looked.set()
+
+        watching = asyncio.create_task(watcher())
+        send = client.send(
+            "a@x.test", "b@x.test", BIG_ENOUGH_TO_FILL_THE_SOCKET, lambda _at: events.append("end")
+        )
+        try:  # with the end recorded only after drain(), sender and watcher wait on each other
+            await asyncio.wait_for(send, 20)
+        except TimeoutError:
+            events.append("deadlock")
+        watching.cancel()
+        writer.transport.abort()  # whatever is still buffered is of no interest
+        srv.close()
+        await srv.wait_closed()
+        return events
+
+    assert asyncio.run(scenario())[:2] == ["end", "watcher looked"]
+
+
+def test_idle_connections_stay_with_their_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections finish opening in any order; each must come back with the account it
+    logged in as, or the latency run reads one recipient's notices on another's connection."""
+
+    class SlowFirstIMAP:
+        """Logs in slower for earlier accounts, so they finish last."""
+
+        def __init__(self) -> None:
+            self.user = ""
+
+        @classmethod
+        async def connect(cls, endpoint: protocol.Endpoint, ctx: object) -> SlowFirstIMAP:
+            return cls()
+
+        async def login(self, addr: str, password: str) -> None:
+            await asyncio.sleep(0.001 * (40 - int(addr[1:3])))
+            self.user = addr
+
+        async def select_inbox(self) -> int:
+            return 0
+
+        async def idle(self) -> None:
+            return None
+
+    monkeypatch.setattr(drivers, "IMAPClient", SlowFirstIMAP)
+    accounts = [drivers.Account(f"a{i:02d}@x.test", "pw") for i in range(40)]
+    endpoint = protocol.Endpoint("127.0.0.1", "x.test")
+    opened, errors = asyncio.run(drivers.open_idle(endpoint, accounts, 20, time.monotonic() + 60))
+    assert not errors.counts
+    assert sorted(account.addr for account, _ in opened) == [a.addr for a in accounts]
+    assert all(client.user == account.addr for account, client in opened)
+
+
+def test_a_cgroup_tree_shared_with_other_hosts_is_not_used(tmp_path: Path) -> None:
+    """Lab hosts share one cgroup tree; a unit's usage there is every host's, so the helper
+    must notice (other namespaces' processes read as pid 0) and count per process instead."""
+    own = tmp_path / "postfix.service"
+    own.mkdir()
+    (own / "cgroup.procs").write_text("812\n813\n")
+    assert not remote_helper._holds_others(str(tmp_path))
+    (own / "cgroup.procs").write_text("812\n0\n813\n")
+    assert remote_helper._holds_others(str(tmp_path))

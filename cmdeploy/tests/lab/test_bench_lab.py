@@ -25,6 +25,7 @@ TINY = [
     "--messages", "24",
     "--large-messages", "4",
     "--latency-messages", "12",
+    "--hop-samples", "3",
     "--idle", "20",
     "--idle-settle", "35",
     "--duration", "40",
@@ -67,15 +68,25 @@ def test_bench_tiny_workload_writes_every_figure(tmp_path: Path) -> None:
                 assert run["delivered"] == run["accepted"] > 0, run
                 assert run["delivered_per_s"] > 0
             assert figure(side, "throughput", "best", key, "delivered_per_s") > 0
+    # relay2's recipients get their first mail before the timed run (doc/performance.md)
+    first_mail = figure(doc, "latency", "first_mail")
+    assert first_mail["delivered"] == first_mail["sent"] > 0, first_mail
     for latency in (
         figure(doc, "latency", "same_relay"),
         figure(doc, "latency", "cross_relay"),
+        figure(doc, "latency", "cross_relay_back"),
         figure(doc, "bare", "latency"),
     ):
-        # "lost" (no EXISTS within 30 s) is a figure, not a failure: a relay whose inotify
-        # instances run out falls back to polling for some sessions
+        # late (told after 30 s) and lost (not in the maildir) are figures, not failures here:
+        # doc/performance.md records and explains them
         assert latency["count"] > 0 and latency["lost"] >= 0
         assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    for path in ("same_relay", "cross_relay"):
+        milestones = figure(doc, "hops", path, "milestones")
+        # every step is seen in the relays' logs, each sample is told in the end
+        told = milestones["told (EXISTS)"]
+        assert told["seen"] > 0
+        assert all(m["seen"] == told["seen"] for m in milestones.values()), milestones
     assert figure(doc, "accounts", "creations_per_s") > 0
     assert figure(doc, "accounts", "logins_per_s") > 0
     assert figure(doc, "bare", "logins_per_s") > 0
@@ -87,8 +98,10 @@ def test_bench_tiny_workload_writes_every_figure(tmp_path: Path) -> None:
     assert set(figure(doc, "ratios")) >= {"throughput_2k", "throughput_200k", "latency_p50"}
     assert {t["name"] for t in figure(doc, "targets")} == {
         "throughput 2 KB",
-        "latency p50, same relay",
+        "latency, same relay",
+        "latency, across relays",
         "first-login creations",
+        "memory per idle connection",
     }
     for host, cleanup in figure(doc, "cleanup").items():
         assert cleanup.get("left") == 0, (host, cleanup)

@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="messages offered in each latency run",
     )
     p.add_argument(
+        "--hop-samples",
+        type=int,
+        default=d.hop_samples,
+        help="single messages followed hop by hop through the relays' logs (default %(default)s)",
+    )
+    p.add_argument(
         "--latency-fraction",
         type=float,
         default=d.latency_fraction,
@@ -94,6 +100,7 @@ def workload_from(args: argparse.Namespace) -> Workload:
         messages=args.messages,
         large_messages=args.large_messages,
         latency_messages=args.latency_messages,
+        hop_samples=max(0, args.hop_samples),
         latency_fraction=min(1.0, max(0.01, args.latency_fraction)),
         idle=tuple(sorted(c for c in args.idle if c > 0)),
         duration=max(5.0, args.duration),

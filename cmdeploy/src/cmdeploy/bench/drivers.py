@@ -225,6 +225,7 @@ class IdleRecipient:
     account: Account
     client: IMAPClient
     sent_at: float | None = None
+    sent_wall: float | None = None  # the same moment on the wall clock (to look for the file)
     in_flight: bool = False
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -232,7 +233,10 @@ class IdleRecipient:
 @dataclass
 class LatencyResult:
     latencies: list[float]  # end of DATA -> EXISTS seen in IDLE, seconds
-    lost: int  # timed messages whose EXISTS did not come within the settle time (30 s)
+    lost: int  # timed messages whose EXISTS did not come within the settle time
+    # those messages: (recipient's mailbox, end of DATA on the wall clock), so the runner can
+    # tell late (in the maildir, no EXISTS in time) from lost (not there)
+    unseen: list[tuple[str, float]]
     offered_rate: float
     achieved_rate: float
     untimed: int  # messages that went to recipients not in IDLE (all idle ones were busy)
@@ -241,10 +245,12 @@ class LatencyResult:
 
 async def open_idle(
     endpoint: Endpoint, accounts: Sequence[Account], concurrency: int, deadline: float
-) -> tuple[list[IMAPClient], Errors]:
-    """One IDLE connection per account entry (an account may appear several times)."""
+) -> tuple[list[tuple[Account, IMAPClient]], Errors]:
+    """One IDLE connection per account entry (an account may appear several times), each
+    with its account: connections complete in any order, and a recipient's notices must be
+    read on its own connection."""
     ctx = endpoint.tls_context()
-    clients: list[IMAPClient] = []
+    opened: list[tuple[Account, IMAPClient]] = []
     errors = Errors()
     queue = list(reversed(accounts))
 
@@ -260,13 +266,13 @@ async def open_idle(
                 await client.login(account.addr, account.password)
                 await client.select_inbox()
                 await client.idle()
-                clients.append(client)
+                opened.append((account, client))
             except NET_ERRORS as e:
                 errors.add(e)
                 await client.logout()
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    return clients, errors
+    return opened, errors
 
 
 async def close_all(clients: Sequence[IMAPClient], concurrency: int = 200) -> None:
@@ -290,17 +296,23 @@ async def latency(
     count: int,
     workers: int,
     deadline: float,
-    settle: float = 30.0,
+    settle: float = 90.0,
     on_progress: Callable[[int], None] | None = None,
 ) -> LatencyResult:
     """Offer `count` messages at `rate` per second (open loop); time those to IDLE recipients.
+
+    After the last message, the ones on their way get `settle` seconds more: a notice later
+    than LATE (30 s) is timed too, and counted late by the runner.
 
     Each IDLE recipient has at most one timed message in flight, so every EXISTS belongs to
     exactly one message. When all of them are busy the message goes to a spare recipient:
     it still loads the relay but is not timed (`untimed`).
     """
-    clients, errors = await open_idle(idle_endpoint, idle_accounts, 20, deadline)
-    waiting = [IdleRecipient(a, c) for a, c in zip(idle_accounts, clients, strict=False)]
+    opened, errors = await open_idle(idle_endpoint, idle_accounts, 20, deadline)
+    # paired as opened: zipping the accounts with the connections in the order they finished
+    # opening watched one recipient's mail on another's connection (late, never told)
+    waiting = [IdleRecipient(account, client) for account, client in opened]
+    clients = [client for _, client in opened]
     if not waiting:
         raise ProtocolError(f"no IDLE connection could be opened: {errors.first()}")
     latencies: list[float] = []
@@ -378,6 +390,7 @@ async def latency(
                 def started(at: float, target: IdleRecipient | None = target) -> None:
                     if target is not None:
                         target.sent_at = at
+                        target.sent_wall = time.time()
 
                 try:
                     await client.send(sender.addr, rcpt, data, started)
@@ -409,16 +422,65 @@ async def latency(
             recipient.arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(recipient.arrived.wait(), settle_end - time.monotonic())
-    lost = sum(1 for r in waiting if r.in_flight)
+    unseen = [(r.account.addr, r.sent_wall or 0.0) for r in waiting if r.in_flight]
     for task in watchers:
         task.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)
     await close_all(clients)
     return LatencyResult(
         latencies,
-        lost,
+        len(unseen),
+        unseen,
         rate,
         dispatched / sending_time if sending_time > 0 else 0.0,
         untimed,
         errors,
     )
+
+
+@dataclass
+class HopSample:
+    started: float  # wall clock, before MAIL FROM
+    end_of_data: float  # wall clock
+    submitted: float | None  # wall clock of the 250 after DATA
+    told: float | None  # wall clock of the EXISTS
+
+
+async def hop_samples(
+    send_endpoint: Endpoint,
+    idle_endpoint: Endpoint,
+    sender: Account,
+    recipient: Account,
+    body: MessageBody,
+    count: int,
+    gap: float = 0.5,
+    wait: float = 30.0,
+) -> list[HopSample]:
+    """`count` messages one after another, each told to the recipient's IDLE before the next
+    leaves (`gap` seconds later, so the relays' log lines of one stay apart from the next)."""
+    imap = await IMAPClient.connect(idle_endpoint, idle_endpoint.tls_context())
+    smtp = await SMTPClient.login(
+        send_endpoint, send_endpoint.tls_context(), sender.addr, sender.password
+    )
+    samples: list[HopSample] = []
+    try:
+        await imap.login(recipient.addr, recipient.password)
+        await imap.select_inbox()
+        await imap.idle()
+        for i in range(count):
+            started = time.time()
+            data = message(body, sender.addr, recipient.addr, f"h{i}.{sender.local}@bench")
+            sent = await smtp.send(sender.addr, recipient.addr, data)  # monotonic
+            submitted = time.time()
+            end_of_data = submitted - (time.monotonic() - sent)
+            try:
+                await asyncio.wait_for(imap.next_exists(), wait)
+                told: float | None = time.time()
+            except TimeoutError:
+                told = None
+            samples.append(HopSample(started, end_of_data, submitted, told))
+            await asyncio.sleep(gap)
+    finally:
+        await smtp.quit()
+        await imap.logout()
+    return samples

@@ -120,6 +120,11 @@ class BenchHost:
         )
         return {key: float(t) for key, t in data["files"].items()}
 
+    def journal(self, since_host_clock: float) -> list[tuple[float, str, str]]:
+        """(time on the host's clock, source, text) of the mail path's log lines since then."""
+        data = self.helper("journal", f"{since_host_clock:.6f}")
+        return [(float(t), str(source), str(text)) for t, source, text in data["lines"]]
+
     def cpu_sample(self) -> dict[str, Any]:
         return self.helper("cpu")
 

@@ -3,9 +3,11 @@
 Two samples of `remote_helper.py cpu`, before and after a load, give CPU seconds per class.
 The primary source is each systemd unit's cgroup v2 `cpu.stat`: it also counts the processes
 that were born and died in between (Postfix's smtpd and cleanup, Dovecot's lmtp), which a
-sample of /proc alone misses. Where a host has no cgroup v2 tree, the per-process times are
-used instead, with each parent's reaped-children time (cutime, cstime) so that short-lived
-children are still counted in their master's class.
+sample of /proc alone misses. Where a host has no cgroup v2 tree of its own, the per-process
+times are used instead, with each parent's reaped-children time (cutime, cstime) so that
+short-lived children are still counted in their master's class. The lab's hosts are such
+hosts: booted where no systemd runs, they share one cgroup tree, and relay1's `postfix`
+unit would also count relay2's and the bare host's Postfix.
 
 Pure functions; the classes are those the issue names, plus the dict services of chatmaild
 (doveauth decides how fast accounts are created) and "other".

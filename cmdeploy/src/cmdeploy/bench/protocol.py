@@ -114,9 +114,12 @@ class SMTPClient:
         """One transaction; returns the monotonic time at which the final `.` was written.
 
         That instant is "the end of DATA" of issue 7: the relay's filter, queue and delivery
-        all happen after it, so latency measured from it is what a user waits for. The
-        callback gets it before the 250 is awaited, so that a watcher of the recipient's IDLE
-        knows it before any EXISTS can arrive.
+        all happen after it, so latency measured from it is what a user waits for. It is
+        taken, and the callback called, right after the message is handed to the transport
+        and before anything is awaited: a watcher of the recipient's IDLE runs only when this
+        coroutine yields, so it always knows the instant before it can read an EXISTS. (Taken
+        after `drain()`, a busy event loop once let the EXISTS come first, and the message was
+        wrongly counted as never told.)
         """
         self.writer.write(f"MAIL FROM:<{mail_from}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         # Postfix offers PIPELINING; the three replies come back in order
@@ -124,10 +127,10 @@ class SMTPClient:
         await self.expect(250, "RCPT TO")
         await self.expect(354, "DATA")
         self.writer.write(dot_stuffed(data))
-        await self.writer.drain()
         end_of_data = time.monotonic()
         if on_end_of_data is not None:
             on_end_of_data(end_of_data)
+        await self.writer.drain()
         await self.expect(250, "end of DATA")
         return end_of_data
 

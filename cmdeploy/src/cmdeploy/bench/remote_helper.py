@@ -10,6 +10,7 @@ like an address: nothing here follows a name with `/` or `..`.
     memory                      PSS of Dovecot's processes, process counts, container memory
     load                        the 1-minute load average (doveauth refuses creations above a limit)
     remove ROOT                 delete the named mailboxes (the bench's own accounts)
+    journal SINCE               the mail path's log lines since a moment: time, source, text
 """
 
 import json
@@ -117,11 +118,31 @@ def _processes() -> Iterator[tuple[str, str, int]]:
         yield pid, comm, used
 
 
+def _holds_others(root: str) -> bool:
+    """Whether a cgroup under `root` holds processes of another PID namespace (listed as 0).
+    Lab hosts booted where no systemd runs share one cgroup tree: a unit's usage is then that
+    of every host's unit of the same name, not this host's."""
+    for path, _dirs, files in os.walk(root):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                if any(line.strip() == "0" for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def cpu() -> dict[str, Any]:
     units: dict[str, float] = {}
+    shared = False
     for root in CGROUP_ROOTS:
         if not os.path.isdir(root):
             continue
+        shared = _holds_others(root)
+        if shared:
+            break  # per process instead (this namespace's processes and their reaped children)
         for entry in os.scandir(root):
             try:
                 with open(os.path.join(entry.path, "cpu.stat")) as f:
@@ -138,7 +159,13 @@ def cpu() -> dict[str, Any]:
     with open("/proc/stat") as f:
         first = f.readline().split()[1:]
     busy = sum(int(x) for i, x in enumerate(first) if i not in (3, 4)) / ticks  # not idle/iowait
-    return {"units": units, "processes": processes, "busy": busy, "clock": time.time()}
+    return {
+        "units": units,
+        "units_shared": shared,
+        "processes": processes,
+        "busy": busy,
+        "clock": time.time(),
+    }
 
 
 def _pss_kb(pid: str) -> int:
@@ -204,6 +231,39 @@ def remove(root: str) -> dict[str, Any]:
     return {"removed": removed, "left": left}
 
 
+# The log sources that mark a message's way through the relay (the hops of issue 12)
+JOURNAL_SOURCES = ("postfix/qmgr", "postfix/lmtp", "postfix/transport/lmtp", "dovecot")
+JOURNAL_UNITS = (
+    "filtermail.service",
+    "filtermail-incoming.service",
+    "filtermail-transport.service",
+)
+
+
+def journal(since: float) -> dict[str, Any]:
+    """(time, source, text) of the mail path's log lines since `since` (the host's clock)."""
+    matches = [f"SYSLOG_IDENTIFIER={s}" for s in JOURNAL_SOURCES]
+    matches += [f"_SYSTEMD_UNIT={u}" for u in JOURNAL_UNITS]
+    argv = ["journalctl", "--no-pager", "-o", "json", f"--since=@{since:.6f}"]
+    argv += ["--output-fields=__REALTIME_TIMESTAMP,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,MESSAGE"]
+    result = subprocess.run(
+        [*argv, *" + ".join(matches).split()], capture_output=True, text=True, check=False
+    )
+    lines = []
+    for line in result.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE")
+        if not isinstance(message, str):
+            continue  # binary: not one of the lines looked for
+        unit = entry.get("_SYSTEMD_UNIT", "")
+        source = unit if unit in JOURNAL_UNITS else entry.get("SYSLOG_IDENTIFIER", "")
+        lines.append([int(entry["__REALTIME_TIMESTAMP"]) / 1e6, source, message[:300]])
+    return {"lines": lines}
+
+
 def main() -> None:
     action, args = sys.argv[1], sys.argv[2:]
     if action == "facts":
@@ -218,6 +278,8 @@ def main() -> None:
         result = memory()
     elif action == "remove":
         result = remove(args[0])
+    elif action == "journal":
+        result = journal(float(args[0]))
     else:
         raise SystemExit(f"unknown action {action}")
     print(json.dumps(result))

@@ -19,8 +19,14 @@ from typing import Any
 from . import profile, stats
 
 THROUGHPUT_TARGET = 0.8  # times bare
-LATENCY_SLACK = 0.050  # s above bare p50
 CREATIONS_TARGET = 50.0  # per second
+# issue 12: (p50, p99) in seconds, end of DATA -> EXISTS; and none late or lost
+SAME_RELAY_TARGET = (0.150, 0.400)
+CROSS_RELAY_TARGET = (0.300, 0.800)
+IDLE_KB_TARGET = 100  # per idle IDLE connection, all hibernated
+# IMAP processes of a relay without sessions hold about 14 MB; far more is memory kept from
+# earlier connections, which the idle figure (growth from that start) then leaves out
+HELD_BEFORE_KB = 64 * 1024
 
 
 def _get(doc: dict[str, Any], *path: str) -> Any:
@@ -60,11 +66,8 @@ def _limit(prof: dict[str, Any] | None) -> str | None:
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     throughput_profile = _get(doc, "throughput", "best", "2k", "profile")
-    latency_profile = _get(doc, "latency", "same_relay", "profile")
     chat = best_rate(doc.get("throughput"), "2k")
     bare = best_rate(_get(doc, "bare", "throughput"), "2k")
-    p50 = _get(doc, "latency", "same_relay", "p50")
-    bare_p50 = _get(doc, "bare", "latency", "p50")
     creations = _get(doc, "accounts", "creations_per_s")
     rows = [
         {
@@ -74,13 +77,10 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "met": None if chat is None or bare is None else chat >= THROUGHPUT_TARGET * bare,
             "profile": throughput_profile,
         },
-        {
-            "name": "latency p50, same relay",
-            "target": f"<= bare + {LATENCY_SLACK * 1000:.0f} ms",
-            "value": None if p50 is None or bare_p50 is None else p50 - bare_p50,
-            "met": None if p50 is None or bare_p50 is None else p50 <= bare_p50 + LATENCY_SLACK,
-            "profile": latency_profile,
-        },
+        _latency_target(doc, "latency, same relay", ["same_relay"], SAME_RELAY_TARGET),
+        _latency_target(
+            doc, "latency, across relays", ["cross_relay", "cross_relay_back"], CROSS_RELAY_TARGET
+        ),
         {
             "name": "first-login creations",
             "target": f">= {CREATIONS_TARGET:.0f}/s",
@@ -89,10 +89,50 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "profile": _get(doc, "accounts", "creation_profile"),
         },
     ]
+    idle = [
+        i["kb_per_connection"]
+        for i in doc.get("idle") or []
+        if i.get("kb_per_connection") and (i.get("imap_pss_kb_before") or 0) <= HELD_BEFORE_KB
+    ]
+    rows.append(
+        {
+            "name": "memory per idle connection",
+            "target": f"<= {IDLE_KB_TARGET} KB",
+            "value": max(idle, default=None),
+            "met": None if not idle else max(idle) <= IDLE_KB_TARGET,
+            "profile": None,
+        }
+    )
     for row in rows:
         prof = row.pop("profile")
-        row["limited_by"] = _limit(prof) if row["met"] is False else None
+        row["limited_by"] = _limit(prof) if row["met"] is False and prof else None
     return rows
+
+
+def _latency_target(
+    doc: dict[str, Any], name: str, runs: list[str], target: tuple[float, float]
+) -> dict[str, Any]:
+    """Issue 12: p50 and p99 within bounds, and no message late (> 30 s) or lost, in each run."""
+    p50_max, p99_max = target
+    found = [r for run in runs if (r := _get(doc, "latency", run))]
+    met: bool | None = None
+    if found:
+        met = all(
+            r.get("p50") is not None
+            and r["p50"] <= p50_max
+            and r.get("p99") is not None
+            and r["p99"] <= p99_max
+            and not r.get("late")
+            and not r.get("lost")
+            for r in found
+        )
+    return {
+        "name": name,
+        "target": f"p50 <= {p50_max * 1000:.0f} ms, p99 <= {p99_max * 1000:.0f} ms, 0 late/lost",
+        "value": max((r.get("p99") or 0 for r in found), default=None),
+        "met": met,
+        "profile": _get(found[0], "profile") if found else None,
+    }
 
 
 def _num(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -147,16 +187,36 @@ def table(doc: dict[str, Any]) -> str:
             _num(bare_lat.get(q), 1000, 0),
             _ratio(r.get(f"latency_{q}")),
         )
-    cross = _get(doc, "latency", "cross_relay") or {}
-    for q in ("p50", "p95", "p99"):
-        row(f"latency {q}, relay1 -> relay2, ms", _num(cross.get(q), 1000, 0))
+    runs = [("same relay", same)]
+    for key, label in (
+        ("cross_relay", "relay1 -> relay2"),
+        ("cross_relay_back", "relay2 -> relay1"),
+    ):
+        run = _get(doc, "latency", key) or {}
+        if run:
+            runs.append((label, run))
+            for q in ("p50", "p95", "p99"):
+                row(f"latency {q}, {label}, ms", _num(run.get(q), 1000, 0))
     if same:
         lines.append(
             f"{'':<4}offered {_num(same.get('offered_per_s'))} msg/s = "
             f"{_get(doc, 'latency', 'fraction_of_max')} x the best 2 KB throughput; "
-            f"{same.get('count')} timed, {same.get('lost')} lost "
-            f"(cross relay: {cross.get('count', '-')} timed, {cross.get('lost', '-')} lost)"
+            + "; ".join(
+                f"{label}: {run.get('count')} timed, {run.get('late', '-')} late, "
+                f"{run.get('lost')} lost, machine busy "
+                f"{_num(_get(run, 'profile', 'machine_busy_cores'), 1, 2)} cores"
+                for label, run in runs
+            )
         )
+    for key, label in (("same_relay", "same relay"), ("cross_relay", "relay1 -> relay2")):
+        milestones = _get(doc, "hops", key, "milestones")
+        if milestones:
+            lines.append(
+                f"{'':<4}hops, {label} (median ms after the end of DATA): "
+                + ", ".join(
+                    f"{name} {_num(m.get('p50_ms'), 1, 0)}" for name, m in milestones.items()
+                )
+            )
     acc = doc.get("accounts") or {}
     row("first-login creations/s", _num(acc.get("creations_per_s")))
     row(
@@ -175,6 +235,13 @@ def table(doc: dict[str, Any]) -> str:
             f"Dovecot as a whole {_num(idle.get('dovecot_kb_per_connection'))} KB, container "
             f"working set {_num(idle.get('container_kb_per_connection'))} KB per connection"
         )
+        held = idle.get("imap_pss_kb_before") or 0
+        if held > HELD_BEFORE_KB:
+            lines.append(
+                f"{'':<4}note: Dovecot's IMAP processes held {held / 1024:.0f} MB before the first "
+                "idle connection (imap-login keeps what earlier connections used), so the "
+                "growth understates the cost; measure after Dovecot started afresh"
+            )
     inotify = host.get("inotify_max_user_instances")
     if (
         inotify is not None
@@ -198,7 +265,7 @@ def table(doc: dict[str, Any]) -> str:
             f"machine busy {prof['machine_busy_cores']:.2f} of {machine.get('cpus')} cores, "
             f"load generator {_num(generator, 1, 2)}",
         ]
-    lines += ["", "targets (issue 7):"]
+    lines += ["", "targets (issues 7 and 12):"]
     for t in doc.get("targets") or targets(doc):
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         limit = f"; limited by {t['limited_by']}" if t.get("limited_by") else ""

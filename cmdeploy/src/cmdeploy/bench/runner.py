@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import drivers, profile, stats
+from . import drivers, hops, profile, stats
 from .bare import BareHost
 from .drivers import Account, SenderPool
 from .hosts import BenchError, BenchHost, lab_relays, relay_config
@@ -53,6 +53,7 @@ class Workload:
     large_size: int = 200 * 1024
     latency_fraction: float = 0.5
     latency_messages: int = 400
+    hop_samples: int = 12  # single messages followed through the relays' logs (0: skip)
     idle: tuple[int, ...] = (1000, 5000)
     idle_per_account: int = 8  # below Dovecot's mail_max_userip_connections (10)
     duration: float = 120.0  # cap per load, seconds
@@ -392,10 +393,25 @@ class Bench:
         except ProtocolError as e:
             raise BenchError(f"latency {label}: {e}") from None
         cpu = profile.cpu_by_class(cpu_before, send.cpu_sample())
-        summary = stats.latency_summary(result.latencies, result.lost)
+        summary: dict[str, Any] = {**stats.latency_summary(result.latencies, result.lost)}
+        # Told after more than 30 s, or not told at all though the message is in the maildir:
+        # late. Not in the maildir: lost.
+        never_told = sum(
+            1
+            for mailbox, sent_wall in result.unseen
+            if idle_host.deliveries([mailbox], idle_host.to_host_clock(sent_wall))
+        )
+        told_late = sum(1 for x in result.latencies if x > stats.LATE)
+        late = told_late + never_told
+        summary["late"], summary["lost"] = late, len(result.unseen) - never_told
+        summary["late_told_after_s"] = sorted(
+            round(x, 1) for x in result.latencies if x > stats.LATE
+        )
         self.say(
             f"  latency {label} at {rate:.1f} msg/s: p50 {ms(summary['p50'])}, "
-            f"p95 {ms(summary['p95'])}, p99 {ms(summary['p99'])} ({summary['count']} timed)"
+            f"p95 {ms(summary['p95'])}, p99 {ms(summary['p99'])} ({summary['count']} timed, "
+            f"{late} late, {summary['lost']} lost; machine busy "
+            f"{cpu['machine_busy_cores']:.2f} cores)"
         )
         return {
             **summary,
@@ -407,6 +423,65 @@ class Bench:
             "samples": [round(x, 4) for x in result.latencies],
             "profile": cpu,
         }
+
+    def first_mail(
+        self, send: BenchHost, receive: BenchHost, pool: SenderPool, recipients: list[Account]
+    ) -> dict[str, Any]:
+        """One untimed message to each recipient, delivered before a latency run: the first
+        delivery into a new mailbox also creates its index and quota files, which a timed run
+        would count as latency (in the same-relay run the throughput mail did this)."""
+        body = MessageBody.of_size(self.w.small_size)
+        names = [a.addr for a in recipients]
+        since = receive.to_host_clock(time.time()) - 5.0
+        known = set(receive.deliveries(names, since))
+        deadline = time.monotonic() + self.w.duration
+        sent = asyncio.run(
+            drivers.throughput(
+                send.endpoint, pool, recipients, body, len(recipients), 4, deadline, pool.burst
+            )
+        )
+        delivered = len(wait_deliveries(receive, names, since, known, sent.accepted))
+        return {"sent": len(recipients), "delivered": delivered, **sent.errors.as_dict()}
+
+    def hops_run(
+        self, label: str, send: BenchHost, receive: BenchHost, sender: Account, recipient: Account
+    ) -> dict[str, Any]:
+        """Where the time of single messages goes, hop by hop (issue 12)."""
+        body = MessageBody.of_size(self.w.small_size)
+        since = time.time() - 1
+        try:
+            samples = asyncio.run(
+                drivers.hop_samples(
+                    send.endpoint, receive.endpoint, sender, recipient, body, self.w.hop_samples
+                )
+            )
+        except ProtocolError as e:
+            raise BenchError(f"hops {label}: {e}") from None
+        send_log = send.journal(send.to_host_clock(since))
+        receive_log = send_log if receive is send else receive.journal(receive.to_host_clock(since))
+        files = sorted(receive.deliveries([recipient.addr], receive.to_host_clock(since)).values())
+        cross = receive is not send
+        per_sample = hops.milestones(
+            [
+                hops.Sample(
+                    send.to_host_clock(x.started),
+                    send.to_host_clock(x.end_of_data),
+                    None if x.submitted is None else send.to_host_clock(x.submitted),
+                    None if x.told is None else send.to_host_clock(x.told),
+                )
+                for x in samples
+            ],
+            send_log,
+            receive_log,
+            files,
+            cross,
+        )
+        result = hops.summary(per_sample)
+        self.say(
+            f"  hops {label} (ms after the end of DATA, median of {len(samples)}): "
+            + ", ".join(f"{k} {fmt(v['p50_ms'], 0)}" for k, v in result.items())
+        )
+        return {"milestones": result, "samples": per_sample}
 
     def idle_phase(self, relay: BenchHost, accounts: list[Account]) -> list[dict[str, Any]]:
         if not self.w.idle:
@@ -430,7 +505,7 @@ class Bench:
                 opened, errs = await drivers.open_idle(
                     relay.endpoint, slots[len(clients) : step], 50, deadline
                 )
-                clients += opened
+                clients += [client for _, client in opened]
                 for kind, n in errs.counts.items():
                     errors.counts[kind] = errors.counts.get(kind, 0) + n
                     errors.examples.setdefault(kind, errs.examples[kind])
@@ -521,6 +596,9 @@ class Bench:
             "same relay", relay1, relay1, pool, accounts[:n_idle], accounts[n_idle:], rate, workers
         )
         if relay2 is not None:
+            self.doc["latency"]["first_mail"] = self.first_mail(
+                relay1, relay2, pool, remote[:n_idle]
+            )
             self.doc["latency"]["cross_relay"] = self.latency_run(
                 f"{relay1.label} -> {relay2.label}",
                 relay1,
@@ -531,6 +609,29 @@ class Bench:
                 rate,
                 workers,
             )
+            config2 = relay2.chatmail_config()
+            pool2 = SenderPool(
+                remote, config2.max_user_send_per_minute, config2.max_user_send_burst_size
+            )
+            self.doc["latency"]["cross_relay_back"] = self.latency_run(
+                f"{relay2.label} -> {relay1.label}",
+                relay2,
+                relay1,
+                pool2,
+                accounts[:n_idle],
+                accounts[n_idle:],
+                rate,
+                workers,
+            )
+        if w.hop_samples:
+            self.say("where the time goes")
+            self.doc["hops"] = {
+                "same_relay": self.hops_run("same relay", relay1, relay1, accounts[-1], accounts[0])
+            }
+            if relay2 is not None:
+                self.doc["hops"]["cross_relay"] = self.hops_run(
+                    f"{relay1.label} -> {relay2.label}", relay1, relay2, accounts[-2], remote[0]
+                )
 
         if bare is not None and bare_host is not None:
             self.doc["bare"] = self.bare_phase(

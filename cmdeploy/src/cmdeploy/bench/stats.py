@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+LATE = 30.0  # seconds: a chat message told later than this is late (issue 12), not noise
+
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The `q`-th percentile (0..100) of `values`; None for an empty sample."""
