@@ -40,6 +40,9 @@ class Sink:
 
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reply: str = "250 OK"
+    # which listener each message reached, when two sinks share `messages` and `routes`
+    routes: list[str] = field(default_factory=list)
+    name: str = "signing"
 
     def check_sender(self, mail_from: str) -> str:
         return mail_from
@@ -49,6 +52,7 @@ class Sink:
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         self.messages.append((mail_from, rcpts, data))
+        self.routes.append(self.name)
         return self.reply
 
 
@@ -116,10 +120,14 @@ def gate(tmp_path: Path) -> Iterator[Ports]:
     sink = Sink()
     verifier = FakeVerifier()
     enforcing = {BOB}
+    # Postfix's signing re-injection listener and its local-only one, recorded in one list
+    local_sink = Sink(messages=sink.messages, routes=sink.routes, name="local")
     sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
+    local_port = loop.serve(start_smtp_server(local_sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
     reinjector = Reinjector("127.0.0.1", sink_port)
-    loop.reinjectors.append(reinjector)
-    outgoing = OutgoingGate(config, reinjector, RateLimiter(60, 3))
+    local_reinjector = Reinjector("127.0.0.1", local_port)
+    loop.reinjectors += [reinjector, local_reinjector]
+    outgoing = OutgoingGate(config, reinjector, local_reinjector, RateLimiter(60, 3))
     incoming = IncomingGate(config, reinjector, verifier, lambda rcpt: rcpt in enforcing)  # type: ignore[arg-type]
     ports = [
         loop.serve(start_smtp_server(outgoing, "127.0.0.1", 0, "filtermail", MAX_SIZE)),
@@ -256,7 +264,29 @@ def test_rate_limit_after_the_burst_closes_the_connection(gate: Ports) -> None:
 
 def test_reinjection_refusal_is_passed_through(gate: Ports) -> None:
     gate.sink.reply = "550 5.1.1 No such user"
-    assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED) == (550, "5.1.1 No such user")
+    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED) == (
+        550,
+        "5.1.1 No such user",
+    )
+
+
+@pytest.mark.parametrize(
+    ("rcpts", "route"),
+    [
+        ([BOB], "local"),
+        ([BOB, ALICE], "local"),
+        (["carol@other.example"], "signing"),
+        # one copy leaves the relay: the whole message is signed
+        ([BOB, "carol@other.example"], "signing"),
+        # the relay's own address in a bracketed IP form is not its domain: it leaves signed
+        (["bob@[192.0.2.1]"], "signing"),
+    ],
+)
+def test_only_mail_that_leaves_the_relay_goes_to_the_signing_listener(
+    gate: Ports, rcpts: list[str], route: str
+) -> None:
+    assert send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == (250, "OK")
+    assert gate.sink.routes == [route]
 
 
 def test_reinjection_down_is_a_temporary_failure(gate: Ports) -> None:

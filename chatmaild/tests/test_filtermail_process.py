@@ -60,6 +60,7 @@ def filtermail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtermail]
         f"filtermail_smtp_port_incoming = {ports['in']}\n"
         f"filtermail_http_port_incoming = {ports['http']}\n"
         f"postfix_reinject_port = {sink_port}\n"
+        f"postfix_reinject_port_local = {sink_port}\n"
         f"postfix_reinject_port_incoming = {sink_port}\n"
         "max_user_send_burst_size = 3\n"
     )

@@ -49,6 +49,7 @@ CONFIGS = {
         "filtermail_smtp_port_incoming": "11081",
         "postfix_reinject_port": "11025",
         "postfix_reinject_port_incoming": "11026",
+        "postfix_reinject_port_local": "11028",
         "filtermail_host": "::1",
         "postfix_host": "10.0.0.5",
     },
@@ -300,6 +301,7 @@ def test_master_cf_has_every_listener_and_service(rendered: Rendered) -> None:
         "submission/inet",
         "smtps/inet",
         f"{reinject_host}:{config.postfix_reinject_port}/inet",
+        f"{reinject_host}:{config.postfix_reinject_port_local}/inet",
         f"{reinject_host}:{config.postfix_reinject_port_incoming}/inet",
         f"{reinject_host}:{config.postfix_reinject_port_smtp}/inet",
         "authclean/unix",
@@ -321,6 +323,7 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
     filtermail = "[::1]" if config.filtermail_host == "::1" else "127.0.0.1"
     reinject = "10.0.0.5" if config.postfix_host == "10.0.0.5" else "127.0.0.1"
     out_listener = f"{reinject}:{config.postfix_reinject_port}/inet"
+    local_listener = f"{reinject}:{config.postfix_reinject_port_local}/inet"
     in_listener = f"{reinject}:{config.postfix_reinject_port_incoming}/inet"
     smtp_listener = f"{reinject}:{config.postfix_reinject_port_smtp}/inet"
     submission = {
@@ -353,6 +356,14 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
             "smtpd_relay_restrictions": "permit_mynetworks,reject",
             "cleanup_service_name": "authclean",
             **({} if config.is_ipv4 else {"smtpd_milters": "unix:opendkim/opendkim.sock"}),
+        },
+        # local users only: the same cleanup, never a milter, and no way out of the relay
+        local_listener: {
+            "syslog_name": "postfix/reinject_local",
+            "smtpd_tls_security_level": "none",
+            "smtpd_client_restrictions": "permit_mynetworks,reject",
+            "smtpd_relay_restrictions": "reject_unauth_destination",
+            "cleanup_service_name": "authclean",
         },
         in_listener: {
             "syslog_name": "postfix/reinject_incoming",

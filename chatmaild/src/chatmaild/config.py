@@ -197,6 +197,12 @@ class Config:
     postfix_reinject_port: int = _param(
         10025, parse_port, "Loopback port where filtered outgoing mail re-enters Postfix."
     )
+    postfix_reinject_port_local: int = _param(
+        10028,
+        parse_port,
+        "Loopback port where filtered outgoing mail for this relay's own users only re-enters "
+        "Postfix (not DKIM-signed: delivery to Dovecot removes signatures anyway).",
+    )
     postfix_reinject_port_incoming: int = _param(
         10026, parse_port, "Loopback port where filtered incoming mail re-enters Postfix."
     )

@@ -5,7 +5,8 @@ the live SMTP dialogue from 587/465 here), `filtermail INI incoming` on
 `filtermail_smtp_port_incoming` for mail from peers (port 25) and on
 `filtermail_http_port_incoming` for `/mxdeliv`; `filtermail INI transport` on
 `filtermail_lmtp_port_transport` delivers mail to other relays (`transport`, HTTPS first).
-All listen on `filtermail_host` (loopback) only. Accepted mail is re-injected into Postfix;
+All listen on `filtermail_host` (loopback) only. Accepted mail is re-injected into Postfix
+(outgoing mail for local users only at a listener that does not DKIM-sign it, `reinject`);
 refusals reach the sender inside the same SMTP transaction, so nothing is queued that would
 later bounce.
 
@@ -59,9 +60,14 @@ async def _judge(data: bytes, check: Callable[[], T]) -> T:
 class OutgoingGate:
     """Submissions of this relay's users."""
 
-    def __init__(self, config: Config, reinjector: Reinjector, limiter: RateLimiter) -> None:
+    def __init__(
+        self, config: Config, signing: Reinjector, local: Reinjector, limiter: RateLimiter
+    ) -> None:
         self.addresses = AddressPolicy(config.address_domain)
-        self.reinjector = reinjector
+        # mail that leaves the relay needs a DKIM signature; mail for local users only does
+        # not (LMTP delivery removes it), and signing is a sixth of the relay's CPU per message
+        self.signing = signing
+        self.local = local
         self.limiter = limiter
 
     def check_sender(self, mail_from: str) -> str:
@@ -76,7 +82,10 @@ class OutgoingGate:
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
-        reply = await self.reinjector.deliver(mail_from, rcpts, data)
+        # rcpts are as check_recipient returned them: a local one is in its canonical form
+        only_local = all(self.addresses.local_address(rcpt) == rcpt for rcpt in rcpts)
+        reinjector = self.local if only_local else self.signing
+        reply = await reinjector.deliver(mail_from, rcpts, data)
         log.info("outgoing message passed the gate: %s", reply[:3])
         return reply
 
@@ -122,9 +131,10 @@ async def serve(config: Config, mode: str) -> None:
     host, size = config.filtermail_host, config.max_message_size
     servers: list[asyncio.AbstractServer] = []
     if mode == "outgoing":
-        reinjector = Reinjector(config.postfix_host, config.postfix_reinject_port)
+        signing = Reinjector(config.postfix_host, config.postfix_reinject_port)
+        local = Reinjector(config.postfix_host, config.postfix_reinject_port_local)
         limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
-        gate_out = OutgoingGate(config, reinjector, limiter)
+        gate_out = OutgoingGate(config, signing, local, limiter)
         servers.append(
             await start_smtp_server(gate_out, host, config.filtermail_smtp_port, "filtermail", size)
         )

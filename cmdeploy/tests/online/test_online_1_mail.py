@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import time
 
 import pytest
@@ -161,6 +162,50 @@ def test_outgoing_encrypted_accepted_and_subject_hidden(
         assert msg.get_all(header) is None, f"delivered mail has {header}: {msg[header]}"
     assert client_ip.encode() not in raw, f"the sender's address {client_ip} is in the message"
     assert msg.get_content_type() == "multipart/encrypted"
+
+
+@pytest.mark.parametrize(
+    ("to", "listener"),
+    [("local", "postfix/reinject_local/smtpd"), ("remote", "postfix/reinject/smtpd")],
+)
+def test_only_mail_that_leaves_the_relay_passes_the_signing_listener(
+    to: str, listener: str, relay1: Relay, make_account: Factory, request: pytest.FixtureRequest
+) -> None:
+    """DKIM signing is a sixth of the relay's CPU per message, and a local delivery removes
+    the signature again: mail for local users only re-enters Postfix where nothing signs it.
+    (That mail to other relays arrives signed, their DKIM check shows.)"""
+    destination = relay1 if to == "local" else request.getfixturevalue("relay2")
+    sender, recipient = make_account(relay1), make_account(destination)
+    since = relay1.ssh("date +%s").strip()
+    msgid = message_id(relay1)
+    data = encrypted_message(sender.addr, recipient.addr, msgid)
+    with sender.smtp() as conn:
+        outcome = transact(conn, sender.addr, [recipient.addr], data)
+    assert (outcome.stage, outcome.code) == ("done", 250), outcome
+    wait_for_message_id(recipient, msgid)
+    # journald may lag behind the delivery by a moment
+    deadline = time.monotonic() + 10
+    while f'"{listener}"' not in relay1.ssh(
+        f"journalctl --no-pager -o json --output-fields=SYSLOG_IDENTIFIER -t {listener}"
+        f" --since @{since}"
+    ):
+        assert time.monotonic() < deadline, f"no line of {listener} on {relay1.domain}"
+        time.sleep(0.2)
+
+
+def test_the_unsigned_listener_takes_no_mail_that_would_leave(relay1: Relay) -> None:
+    """Whatever reaches the local-only re-injection listener, a recipient elsewhere is
+    refused there: nothing leaves the relay unsigned."""
+    port = relay1.config.postfix_reinject_port_local
+    script = (
+        "import smtplib\n"
+        f"s = smtplib.SMTP('127.0.0.1', {port})\n"
+        "s.ehlo('localhost')\n"
+        f"s.mail('someone@{relay1.address_domain}')\n"
+        "print(s.rcpt('someone@elsewhere.test')[0])\n"
+        "s.quit()\n"
+    )
+    assert relay1.ssh(f"python3 -c {shlex.quote(script)}").strip() == "554"
 
 
 def test_oversized_message_refused(relay1: Relay, make_account: Factory) -> None:

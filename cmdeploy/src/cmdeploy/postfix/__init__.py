@@ -110,6 +110,7 @@ def postfix_files(
         filter_outgoing=_host_port(filtermail, config.filtermail_smtp_port),
         filter_incoming=_host_port(filtermail, config.filtermail_smtp_port_incoming),
         reinject=_host_port(reinject_host, config.postfix_reinject_port),
+        reinject_local=_host_port(reinject_host, config.postfix_reinject_port_local),
         reinject_incoming=_host_port(reinject_host, config.postfix_reinject_port_incoming),
         reinject_smtp=_host_port(reinject_host, config.postfix_reinject_port_smtp),
         max_smtp_connections=config.max_smtp_connections,
