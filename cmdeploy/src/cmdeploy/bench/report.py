@@ -178,6 +178,9 @@ def table(doc: dict[str, Any]) -> str:
                     for x in _get(doc, "throughput", "runs", key) or []
                 )
             )
+    cross = _get(doc, "throughput", "cross_relay") or {}
+    if cross:
+        row("throughput 2 KB, relay1 -> relay2, msg/s", _num(cross.get("delivered_per_s")))
     same = _get(doc, "latency", "same_relay") or {}
     bare_lat = _get(doc, "bare", "latency") or {}
     for q in ("p50", "p95", "p99"):
@@ -199,15 +202,15 @@ def table(doc: dict[str, Any]) -> str:
                 row(f"latency {q}, {label}, ms", _num(run.get(q), 1000, 0))
     if same:
         lines.append(
-            f"{'':<4}offered {_num(same.get('offered_per_s'))} msg/s = "
-            f"{_get(doc, 'latency', 'fraction_of_max')} x the best 2 KB throughput; "
-            + "; ".join(
-                f"{label}: {run.get('count')} timed, {run.get('late', '-')} late, "
-                f"{run.get('lost')} lost, machine busy "
-                f"{_num(_get(run, 'profile', 'machine_busy_cores'), 1, 2)} cores"
-                for label, run in runs
-            )
+            f"{'':<4}offered at {_get(doc, 'latency', 'fraction_of_max')} x the best 2 KB "
+            "throughput of each path"
         )
+        for label, run in runs:
+            lines.append(
+                f"{'':<4}{label}: {_num(run.get('offered_per_s'))} msg/s offered, "
+                f"{run.get('count')} timed, {run.get('late', '-')} late, {run.get('lost')} lost, "
+                f"machine busy {_num(_get(run, 'profile', 'machine_busy_cores'), 1, 2)} cores"
+            )
     for key, label in (("same_relay", "same relay"), ("cross_relay", "relay1 -> relay2")):
         milestones = _get(doc, "hops", key, "milestones")
         if milestones:

@@ -296,11 +296,15 @@ class Bench:
         body: MessageBody,
         messages: int,
         concurrency: int,
+        receive: BenchHost | None = None,
     ) -> dict[str, Any]:
+        """Submitted on `host`, counted in the recipients' maildirs on `receive` (default:
+        the same host)."""
+        receive = receive or host
         names = [a.addr for a in recipients]
         # files of earlier loads that arrived within the last seconds are known, not counted
-        since = host.to_host_clock(time.time()) - 5.0
-        known = set(host.deliveries(names, since))
+        since = receive.to_host_clock(time.time()) - 5.0
+        known = set(receive.deliveries(names, since))
         cpu_before = host.cpu_sample()
         gen_before = own_cpu()
         deadline = time.monotonic() + self.w.duration
@@ -317,9 +321,9 @@ class Bench:
             )
         )
         gen_cpu = own_cpu() - gen_before
-        times = wait_deliveries(host, names, since, known, sent.accepted)
+        times = wait_deliveries(receive, names, since, known, sent.accepted)
         cpu = profile.cpu_by_class(cpu_before, host.cpu_sample())
-        first = host.to_host_clock(sent.started_wall)
+        first = receive.to_host_clock(sent.started_wall)
         span = stats.delivery_span(first, times)
         span = max(span or 0.0, sent.seconds) or None
         delivered = len(times)
@@ -339,8 +343,9 @@ class Bench:
             # for the throughput-over-time chart: seconds after the first submission
             "delivery_offsets": [round(t - first, 3) for t in times],
         }
+        path = host.label if receive is host else f"{host.label} -> {receive.label}"
         self.say(
-            f"  {host.label} {body.size // 1024} KB x{concurrency}: {sent.accepted} accepted, "
+            f"  {path} {body.size // 1024} KB x{concurrency}: {sent.accepted} accepted, "
             f"{delivered} delivered, {fmt(result['delivered_per_s'])} msg/s"
         )
         return result
@@ -423,25 +428,6 @@ class Bench:
             "samples": [round(x, 4) for x in result.latencies],
             "profile": cpu,
         }
-
-    def first_mail(
-        self, send: BenchHost, receive: BenchHost, pool: SenderPool, recipients: list[Account]
-    ) -> dict[str, Any]:
-        """One untimed message to each recipient, delivered before a latency run: the first
-        delivery into a new mailbox also creates its index and quota files, which a timed run
-        would count as latency (in the same-relay run the throughput mail did this)."""
-        body = MessageBody.of_size(self.w.small_size)
-        names = [a.addr for a in recipients]
-        since = receive.to_host_clock(time.time()) - 5.0
-        known = set(receive.deliveries(names, since))
-        deadline = time.monotonic() + self.w.duration
-        sent = asyncio.run(
-            drivers.throughput(
-                send.endpoint, pool, recipients, body, len(recipients), 4, deadline, pool.burst
-            )
-        )
-        delivered = len(wait_deliveries(receive, names, since, known, sent.accepted))
-        return {"sent": len(recipients), "delivered": delivered, **sent.errors.as_dict()}
 
     def hops_run(
         self, label: str, send: BenchHost, receive: BenchHost, sender: Account, recipient: Account
@@ -596,9 +582,23 @@ class Bench:
             "same relay", relay1, relay1, pool, accounts[:n_idle], accounts[n_idle:], rate, workers
         )
         if relay2 is not None:
-            self.doc["latency"]["first_mail"] = self.first_mail(
-                relay1, relay2, pool, remote[:n_idle]
+            # Across relays a message costs both relays' work, which in the lab share the same
+            # cores: its latency is offered at the same fraction of its own path's throughput.
+            # This run also gives each recipient its first mail, whose delivery creates the
+            # mailbox's index and quota files (the same-relay recipients had the throughput
+            # runs' mail).
+            self.say("throughput across relays")
+            cross = self.throughput_run(
+                relay1,
+                pool,
+                remote[:n_idle],
+                MessageBody.of_size(w.small_size),
+                w.messages,
+                workers,
+                receive=relay2,
             )
+            self.doc["throughput"]["cross_relay"] = cross
+            cross_rate = max(0.5, w.latency_fraction * (cross["delivered_per_s"] or 1.0))
             self.doc["latency"]["cross_relay"] = self.latency_run(
                 f"{relay1.label} -> {relay2.label}",
                 relay1,
@@ -606,7 +606,7 @@ class Bench:
                 pool,
                 remote[:n_idle],
                 remote[n_idle:],
-                rate,
+                cross_rate,
                 workers,
             )
             config2 = relay2.chatmail_config()
@@ -620,7 +620,7 @@ class Bench:
                 pool2,
                 accounts[:n_idle],
                 accounts[n_idle:],
-                rate,
+                cross_rate,
                 workers,
             )
         if w.hop_samples:
