@@ -160,6 +160,7 @@ def main() -> None:
             f"mailboxes_dir = {tmp}\nmax_user_send_per_minute = 0\n"
             "max_message_size = 31457280\n"
             f"filtermail_smtp_port = {gate_port}\npostfix_reinject_port = {sink_port}\n"
+            f"postfix_reinject_port_local = {sink_port}\n"
         )
         filtermail = str(Path(sys.executable).parent / "filtermail")
         me = [sys.executable, __file__, "--passthrough", str(base_port), str(sink_port)]

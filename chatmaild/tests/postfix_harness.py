@@ -420,6 +420,7 @@ def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
             "filtermail_smtp_port_incoming": free_port(),
             "filtermail_http_port_incoming": free_port(),
             "postfix_reinject_port": free_port(),
+            "postfix_reinject_port_local": free_port(),
             "postfix_reinject_port_incoming": free_port(),
             "postfix_reinject_port_smtp": free_port(),
             "filtermail_lmtp_port_transport": free_port(),
@@ -436,13 +437,14 @@ def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
             config=config,
             dovecot=relay,
             smtp_port=free_port(),
-            # Submission needs Dovecot's SASL socket, outgoing re-injection needs OpenDKIM, and
-            # the way out to other relays is not taken here: none of them is on the path of
-            # mail from peers
+            # Submission needs Dovecot's SASL socket, outgoing re-injection needs OpenDKIM (and
+            # its local-only twin the outgoing gate), and the way out to other relays is not
+            # taken here: none of them is on the path of mail from peers
             removed_services=(
                 "submission/inet",
                 "smtps/inet",
                 f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port']}/inet",
+                f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port_local']}/inet",
                 f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port_smtp']}/inet",
                 "filtermail-transport/unix",
             ),
