@@ -62,3 +62,14 @@ def test_mail_between_a_named_relay_and_an_ipv4_relay(
             data = encrypted_message(sender.addr, recipient.addr, msgid)
             assert transact(smtp, sender.addr, [recipient.addr], data).code == 250
         wait_for_message_id(recipient, msgid)
+
+
+def test_mail_between_two_users_of_an_ipv4_relay(ipv4_relay: Relay, make_account: Factory) -> None:
+    """`user@[a.b.c.d]` to `user@[a.b.c.d]` re-enters Postfix at the local-only listener,
+    which must take the relay's own address literal as local."""
+    sender, recipient = make_account(ipv4_relay), make_account(ipv4_relay)
+    msgid = message_id(ipv4_relay)
+    with sender.smtp() as smtp:
+        data = encrypted_message(sender.addr, recipient.addr, msgid)
+        assert transact(smtp, sender.addr, [recipient.addr], data).code == 250
+    wait_for_message_id(recipient, msgid)
