@@ -16,7 +16,7 @@ from chatmaild.config import (
 )
 
 SPEC_KEYS_AND_DEFAULTS = {
-    # relay-spec §8, with values as the typed model holds them
+    # doc/config.md, with values as the typed model holds them
     "max_user_send_per_minute": 60,
     "max_user_send_burst_size": 10,
     "max_mailbox_size": 500 * 2**20,

@@ -1,4 +1,4 @@
-"""The DKIM origin check on incoming mail (relay-spec §4.6).
+"""The DKIM origin check on incoming mail (doc/encryption-gate.md).
 
 Messages are signed at test time with the committed test keys in `data/dkim/`; the public keys
 are served by a fake TXT lookup, so no test touches real DNS.

@@ -1,4 +1,4 @@
-"""Daily expiry (relay-spec §7): inactive accounts, old and large mail, quota pruning."""
+"""Daily expiry: inactive accounts, old and large mail, quota pruning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The filtermail verdicts (relay-spec §4.2-4.5, §4.8) against the .eml corpus and beyond."""
+"""The filtermail verdicts (doc/encryption-gate.md) against the .eml corpus and beyond."""
 
 from __future__ import annotations
 

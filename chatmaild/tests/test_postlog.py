@@ -1,4 +1,4 @@
-"""chatmail-postlog: Postfix's log lines lose addresses, IPs, logins and text (relay-spec §9).
+"""chatmail-postlog: Postfix's log lines lose addresses, IPs, logins and text.
 
 1. Real lines, as the lab relays' Postfix 3.7 wrote them (addresses, IPs and subjects replaced
    by made-up ones of the same shape), and hostile ones, each with its exact redaction.

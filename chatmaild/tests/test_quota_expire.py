@@ -1,4 +1,4 @@
-"""Quota expiry (relay-spec §7): parse Maildir names, prune oldest first, keep mail < 24 h."""
+"""Quota expiry: parse Maildir names, prune oldest first, keep mail < 24 h."""
 
 from __future__ import annotations
 

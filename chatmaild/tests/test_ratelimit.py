@@ -1,4 +1,4 @@
-"""The GCRA send limit of the outgoing gate (relay-spec §4.4 step 2), on a fake clock."""
+"""The GCRA send limit of the outgoing gate (doc/encryption-gate.md), on a fake clock."""
 
 from __future__ import annotations
 

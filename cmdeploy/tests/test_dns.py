@@ -1,4 +1,4 @@
-"""`cmdeploy dns` (relay-spec §11): golden zone files, then real checks against a private NSD.
+"""`cmdeploy dns`: golden zone files, then real checks against a private NSD.
 
 The check tests serve zones from Debian's NSD on 127.0.0.1 and a free port, and point both the
 resolver and the direct authoritative queries at it; nothing here asks a real DNS server.

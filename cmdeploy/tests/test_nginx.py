@@ -1,4 +1,4 @@
-"""nginx (relay-spec §10): our files for every TLS mode, checked by Debian's own nginx.
+"""nginx: our files for every TLS mode, checked by Debian's own nginx.
 
 - Unit: the autoconfig XML, the MTA-STS policy, which files we write and what they must not
   contain.

@@ -481,7 +481,7 @@ def test_tls_policy_exceptions(tmp_path: Path, next_hop: str, policy: str | None
     assert lookup(conf_dir, "tls_policy", next_hop) == policy
 
 
-# --- logging through chatmail-postlog (relay-spec §9) ----------------------------------------
+# --- logging through chatmail-postlog ----------------------------------------
 
 DEBIAN_POSTFIX_UNIT = Path("/lib/systemd/system/postfix@.service")
 

@@ -1,4 +1,4 @@
-"""The web pages (relay-spec §10.3): built from the real `www/src` for each TLS mode.
+"""The web pages: built from the real `www/src` for each TLS mode.
 
 QR codes are checked by decoding them with zbar's `zbarimg`, the ones `dclogin.js` draws by
 running its encoder in Node.js, and the whole self-signed invitation flow in headless Chromium

@@ -1,5 +1,5 @@
-// dclogin.js: the invitation on the home page of a relay with a self-signed certificate
-// (relay-spec §10.2, §10.3). Delta Chat cannot fetch https://<domain>/new from such a relay
+// dclogin.js: the invitation on the home page of a relay with a self-signed certificate.
+// Delta Chat cannot fetch https://<domain>/new from such a relay
 // itself, so this page does: it asks /new (GET) for fresh credentials and shows the
 // `dclogin:` link it gets back as a button and as a QR code. Nothing is stored anywhere:
 // the account comes into being when the app first logs in with these credentials.

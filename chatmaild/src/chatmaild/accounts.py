@@ -1,4 +1,4 @@
-"""Accounts on disk, and the rules for creating one (relay-spec §2.2).
+"""Accounts on disk, and the rules for creating one.
 
 An account is the directory `<mailboxes_dir>/<addr>/` holding `password` (the
 `{SHA512-CRYPT}` hash; its mtime is the last login day, §2.3) and `enforceE2EEincoming`.

@@ -1,4 +1,4 @@
-"""The relay's configuration: `chatmail.ini`, section `[params]` (relay-spec §8).
+"""The relay's configuration: `chatmail.ini`, section `[params]` (doc/config.md).
 
 One frozen, typed model. Every field carries its default and a one-line doc; the commented
 example ini that `cmdeploy init` writes is generated from the same fields, so the two cannot

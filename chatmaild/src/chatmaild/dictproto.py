@@ -1,4 +1,4 @@
-"""Dovecot's dict protocol, as Dovecot 2.3's `proxy:` dict client speaks it (relay-spec §2.1).
+"""Dovecot's dict protocol, as Dovecot 2.3's `proxy:` dict client speaks it.
 
 Pure codec, no I/O: `parse_request` turns one request line into a typed request, the
 `reply_*` functions build reply lines. One request per line, fields separated by TAB, the

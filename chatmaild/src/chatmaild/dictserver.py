@@ -1,4 +1,4 @@
-"""A unix-socket server for Dovecot's dict protocol (relay-spec §2.1), generic over a backend.
+"""A unix-socket server for Dovecot's dict protocol, generic over a backend.
 
 Each connection is served by its own asyncio task, so a slow or silent client never delays
 another; requests of one connection are answered in order, as Dovecot expects. Transactions

@@ -1,4 +1,4 @@
-"""chatmail-expire: the daily expiry of old mail and inactive accounts (relay-spec §7).
+"""chatmail-expire: the daily expiry of old mail and inactive accounts.
 
 A systemd timer runs `chatmail-expire <ini> -v --remove` as vmail every day. One pass over
 every `*@*` directory in the mailboxes directory; for each mailbox:
@@ -324,8 +324,7 @@ def positive_int(raw: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="chatmail-expire",
-        description="Delete old mail and inactive accounts (relay-spec §7). "
-        "A dry run unless --remove is given.",
+        description="Delete old mail and inactive accounts. " "A dry run unless --remove is given.",
     )
     parser.add_argument(
         "ini", type=Path, nargs="?", default=DEFAULT_INI_PATH, help="path of chatmail.ini"

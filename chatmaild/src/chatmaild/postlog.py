@@ -1,6 +1,6 @@
 """chatmail-postlog: Postfix's syslog socket, scrubbed before anything reaches the journal.
 
-The relay's rule (relay-spec §9, README "Architecture"): no log line holds an address, password,
+The relay's rule (README "Architecture"): no log line holds an address, password,
 token, client IP or message text. Postfix logs envelope addresses, client and peer IPs, HELO
 names, SASL logins, message-ids and, for `header_checks` REPLACE, the original header. Postfix
 keeps logging with syslog(3), but in the mount namespace of its systemd unit `/dev/log`

@@ -1,4 +1,4 @@
-"""The persistent queue of push notifications (relay-spec §3).
+"""The persistent queue of push notifications.
 
 Every valid device token of a recipient becomes one item: a file in
 `<mailboxes>/pending_notifications/` named by a random UUID (hex), holding three lines:

@@ -1,4 +1,4 @@
-"""quota-expire: makes room in a mailbox that crossed its quota warning (relay-spec §7).
+"""quota-expire: makes room in a mailbox that crossed its quota warning.
 
 Dovecot's `quota_warning = storage=75%%` runs `chatmail-quota-expire <target_mb> <mailbox>`
 as vmail, with the target at 70 % of `max_mailbox_size`. This deletes the oldest messages
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineArgumentParser(
         prog="chatmail-quota-expire",
         description="Delete a mailbox's oldest messages (none younger than 24 h) until it "
-        "holds at most TARGET_MB; run by Dovecot's quota warning (relay-spec §7).",
+        "holds at most TARGET_MB; run by Dovecot's quota warning.",
     )
     parser.add_argument(
         "target_bytes", metavar="TARGET_MB", type=parse_target_mb, help="target size in MiB"

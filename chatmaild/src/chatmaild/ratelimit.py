@@ -1,4 +1,4 @@
-"""The per-sender send rate limit of the outgoing gate (relay-spec §4.4 step 2).
+"""The per-sender send rate limit of the outgoing gate (doc/encryption-gate.md).
 
 Filtermail's outgoing front end asks `RateLimiter.check` at every MAIL FROM. It is a GCRA
 (generic cell rate algorithm) keyed by the envelope sender: one unit every

@@ -1,4 +1,4 @@
-"""The resource gate for account creation (relay-spec §2.2, step 3.6).
+"""The resource gate for account creation.
 
 Creation pauses while the machine is overloaded, short of memory, or short of disk on the
 mailboxes filesystem. A value that cannot be read is skipped rather than blocking sign-ups.

@@ -38,7 +38,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def dict_service_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The command line every dict service shares: `<prog> SOCKET INI` (relay-spec §2.1)."""
+    """The command line every dict service shares: `<prog> SOCKET INI`."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("socket", type=Path, help="unix socket to listen on")
     parser.add_argument("ini", type=Path, help="path of chatmail.ini")

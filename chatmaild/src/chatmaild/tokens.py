@@ -1,4 +1,4 @@
-"""Device tokens for push notifications, per account (relay-spec §2.4).
+"""Device tokens for push notifications, per account (RFC 5464).
 
 `<home>/metadata.json` holds `{"devicetoken": {<token>: <unix time of its last set>}}`. A
 token is valid while it was set less than 90 days ago and its time is at most 60 s in the

@@ -1,4 +1,4 @@
-"""The `cmdeploy` command line (relay-spec §9).
+"""The `cmdeploy` command line.
 
 `init` writes a commented `chatmail.ini` generated from the config model and tells the
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or

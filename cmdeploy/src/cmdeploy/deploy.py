@@ -1,4 +1,4 @@
-"""The pyinfra deploy of a chatmail relay, run by `cmdeploy run` (relay-spec §9).
+"""The pyinfra deploy of a chatmail relay, run by `cmdeploy run`.
 
 pyinfra executes this file against one host. Components come in the order of the list at
 the bottom; all installs run first, then all configures, then all activates

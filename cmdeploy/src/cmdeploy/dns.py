@@ -1,4 +1,4 @@
-"""The relay's DNS records (relay-spec §11): generate them, write a zone file, check them.
+"""The relay's DNS records: generate them, write a zone file, check them.
 
 `cmdeploy dns` (spec §9) builds the records from the config and `RelayFacts` (the addresses,
 DKIM key, ACME account and MTA-STS id found on the relay), then either writes them as a BIND

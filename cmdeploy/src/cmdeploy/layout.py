@@ -2,8 +2,8 @@
 
 Templates of different components must agree on sockets and files (Postfix hands mail to
 Dovecot's LMTP socket, Dovecot asks doveauth's socket, ...): they all take these values from
-`Layout`, never spell a path themselves. Paths follow relay-spec §1.1 and §8 where it names
-them; the web root is our own, so that an operator's other nginx sites stay untouched.
+`Layout`, never spell a path themselves. The configurable ones are in doc/config.md; the
+web root is our own, so that an operator's other nginx sites stay untouched.
 """
 
 from __future__ import annotations

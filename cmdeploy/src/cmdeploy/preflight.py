@@ -1,4 +1,4 @@
-"""Checks before `cmdeploy run` touches a host (relay-spec §9, DNS pre-check and port check).
+"""Checks before `cmdeploy run` touches a host (DNS pre-check and port check).
 
 One SSH command reads the host's OS release, its addresses and its listening TCP sockets. The
 deploy goes ahead only on Debian 12, and only if every port the relay needs is free or held by

@@ -1,4 +1,4 @@
-"""`cmdeploy run`: deploy the relay onto its host with pyinfra over SSH (relay-spec §9).
+"""`cmdeploy run`: deploy the relay onto its host with pyinfra over SSH.
 
 The chatmaild wheel is built here, on the operator's machine, and uploaded; the relay needs
 no checkout. pyinfra runs `deploy.py` against `root@<host>` (or `@local`), with the inputs

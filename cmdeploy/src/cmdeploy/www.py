@@ -1,4 +1,4 @@
-"""The relay's web pages, built on the operator's machine (relay-spec §10.3).
+"""The relay's web pages, built on the operator's machine.
 
 `www/src/*.md` become HTML pages inside `www/src/page-layout.html`; every other file under
 `www/src/` (style sheet, logo, `dclogin.js`, `robots.txt`) is copied unchanged. Each page is

@@ -1,4 +1,4 @@
-"""The online suite: behaviours of deployed relays, seen from a client (relay-spec §12).
+"""The online suite: behaviours of deployed relays, seen from a client.
 
 `cmdeploy test` runs this folder with `CHATMAIL_ONLINE` holding the target description, the
 JSON that `cmdeploy lab status --json` prints:

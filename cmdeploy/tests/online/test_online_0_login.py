@@ -1,4 +1,4 @@
-"""Accounts, logins, onboarding and where TLS is required (relay-spec §2.2, §5, §6, §10.2)."""
+"""Accounts, logins, onboarding and where TLS is required."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def test_short_password_refused(relay1: Relay, registry: Registry) -> None:
     "kind", ["local part too short", "local part too long", "plus", "slash", "other domain"]
 )
 def test_creation_rules(kind: str, relay1: Relay, registry: Registry) -> None:
-    """Logins that may not create an account fail and leave nothing (relay-spec §2.2)."""
+    """Logins that may not create an account fail and leave nothing."""
     local = random_local(relay1)
     addr = {
         "local part too short": f"{local[: relay1.config.username_min_length - 1]}",
@@ -261,13 +261,13 @@ def _handshake_tls12(relay: Relay, port: int) -> None:
 
 @pytest.mark.parametrize("port", [465, 587, 993, 143])
 def test_client_ports_require_tls13(relay1: Relay, port: int) -> None:
-    """Submission and IMAP refuse TLS 1.2 (relay-spec §5, §6: TLS >= 1.3)."""
+    """Submission and IMAP refuse TLS 1.2 (TLS >= 1.3)."""
     with pytest.raises(ssl.SSLError):
         _handshake_tls12(relay1, port)
 
 
 def test_port_25_accepts_tls12(relay1: Relay) -> None:
-    """Peers may use TLS 1.2 on port 25 (relay-spec §5)."""
+    """Peers may use TLS 1.2 on port 25."""
     conn = smtplib.SMTP(relay1.domain, 25, local_hostname=EHLO_NAME, timeout=NET_TIMEOUT)
     try:
         conn.ehlo()

@@ -1,4 +1,5 @@
-"""The encryption gate, the origin check and what delivered mail looks like (relay-spec §4, §5)."""
+"""The encryption gate, the origin check and what delivered mail looks like
+(doc/encryption-gate.md)."""
 
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def test_the_unsigned_listener_takes_no_mail_that_would_leave(relay1: Relay) -> 
 
 
 def test_oversized_message_refused(relay1: Relay, make_account: Factory) -> None:
-    """A message over `max_message_size` gets 552 (relay-spec §4.1, §5)."""
+    """A message over `max_message_size` gets 552 (doc/encryption-gate.md)."""
     sender, recipient = make_account(relay1), make_account(relay1)
     data = encrypted_message(sender.addr, recipient.addr, message_id(relay1))
     line = b"A" * 76 + b"\r\n"
@@ -262,7 +263,7 @@ def test_incoming_cleartext_refused(relay1: Relay, relay2: Relay, make_account: 
 def skip_for_ip_literal_sender(relay: Relay) -> None:
     if relay.config.is_ipv4:
         pytest.skip(
-            "mail from an IPv4 relay has no DKIM to check (relay-spec §4.6): "
+            "mail from an IPv4 relay has no DKIM to check (doc/encryption-gate.md): "
             "test_incoming_from_ip_literal_address_accepted covers it"
         )
 
@@ -344,7 +345,7 @@ def test_bounce_for_unknown_user_reaches_the_sender(
 def test_mxdeliv_applies_the_same_gate(
     kind: str, status: int, reply: str, relay1: Relay, relay2: Relay, make_account: Factory
 ) -> None:
-    """Relay-to-relay delivery over HTTPS gets the checks of port 25 (relay-spec §4.7)."""
+    """Relay-to-relay delivery over HTTPS gets the checks of port 25 (doc/encryption-gate.md)."""
     if kind != "cleartext":
         skip_for_ip_literal_sender(relay1)
     sender, recipient = make_account(relay1), make_account(relay2)
@@ -359,8 +360,8 @@ def test_mxdeliv_takes_only_post(relay2: Relay) -> None:
 
 
 def test_incoming_from_ip_literal_address_accepted(relay2: Relay, make_account: Factory) -> None:
-    """Mail from an IPv4 relay's user (`user@[a.b.c.d]`) has no DKIM to check (relay-spec
-    §4.6): encrypted, it is accepted on port 25 and delivered."""
+    """Mail from an IPv4 relay's user (`user@[a.b.c.d]`) has no DKIM to check
+    (doc/encryption-gate.md): encrypted, it is accepted on port 25 and delivered."""
     recipient = make_account(relay2)
     conn = starttls_connect(relay2, 25)
     try:

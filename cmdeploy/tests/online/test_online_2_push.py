@@ -1,4 +1,4 @@
-"""IMAP METADATA and push notifications (relay-spec §2.4, §3)."""
+"""IMAP METADATA and push notifications (RFC 5464)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TLS as peers and apps meet it on an ACME relay (relay-spec §8, §10.1, §10.2).
+"""TLS as peers and apps meet it on an ACME relay (doc/config.md, RFC 7301).
 
 Every listener presents the certificate the relay obtained from its ACME CA (the lab's pebble,
 or Let's Encrypt), valid for `<d>`, `www.<d>` and `mta-sts.<d>`, and verified against the

@@ -1,4 +1,4 @@
-"""The quota on a deployed relay (relay-spec §6 Quota, §7 quota expiry).
+"""The quota on a deployed relay.
 
 A mailbox is filled over SSH with messages Dovecot counts (Maildir files whose names carry
 their size, `,S=`, as Dovecot's own do), in a folder of their own so that IMAP clients never

@@ -1,4 +1,4 @@
-"""IMAP IDLE through Dovecot's hibernation (relay-spec §6): what a phone waiting for mail sees.
+"""IMAP IDLE through Dovecot's hibernation: what a phone waiting for mail sees.
 
 Delta Chat keeps one IDLE connection open all day. After `imap_hibernate_timeout` Dovecot
 moves it into the shared imap-hibernate process; when mail arrives, the connection must come

@@ -1,4 +1,4 @@
-"""An IPv4 relay: no DNS name, addresses `user@[a.b.c.d]` (relay-spec §8, §10.2).
+"""An IPv4 relay: no DNS name, addresses `user@[a.b.c.d]` (doc/config.md).
 
 Run when the target has one (the lab's `relay3`, with `cmdeploy lab up --relays 3`).
 """

@@ -3,7 +3,7 @@
 Passwords and push tokens must appear nowhere in a relay's journal. Addresses must not appear
 in what chatmail's own services and Dovecot log. Postfix's lines (every journal entry whose
 syslog identifier starts with `postfix`, whichever process wrote it) pass through
-chatmail-postlog (relay-spec §9), so they must hold no test address, not even its local part,
+chatmail-postlog, so they must hold no test address, not even its local part,
 and no IP address literal at all: not the test client's, and not the relays' own either,
 since the scrubber replaces every one. Other units may name IPs (sshd logs the address the
 suite connects from), so the IP rule is asserted for Postfix's lines only. Postfix must still

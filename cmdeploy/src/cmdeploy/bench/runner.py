@@ -218,8 +218,8 @@ class Bench:
         return asyncio.run(drivers.login_all(host.endpoint, accounts, concurrency, deadline))
 
     def wait_for_load(self, host: BenchHost, timeout: float = 150.0) -> float:
-        """Until the host's 1-minute load is below doveauth's creation limit (relay-spec §2.2
-        step 3.6: creation pauses above `max_load_1m`); the load average is the machine's,
+        """Until the host's 1-minute load is below doveauth's creation limit (creation
+        pauses above `max_load_1m`); the load average is the machine's,
         so the bench's own earlier loads count. Returns the load it saw last."""
         limit = 0.8 * host.chatmail_config().max_load_1m
         deadline = time.monotonic() + timeout

@@ -6,7 +6,7 @@ Pure functions and one small clock-driven class; the unit tests pin them down.
   numpy and of Python's `statistics.quantiles(method="inclusive")`), so p50 of an even sample
   is the mean of the two middle values.
 - A ratio is chatmail ÷ bare; it is None when either side is missing or the baseline is 0.
-- `SendBudget` mirrors the relay's per-sender GCRA rate limit (relay-spec §4.4 step 2) on the
+- `SendBudget` mirrors the relay's per-sender GCRA rate limit (doc/encryption-gate.md) on the
   client side, so the bench picks senders that still have budget and measures throughput,
   not the rate limiter.
 """

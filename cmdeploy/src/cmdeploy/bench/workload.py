@@ -1,6 +1,6 @@
 """What the bench sends: PGP/MIME messages of a chosen size and the names of its accounts (issue 7).
 
-A relay refuses cleartext (relay-spec §4.2), so every message has the exact shape of an
+A relay refuses cleartext (doc/encryption-gate.md), so every message has the exact shape of an
 OpenPGP/MIME message: a `multipart/encrypted` with the `Version: 1` part and an armored packet
 stream of one PKESK and one SEIPD packet. The gate only walks packet framing (it never
 decrypts), so the packet bodies are random bytes; that is also what real ciphertext looks like

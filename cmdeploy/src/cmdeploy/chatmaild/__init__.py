@@ -1,4 +1,4 @@
-"""The chatmaild services on a relay: systemd units and the ini they read (relay-spec §1.1).
+"""The chatmaild services on a relay: systemd units and the ini they read.
 
 Every service runs from the venv at `layout.venv` and restarts on failure. The mail services
 run as vmail and see the filesystem read-only but for the mailboxes; the dict services get

@@ -1,4 +1,4 @@
-"""coturn, the relay's TURN server for Delta Chat calls (relay-spec §1.1, TURN).
+"""coturn, the relay's TURN server for Delta Chat calls.
 
 coturn's `denied-peer-ip` takes an address or a range `first-last`, not CIDR: a network
 written as `10.0.0.0/8` is taken for a host name, fails to resolve, and blocks nothing.

@@ -1,4 +1,4 @@
-"""Dovecot's configuration on a relay (relay-spec §2, §6, §7).
+"""Dovecot's configuration on a relay.
 
 `dovecot_files` renders every file the deploy installs. `chatmail_conf` alone is what makes
 any Dovecot a chatmail relay's: the component tests include exactly it into a private test

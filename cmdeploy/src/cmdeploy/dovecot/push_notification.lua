@@ -3,7 +3,7 @@
 -- Dovecot's push_notification Lua driver calls this on every LMTP delivery. For each mailbox
 -- that received a message from someone else, it sets the private METADATA entry
 -- /private/messagenew; chatmail-metadata sees that write and pushes to the user's devices
--- (relay-spec §2.4). A message a user sends to their own address wakes no device.
+-- (RFC 5464). A message a user sends to their own address wakes no device.
 
 function dovecot_lua_notify_begin_txn(user)
   return { user = user, mailboxes = {} }

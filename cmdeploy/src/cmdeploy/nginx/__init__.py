@@ -1,4 +1,4 @@
-"""nginx: the relay's port 443 multiplexer, its web pages and HTTPS endpoints (relay-spec §10).
+"""nginx: the relay's port 443 multiplexer, its web pages and HTTPS endpoints.
 
 Clients and peers reach the relay's web side through nginx (spec §1.1):
 

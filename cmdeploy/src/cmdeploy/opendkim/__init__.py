@@ -1,4 +1,4 @@
-"""OpenDKIM, signing the relay's outgoing mail (relay-spec §5, §11).
+"""OpenDKIM, signing the relay's outgoing mail.
 
 The key is generated once on the relay (`opendkim-genkey`, RSA 2048) and kept across
 deploys; its public half goes into the `opendkim._domainkey` TXT record.

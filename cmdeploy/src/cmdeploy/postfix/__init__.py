@@ -1,4 +1,4 @@
-"""Postfix on a relay: every SMTP door of the mail flow (relay-spec §1.1, §1.2, §5).
+"""Postfix on a relay: every SMTP door of the mail flow.
 
 Peers deliver on 25 (STARTTLS mandatory), Delta Chat submits on 587 (STARTTLS) and 465
 (implicit TLS) after a Dovecot SASL login. Each of these smtpd listeners hands the live SMTP
