@@ -324,7 +324,7 @@ def positive_int(raw: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="chatmail-expire",
-        description="Delete old mail and inactive accounts. " "A dry run unless --remove is given.",
+        description="Delete old mail and inactive accounts. A dry run unless --remove is given.",
     )
     parser.add_argument(
         "ini", type=Path, nargs="?", default=DEFAULT_INI_PATH, help="path of chatmail.ini"
