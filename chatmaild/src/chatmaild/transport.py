@@ -127,7 +127,8 @@ class Transport:
             else:
                 reply = verdict(answer)
                 if reply is not None:
-                    log.info("delivered over HTTPS: %s", reply[:3])
+                    # 250, or the peer's gate's refusal (4xx, 5xx): not "delivered" then
+                    log.info("answered over HTTPS: %s", reply[:3])
                     return reply
                 if answer.status < 500:  # 404, 405, ...: no /mxdeliv there
                     self._no_mxdeliv[host] = self.clock() + NO_MXDELIV_FOR

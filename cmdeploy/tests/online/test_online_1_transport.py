@@ -24,7 +24,7 @@ from chatmail_online import (
 
 pytestmark = pytest.mark.timeout(300)
 
-VIA_HTTPS = "delivered over HTTPS: 250"
+VIA_HTTPS = "answered over HTTPS: 250"
 VIA_SMTP = "handed to Postfix for SMTP: 250"
 
 
