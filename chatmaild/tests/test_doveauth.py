@@ -151,7 +151,10 @@ def test_refusal_order_and_existing_accounts_unaffected(config: Config, tmp_path
     passdb(auth, "existing1@example.org", "long-enough-pw")
     (tmp_path / "nocreate").touch()
     # the nocreate file is checked first, even before the password length
-    assert auth.refusal("newcomer1@example.org", "x") == f"{tmp_path / 'nocreate'} exists"
+    assert auth.refusal("newcomer1@example.org", "x") == (
+        "nocreate",
+        f"{tmp_path / 'nocreate'} exists",
+    )
     assert passdb(auth, "newcomer1@example.org", "long-enough-pw") is None
     assert passdb(auth, "existing1@example.org", "whatever") is not None
 
@@ -159,14 +162,14 @@ def test_refusal_order_and_existing_accounts_unaffected(config: Config, tmp_path
 @pytest.mark.parametrize(
     ("readings", "reason"),
     [
-        (Readings(9.0, 8 * 2**30, 100 * 2**30), "load too high"),
-        (Readings(0.1, 100 * 2**20, 100 * 2**30), "available memory too low"),
-        (Readings(0.1, 8 * 2**30, 100 * 2**20), "free disk space too low"),
+        (Readings(9.0, 8 * 2**30, 100 * 2**30), ("load", "load too high")),
+        (Readings(0.1, 100 * 2**20, 100 * 2**30), ("memory", "available memory too low")),
+        (Readings(0.1, 8 * 2**30, 100 * 2**20), ("disk", "free disk space too low")),
         (Readings(None, None, None), None),  # unreadable values never block
     ],
 )
 def test_resource_gate(
-    config: Config, tmp_path: Path, readings: Readings, reason: str | None
+    config: Config, tmp_path: Path, readings: Readings, reason: tuple[str, str] | None
 ) -> None:
     auth = make_auth(config, tmp_path, readings)
     assert auth.refusal("newcomer1@example.org", "long-enough-pw") == reason
@@ -339,3 +342,18 @@ def test_unusable_socket_path_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"cannot listen on {sock}" in result.stderr
+
+
+def test_creations_and_refusals_are_counted_by_reason(config: Config, tmp_path: Path) -> None:
+    auth = make_auth(config, tmp_path)
+    passdb(auth, "newcomer1@example.org", "long-enough-pw")
+    passdb(auth, "newcomer1@example.org", "long-enough-pw")  # logs in: not created again
+    passdb(auth, "newcomer2@example.org", "short")  # invalid
+    (tmp_path / "nocreate").touch()
+    passdb(auth, "newcomer3@example.org", "long-enough-pw")
+    low_disk = make_auth(config, tmp_path / "other", Readings(0.1, 8 * 2**30, 1))
+    passdb(low_disk, "newcomer4@example.org", "long-enough-pw")
+    assert auth.created.value() == 1
+    refused = {key[0][1]: n for key, n in auth.refused.samples.items()}
+    assert refused == {"invalid": 1, "nocreate": 1}
+    assert {key[0][1]: n for key, n in low_disk.refused.samples.items()} == {"disk": 1}

@@ -17,6 +17,8 @@ from chatmaild_testing import make_config
 
 from chatmaild import smtpfront
 from chatmaild.filtermail import IncomingGate, OutgoingGate
+from chatmaild.gatemetrics import GateCounters
+from chatmaild.metrics import Registry
 from chatmaild.mxdeliv import start_mxdeliv_server
 from chatmaild.ratelimit import RateLimiter
 from chatmaild.reinject import Reinjector
@@ -77,6 +79,7 @@ class Ports:
     sink: Sink
     verifier: FakeVerifier
     enforcing: set[str]
+    registry: Registry
 
 
 class LoopThread:
@@ -127,15 +130,24 @@ def gate(tmp_path: Path) -> Iterator[Ports]:
     reinjector = Reinjector("127.0.0.1", sink_port)
     local_reinjector = Reinjector("127.0.0.1", local_port)
     loop.reinjectors += [reinjector, local_reinjector]
-    outgoing = OutgoingGate(config, reinjector, local_reinjector, RateLimiter(60, 3))
-    incoming = IncomingGate(config, reinjector, verifier, lambda rcpt: rcpt in enforcing)  # type: ignore[arg-type]
+    registry = Registry()
+    out, into = GateCounters(registry, "outgoing"), GateCounters(registry, "incoming")
+    outgoing = OutgoingGate(config, reinjector, local_reinjector, RateLimiter(60, 3), out)
+    incoming = IncomingGate(
+        config,
+        reinjector,
+        verifier,  # type: ignore[arg-type]
+        lambda rcpt: rcpt in enforcing,
+        counters=into,
+    )
+    host, name = "127.0.0.1", "filtermail"
     ports = [
-        loop.serve(start_smtp_server(outgoing, "127.0.0.1", 0, "filtermail", MAX_SIZE)),
-        loop.serve(start_smtp_server(incoming, "127.0.0.1", 0, "filtermail", MAX_SIZE)),
-        loop.serve(start_mxdeliv_server(incoming, "127.0.0.1", 0, MAX_SIZE)),
+        loop.serve(start_smtp_server(outgoing, host, 0, name, MAX_SIZE, counters=out)),
+        loop.serve(start_smtp_server(incoming, host, 0, name, MAX_SIZE, counters=into)),
+        loop.serve(start_mxdeliv_server(incoming, host, 0, MAX_SIZE, registry, into)),
     ]
     try:
-        yield Ports(*ports, sink=sink, verifier=verifier, enforcing=enforcing)
+        yield Ports(*ports, sink=sink, verifier=verifier, enforcing=enforcing, registry=registry)
     finally:
         loop.stop()
 
@@ -573,6 +585,55 @@ def test_mxdeliv_garbage_request(gate: Ports) -> None:
 
 
 # --- privacy -------------------------------------------------------------------------------
+
+
+# --- counts --------------------------------------------------------------------------------
+
+
+def counts(registry: Registry, name: str) -> dict[tuple[str, ...], float]:
+    return {tuple(v for _, v in k): n for k, n in registry.families[name].samples.items()}
+
+
+def test_the_gate_counts_what_it_lets_in_and_what_it_refuses_by_reason(gate: Ports) -> None:
+    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
+    send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
+    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
+    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)  # over the burst of 3: refused at MAIL
+    send(gate.incoming, ALICE, [BOB], CLEARTEXT)  # bob enforces encryption
+    send(gate.incoming, ALICE, ["carol@example.org"], CLEARTEXT)  # carol does not
+    post(gate.http, ENCRYPTED, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})
+    post(gate.http, b"x" * (MAX_SIZE + 1), {"X-MAIL-TO": BOB})
+    with RawClient(gate.incoming) as client:
+        client.command("HELO peer.example")
+        assert client.command("RCPT TO:<x@elsewhere.example>").startswith("503")
+        client.command(f"MAIL FROM:<{ALICE}>")
+        assert client.command("RCPT TO:<x@elsewhere.example>").startswith("553")
+
+    assert counts(gate.registry, "chatmail_gate_accepted_total") == {
+        ("outgoing", "encrypted"): 2,
+        ("incoming", "cleartext"): 1,
+        ("incoming", "encrypted"): 1,
+    }
+    assert counts(gate.registry, "chatmail_gate_refused_total") == {
+        ("outgoing", "523", "cleartext"): 1,
+        ("outgoing", "450", "rate_limited"): 1,
+        ("incoming", "523", "cleartext"): 1,
+        ("incoming", "552", "too_large"): 1,
+        ("incoming", "553", "invalid_recipient"): 1,
+    }
+    assert counts(gate.registry, "chatmail_mxdeliv_requests_total") == {("200",): 1, ("413",): 1}
+
+
+def test_an_oversized_message_over_smtp_is_counted_as_too_large(gate: Ports) -> None:
+    with RawClient(gate.outgoing) as client:
+        client.command("HELO client.example")
+        client.command(f"MAIL FROM:<{ALICE}>")
+        client.command(f"RCPT TO:<{BOB}>")
+        client.command("DATA")
+        client.send(b"x" * (MAX_SIZE + 10) + b"\r\n.\r\n")
+        assert client.readline() == "552 Message exceeds maximum size\r\n"
+    refused = counts(gate.registry, "chatmail_gate_refused_total")
+    assert refused == {("outgoing", "552", "too_large"): 1}
 
 
 def test_logs_hold_no_addresses(gate: Ports, caplog: pytest.LogCaptureFixture) -> None:

@@ -88,3 +88,14 @@ def test_lookups_find_nothing(sock: Path) -> None:
     with DictClient(sock) as c:
         assert c.lookup("shared/last-login/someone01@example.org") == "N"
         assert c.iterate("shared/") == []
+
+
+def test_each_login_of_an_account_is_counted(config: Config, tmp_path: Path) -> None:
+    make_account(config, "someone01@example.org")
+    backend = LastLoginDict(config)
+    path = tmp_path / "counting.socket"
+    with serving(path, backend):
+        for _ in range(3):  # the same day thrice: written once, counted thrice
+            assert commit(path, ("shared/last-login/someone01@example.org", str(LOGIN))) == "O1"
+        commit(path, ("shared/last-login/x@other.org", str(LOGIN)))  # not ours: not counted
+    assert backend.logins.value() == 3

@@ -194,3 +194,33 @@ def test_level_concurrency_limits(spool: Path, clock: Clock) -> None:
         await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
+
+
+def test_the_queue_counts_each_outcome_and_what_is_pending(spool: Path, clock: Clock) -> None:
+    endpoint = FakeEndpoint({"gone": [410], "flaky": [500], "dead": [500] * 5})
+    queue, notifier = make(spool, clock, endpoint, [])
+    for token in ("ok", "gone", "flaky", "dead"):
+        queue.enqueue("a@x.org", token)
+    pending = queue._pending
+    assert pending.value() == 4
+    run_due(notifier)
+    assert pending.value() == 2  # ok and gone ended
+    for delay in (8, 64, 512, 4096):
+        clock.now += delay
+        run_due(notifier)
+    counts = queue.counts
+    assert counts.queued.value() == 4
+    assert counts.sent.value() == 2  # ok, and flaky at its second attempt
+    assert counts.tokens_forgotten.value() == 1
+    assert counts.retried.value() == 1 + 4  # flaky once; dead at levels 0 to 3
+    assert counts.given_up.value() == 1
+    assert pending.value() == 0
+
+
+def test_recovered_items_are_pending(spool: Path, clock: Clock) -> None:
+    queue, _ = make(spool, clock, FakeEndpoint(), [])
+    queue.enqueue("a@x.org", "one")
+    queue.enqueue("a@x.org", "two")
+    again, _ = make(spool, clock, FakeEndpoint(), [])
+    assert again.recover() == 2
+    assert again._pending.value() == 2

@@ -330,3 +330,27 @@ def test_lmtp_gives_one_reply_per_recipient(tmp_path: Path) -> None:
     assert lines[3:6] == [b"250 OK\r\n", b"250 OK\r\n", b"553 5.1.3 Invalid recipient address\r\n"]
     assert lines[6].startswith(b"354")
     assert lines[7:] == [DELIVERED.encode() + b"\r\n", postfix.reply.encode() + b"\r\n"]
+
+
+def test_deliveries_are_counted_by_route_and_result() -> None:
+    peers = FakePeers(
+        {
+            "b.example": Answer(200, "250 OK"),
+            "c.example": Answer(400, "450 4.2.0 Try again later"),
+            "d.example": Answer(404, "not found"),
+            "e.example": NoAnswer("ConnectionRefusedError"),
+        }
+    )
+    mx: dict[str, str | None] = {d: d for d in ("b.example", "c.example", "d.example", "e.example")}
+    t = transport(peers, FakePostfix(), mx, Clock())
+    deliver(t, ["u@b.example", "v@b.example", "u@c.example", "u@d.example", "u@e.example"])
+    deliveries = {
+        tuple(v for _, v in k): n for k, n in t.deliveries.samples.items()
+    }  # one per recipient domain, not per recipient
+    assert deliveries == {
+        ("https", "delivered"): 1,
+        ("https", "deferred"): 1,
+        ("smtp", "queued"): 2,
+    }
+    failures = {k[0][1]: n for k, n in t.https_failures.samples.items()}
+    assert failures == {"not_mxdeliv": 1, "unreachable": 1}

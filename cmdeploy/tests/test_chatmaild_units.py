@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grp
+import pwd
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -19,6 +21,7 @@ SCRIPTS = [
     "filtermail",
     "chatmail-expire",
     "chatmail-postlog",
+    "chatmail-metrics",
 ]
 MAIL_SERVICES = {
     "doveauth",
@@ -27,6 +30,7 @@ MAIL_SERVICES = {
     "filtermail",
     "filtermail-incoming",
     "filtermail-transport",
+    "chatmail-metrics",
 }
 
 
@@ -44,6 +48,24 @@ def test_every_mail_service_has_a_unit_running_as_vmail() -> None:
     assert "RuntimeDirectory=doveauth" in files["/etc/systemd/system/doveauth.service"]
     timer = files["/etc/systemd/system/chatmail-expire.timer"]
     assert "OnCalendar=*-*-* 00:02:00" in timer
+
+
+def test_every_service_writes_its_metrics_where_the_exporter_reads_them() -> None:
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    files = chatmaild_files(layout)
+    for name in MAIL_SERVICES:
+        unit = files[f"/etc/systemd/system/{name}.service"]
+        assert "--metrics-dir /run/chatmail-metrics" in unit, name
+        # writable in spite of ProtectSystem=strict; "-": a missing one does not stop the unit
+        assert "ReadWritePaths=/home/vmail/mail/chat.example.org -/run/chatmail-metrics" in unit
+    # the directory exists from boot on, writable by the services (all run as vmail)
+    tmpfiles = files["/etc/tmpfiles.d/chatmail-metrics.conf"]
+    assert "\nd /run/chatmail-metrics 0755 vmail vmail -\n" in tmpfiles
+    exporter = files["/etc/systemd/system/chatmail-metrics.service"]
+    assert " /run/chatmail-metrics/exporter.socket " in exporter
+    assert "--certificate /etc/chatmail/tls/fullchain.pem" in exporter
+    # `postqueue -j` works without its setgid bit (NoNewPrivileges) only with the group
+    assert "SupplementaryGroups=postdrop\n" in exporter
 
 
 def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() -> None:
@@ -107,6 +129,8 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     )
     units = []
     for path, content in chatmaild_files(layout).items():
+        if not path.startswith("/etc/systemd/system/"):
+            continue
         local = tmp_path / PurePosixPath(path).name
         local.write_text(content)
         units.append(str(local))
@@ -116,3 +140,22 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     # systemd-analyze also reports on units it pulls in from the host; only ours matter
     ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     assert ours == [], result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="needs systemd-tmpfiles")
+def test_systemd_tmpfiles_creates_the_metrics_directory_for_vmail(tmp_path: Path) -> None:
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    conf = tmp_path / "chatmail-metrics.conf"
+    conf.write_text(chatmaild_files(layout)["/etc/tmpfiles.d/chatmail-metrics.conf"])
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "etc").mkdir()
+    for name in ("passwd", "group"):  # it resolves vmail inside --root
+        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", str(conf)], check=True)
+    made = (root / "run" / "chatmail-metrics").stat()
+    assert made.st_mode & 0o7777 == 0o755
+    assert (pwd.getpwuid(made.st_uid).pw_name, grp.getgrgid(made.st_gid).gr_name) == (
+        "vmail",
+        "vmail",
+    )

@@ -235,8 +235,13 @@ async def serve(
         socket_path.unlink()
 
 
-def run_service(socket_path: Path, serve_until: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `serve_until(stop)` until SIGTERM or SIGINT sets `stop`.
+def run_service(
+    socket_path: Path,
+    serve_until: Callable[[asyncio.Event], Awaitable[None]],
+    snapshots: Callable[[], asyncio.Task[None] | None] = lambda: None,
+) -> None:
+    """Run `serve_until(stop)` until SIGTERM or SIGINT sets `stop`; beside it the task
+    `snapshots()` starts (the metrics snapshots, `metrics.start_snapshots`), if any.
 
     A socket that cannot be created (missing directory, no permission) ends the process with
     one line naming it, not a traceback. Out of descriptors, failing accepts make one line a
@@ -249,7 +254,13 @@ def run_service(socket_path: Path, serve_until: Callable[[asyncio.Event], Awaita
         quiet_accept_errors(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve_until(stop)
+        task = snapshots()
+        try:
+            await serve_until(stop)
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     try:
         asyncio.run(main())
@@ -257,5 +268,9 @@ def run_service(socket_path: Path, serve_until: Callable[[asyncio.Event], Awaita
         fail(f"cannot listen on {socket_path}: {e.strerror}")
 
 
-def run_dict_service(socket_path: Path, backend: DictBackend) -> None:
-    run_service(socket_path, lambda stop: serve(socket_path, backend, stop))
+def run_dict_service(
+    socket_path: Path,
+    backend: DictBackend,
+    snapshots: Callable[[], asyncio.Task[None] | None] = lambda: None,
+) -> None:
+    run_service(socket_path, lambda stop: serve(socket_path, backend, stop), snapshots)

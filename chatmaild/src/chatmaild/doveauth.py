@@ -26,8 +26,9 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-from . import accounts, dictserver, resources
+from . import accounts, dictserver, metrics, resources
 from .config import Config
 from .service import dict_service_parser, load_config_or_exit, setup_logging
 
@@ -37,6 +38,19 @@ PASSDB_PREFIX = "shared/passdb/"
 USERDB_PREFIX = "shared/userdb/"
 DEFAULT_NOCREATE_FILE = Path("/etc/chatmail-nocreate")
 RECORD_CACHE_SIZE = 100_000  # accounts whose login record stays in memory (~40 MB at most)
+# the metric's reason for each resource shortage
+SHORTAGE_REASONS = {
+    resources.LOAD_TOO_HIGH: "load",
+    resources.MEMORY_TOO_LOW: "memory",
+    resources.DISK_TOO_LOW: "disk",
+}
+
+
+class Refusal(NamedTuple):
+    """Why an account is not created: `reason` is the metric's label, `text` the log's."""
+
+    reason: str  # nocreate, invalid, load, memory or disk
+    text: str
 
 
 def split_passdb_key(rest: str) -> tuple[str, str] | None:
@@ -65,8 +79,19 @@ class AuthDict:
         config: Config,
         nocreate_file: Path = DEFAULT_NOCREATE_FILE,
         take_readings: Callable[[Path], resources.Readings] = resources.take_readings,
+        registry: metrics.Registry | None = None,
     ) -> None:
         self.domain = config.address_domain
+        registry = registry or metrics.Registry()
+        self.created = registry.counter(
+            "chatmail_accounts_created_total", "Accounts created at their first login."
+        )
+        self.refused = registry.counter(
+            "chatmail_account_creations_refused_total",
+            "First logins that created no account, by reason "
+            "(nocreate, invalid, load, memory, disk).",
+            ("reason",),
+        )
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
         self.nocreate_file = nocreate_file
         self.take_readings = take_readings
@@ -148,9 +173,10 @@ class AuthDict:
         existing = self.existing_record(addr)
         if existing is not None:
             return existing
-        reason = self.refusal(addr, password)
-        if reason is not None:
-            log.warning("registration rejected: %s", reason)
+        refusal = self.refusal(addr, password)
+        if refusal is not None:
+            log.warning("registration rejected: %s", refusal.text)
+            self.refused.inc(reason=refusal.reason)
             return None
         loop = asyncio.get_running_loop()
         new_hash, created = await loop.run_in_executor(
@@ -158,17 +184,19 @@ class AuthDict:
         )
         if created:
             log.info("created account %s", accounts.log_id(addr))
+            self.created.inc()
         return self.record(addr, new_hash)
 
-    def refusal(self, addr: str, password: str) -> str | None:
+    def refusal(self, addr: str, password: str) -> Refusal | None:
         """Why a new account may not be created now, checked in the spec's order."""
         if self.nocreate_file.exists():
-            return f"{self.nocreate_file} exists"
+            return Refusal("nocreate", f"{self.nocreate_file} exists")
         reason = accounts.creation_error(addr, password, self.domain, self.name_limits)
         if reason is not None:
-            return reason
+            return Refusal("invalid", reason)
         readings = self.take_readings(self.mailboxes.root)
-        return resources.shortage(readings, self.resource_limits)
+        shortage = resources.shortage(readings, self.resource_limits)
+        return None if shortage is None else Refusal(SHORTAGE_REASONS[shortage], shortage)
 
     def iterate(self, prefix: str, user: str) -> Iterator[tuple[str, str]]:
         if not USERDB_PREFIX.startswith(prefix) and not prefix.startswith(USERDB_PREFIX):
@@ -197,5 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)
-    backend = AuthDict(config, nocreate_file=args.nocreate_file)
-    dictserver.run_dict_service(args.socket, backend)
+    registry = metrics.Registry()
+    backend = AuthDict(config, nocreate_file=args.nocreate_file, registry=registry)
+    dictserver.run_dict_service(
+        args.socket,
+        backend,
+        lambda: metrics.start_snapshots(registry, args.metrics_dir, "doveauth"),
+    )

@@ -32,17 +32,25 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-from . import mailcheck, smtpreject
+from . import mailcheck, metrics, smtpreject
 from .addresses import AddressPolicy
 from .config import Config
 from .dkimcheck import DkimVerifier
+from .gatemetrics import GateCounters
 from .mxclient import MxdelivClient
 from .mxdeliv import start_mxdeliv_server
 from .ratelimit import RateLimiter, until_text
 from .reinject import OFF_LOOP_SIZE, Reinjector
-from .service import fail, load_config_or_exit, quiet_accept_errors, setup_logging
+from .service import (
+    add_metrics_argument,
+    fail,
+    load_config_or_exit,
+    quiet_accept_errors,
+    setup_logging,
+)
 from .smtpfront import start_smtp_server
 from .transport import Transport
 
@@ -61,9 +69,15 @@ class OutgoingGate:
     """Submissions of this relay's users."""
 
     def __init__(
-        self, config: Config, signing: Reinjector, local: Reinjector, limiter: RateLimiter
+        self,
+        config: Config,
+        signing: Reinjector,
+        local: Reinjector,
+        limiter: RateLimiter,
+        counters: GateCounters | None = None,
     ) -> None:
         self.addresses = AddressPolicy(config.address_domain)
+        self.counters = counters or GateCounters(metrics.Registry(), "outgoing")
         # mail that leaves the relay needs a DKIM signature; mail for local users only does
         # not (LMTP delivery removes it), and signing is a sixth of the relay's CPU per message
         self.signing = signing
@@ -81,12 +95,13 @@ class OutgoingGate:
         return self.addresses.outgoing_recipient(rcpt)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
+        kind = await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
         # rcpts are as check_recipient returned them: a local one is in its canonical form
         only_local = all(self.addresses.local_address(rcpt) == rcpt for rcpt in rcpts)
         reinjector = self.local if only_local else self.signing
         reply = await reinjector.deliver(mail_from, rcpts, data)
         log.info("outgoing message passed the gate: %s", reply[:3])
+        self.counters.accepted(kind)
         return reply
 
 
@@ -99,8 +114,10 @@ class IncomingGate:
         reinjector: Reinjector,
         verifier: DkimVerifier,
         enforces_e2ee: Callable[[str], bool] | None = None,
+        counters: GateCounters | None = None,
     ) -> None:
         self.addresses = AddressPolicy(config.address_domain)
+        self.counters = counters or GateCounters(metrics.Registry(), "incoming")
         self.reinjector = reinjector
         self.verifier = verifier
         self.enforces_e2ee = enforces_e2ee or functools.partial(
@@ -122,49 +139,65 @@ class IncomingGate:
         await asyncio.to_thread(self.verifier.check, data, verdict.from_domain)
         reply = await self.reinjector.deliver(verdict.envelope_sender, rcpts, data)
         log.info("incoming message passed the gate: %s", reply[:3])
+        self.counters.accepted(verdict.kind)
         return reply
 
 
-async def serve(config: Config, mode: str) -> None:
+async def serve(config: Config, mode: str, metrics_dir: Path | None = None) -> None:
     # out of file descriptors, each refused accept would log a traceback
     quiet_accept_errors(asyncio.get_running_loop())
     host, size = config.filtermail_host, config.max_message_size
+    registry = metrics.Registry()
     servers: list[asyncio.AbstractServer] = []
     if mode == "outgoing":
         signing = Reinjector(config.postfix_host, config.postfix_reinject_port)
         local = Reinjector(config.postfix_host, config.postfix_reinject_port_local)
         limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
-        gate_out = OutgoingGate(config, signing, local, limiter)
+        counters = GateCounters(registry, "outgoing")
+        gate_out = OutgoingGate(config, signing, local, limiter, counters)
+        port = config.filtermail_smtp_port
         servers.append(
-            await start_smtp_server(gate_out, host, config.filtermail_smtp_port, "filtermail", size)
+            await start_smtp_server(gate_out, host, port, "filtermail", size, counters=counters)
         )
     elif mode == "transport":
         fallback = Reinjector(config.postfix_host, config.postfix_reinject_port_smtp)
-        transport = Transport(MxdelivClient(), fallback)
+        transport = Transport(MxdelivClient(), fallback, registry=registry)
         port = config.filtermail_lmtp_port_transport
         servers.append(
             await start_smtp_server(transport, host, port, "filtermail", size, lmtp=True)
         )
     else:
         reinjector = Reinjector(config.postfix_host, config.postfix_reinject_port_incoming)
-        gate_in = IncomingGate(config, reinjector, DkimVerifier())
+        counters = GateCounters(registry, "incoming")
+        gate_in = IncomingGate(config, reinjector, DkimVerifier(), counters=counters)
         port = config.filtermail_smtp_port_incoming
-        servers.append(await start_smtp_server(gate_in, host, port, "filtermail", size))
+        servers.append(
+            await start_smtp_server(gate_in, host, port, "filtermail", size, counters=counters)
+        )
         http_port = config.filtermail_http_port_incoming
-        servers.append(await start_mxdeliv_server(gate_in, host, http_port, size))
+        servers.append(
+            await start_mxdeliv_server(gate_in, host, http_port, size, registry, counters)
+        )
+    snapshots = metrics.start_snapshots(registry, metrics_dir, f"filtermail-{mode}")
     log.info("filtermail %s listening", mode)
-    await asyncio.gather(*(server.serve_forever() for server in servers))
+    try:
+        await asyncio.gather(*(server.serve_forever() for server in servers))
+    finally:
+        if snapshots is not None:
+            snapshots.cancel()
+            await asyncio.gather(snapshots, return_exceptions=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="filtermail", description=__doc__.splitlines()[0])
     parser.add_argument("ini", help="path of chatmail.ini")
     parser.add_argument("mode", choices=["outgoing", "incoming", "transport"])
+    add_metrics_argument(parser)
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)
     try:
-        asyncio.run(serve(config, args.mode))
+        asyncio.run(serve(config, args.mode, args.metrics_dir))
     except OSError as e:
         fail(f"filtermail {args.mode}: cannot listen on {config.filtermail_host}: {e.strerror}")
     except KeyboardInterrupt:

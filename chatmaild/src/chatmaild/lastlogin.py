@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from . import accounts, dictserver
+from . import accounts, dictserver, metrics
 from .config import Config
 from .service import dict_service_parser, load_config_or_exit, setup_logging
 
@@ -23,9 +23,13 @@ KEY_PREFIX = "shared/last-login/"
 
 
 class LastLoginDict:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, registry: metrics.Registry | None = None) -> None:
         self.domain = config.address_domain
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
+        # Dovecot's last_login plugin writes once per login: this is the count of logins
+        self.logins = (registry or metrics.Registry()).counter(
+            "chatmail_logins_total", "Successful IMAP logins of the relay's accounts."
+        )
 
     async def lookup(self, key: str, user: str) -> str | None:
         return None
@@ -46,6 +50,7 @@ class LastLoginDict:
             except ValueError:
                 log.warning("last-login value is not a unix time")
                 return False
+            self.logins.inc()
             # A login for an account that no longer exists is not an error for the client.
             self.mailboxes.set_last_login_day(addr, epoch)
         return True
@@ -56,4 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)
-    dictserver.run_dict_service(args.socket, LastLoginDict(config))
+    registry = metrics.Registry()
+    dictserver.run_dict_service(
+        args.socket,
+        LastLoginDict(config, registry),
+        lambda: metrics.start_snapshots(registry, args.metrics_dir, "lastlogin"),
+    )

@@ -48,8 +48,8 @@ __all__ = [
 ]
 
 
-def check_outgoing(mail_from: str, rcpts: list[str], data: bytes) -> None:
-    """Accept a submission (return) or raise `Reject` (doc §2, §3).
+def check_outgoing(mail_from: str, rcpts: list[str], data: bytes) -> str:
+    """Accept a submission (return what it is, see `Kind`) or raise `Reject` (doc §2, §3).
 
     The From header must name MAIL FROM (which Postfix has tied to the login). Then only
     encrypted mail, a Secure-Join request, or a self-sent Autocrypt Setup Message passes; this
@@ -59,11 +59,12 @@ def check_outgoing(mail_from: str, rcpts: list[str], data: bytes) -> None:
     from_addr = from_address(msg)
     if from_addr.lower() != mail_from.lower():
         raise from_mismatch(from_addr, mail_from)
-    exempt = _is_exempt_as_encrypted(msg, outgoing=True) or is_autocrypt_setup_message(
-        msg, from_addr, rcpts
-    )
-    if not (exempt and lines_within_limit(data)):
+    kind = _exempt_kind(msg, outgoing=True)
+    if kind is None and is_autocrypt_setup_message(msg, from_addr, rcpts):
+        kind = Kind.SETUP_MESSAGE
+    if kind is None or not lines_within_limit(data):
         raise encryption_needed("outgoing cleartext that no exception allows")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Incoming:
 
     envelope_sender: str  # MAIL FROM, or "" for <>
     from_domain: str  # for the DKIM origin check
+    kind: str  # what let it in (`Kind`), for the metrics
 
 
 def check_incoming(
@@ -87,15 +89,32 @@ def check_incoming(
     msg = parse_message(data)
     from_addr = from_address(msg)
     envelope_sender = mail_from if mail_from.lower() == from_addr.lower() else ""
-    exempt = _is_exempt_as_encrypted(msg, outgoing=False) or is_mailer_daemon_report(msg, from_addr)
-    exempt = exempt and lines_within_limit(data)
-    if not exempt and any(enforces_e2ee(rcpt) for rcpt in rcpts):
-        raise encryption_needed("incoming cleartext for a recipient that enforces encryption")
-    return Incoming(envelope_sender, from_addr.rpartition("@")[2])
+    kind = _exempt_kind(msg, outgoing=False)
+    if kind is None and is_mailer_daemon_report(msg, from_addr):
+        kind = Kind.REPORT
+    if kind is None or not lines_within_limit(data):
+        if any(enforces_e2ee(rcpt) for rcpt in rcpts):
+            raise encryption_needed("incoming cleartext for a recipient that enforces encryption")
+        kind = Kind.CLEARTEXT
+    return Incoming(envelope_sender, from_addr.rpartition("@")[2], kind)
 
 
-def _is_exempt_as_encrypted(msg: Entity, outgoing: bool) -> bool:
-    return is_encrypted(msg, outgoing) or is_securejoin_request(msg)
+class Kind:
+    """What let a message through the gate: label values of the gate's metrics."""
+
+    ENCRYPTED = "encrypted"
+    SECUREJOIN = "securejoin"
+    SETUP_MESSAGE = "setup_message"  # outgoing only
+    REPORT = "report"  # incoming only: a mailer-daemon report
+    CLEARTEXT = "cleartext"  # incoming only: for recipients who accept it
+
+
+def _exempt_kind(msg: Entity, outgoing: bool) -> str | None:
+    if is_encrypted(msg, outgoing):
+        return Kind.ENCRYPTED
+    if is_securejoin_request(msg):
+        return Kind.SECUREJOIN
+    return None
 
 
 def mailbox_enforces_e2ee(mailboxes_dir: Path, rcpt: str) -> bool:

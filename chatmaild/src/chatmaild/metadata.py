@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import accounts, dictserver, turn
+from . import accounts, dictserver, metrics, turn
 from .config import Config
 from .pushhttp import HttpPusher
 from .pushqueue import SPOOL_DIR, Notifier, PushQueue
@@ -133,8 +133,10 @@ class MetadataDict:
         self.tokens.remove(addr, token, self.clock())
 
 
-async def serve(config: Config, socket_path: Path, stop: asyncio.Event) -> None:
-    queue = PushQueue(config.mailboxes_path / SPOOL_DIR)
+async def serve(
+    config: Config, socket_path: Path, stop: asyncio.Event, registry: metrics.Registry
+) -> None:
+    queue = PushQueue(config.mailboxes_path / SPOOL_DIR, registry=registry)
     recovered = queue.recover()
     if recovered:
         log.info("re-queued %d pending push notifications", recovered)
@@ -152,4 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config_or_exit(args.ini)
-    dictserver.run_service(args.socket, lambda stop: serve(config, args.socket, stop))
+    registry = metrics.Registry()
+    dictserver.run_service(
+        args.socket,
+        lambda stop: serve(config, args.socket, stop, registry),
+        lambda: metrics.start_snapshots(registry, args.metrics_dir, "metadata"),
+    )

@@ -26,10 +26,12 @@ import logging
 import re
 from http import HTTPStatus
 
+from .gatemetrics import GateCounters
+from .metrics import Registry
 from .mimeparse import crlf_only
 from .reinject import OFF_LOOP_SIZE
 from .smtpfront import Gate
-from .smtpreject import Reject
+from .smtpreject import Reject, message_too_large
 
 log = logging.getLogger("filtermail")
 
@@ -105,7 +107,9 @@ def smtp_line_ends(body: bytes) -> bytes:
     return body
 
 
-async def handle(gate: Gate, reader: asyncio.StreamReader, max_size: int) -> tuple[int, str]:
+async def handle(
+    gate: Gate, reader: asyncio.StreamReader, max_size: int, counters: GateCounters | None = None
+) -> tuple[int, str]:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
     method, path, headers = parse_head(head[:-4])
     if path != "/mxdeliv":
@@ -116,7 +120,7 @@ async def handle(gate: Gate, reader: asyncio.StreamReader, max_size: int) -> tup
     if length is None:
         return 411, "Content-Length required"
     if length > max_size:
-        return 413, "552 Message exceeds maximum size"
+        return _refused(413, message_too_large(), counters)
     try:
         mail_from, rcpts = envelope(gate, headers)
         data = await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
@@ -125,21 +129,38 @@ async def handle(gate: Gate, reader: asyncio.StreamReader, max_size: int) -> tup
         else:
             data = smtp_line_ends(data)
         if len(data) > max_size:  # bare LFs made it longer
-            return 413, "552 Message exceeds maximum size"
+            return _refused(413, message_too_large(), counters)
         reply = await gate.deliver(mail_from, rcpts, data)
     except Reject as e:
         log.info("rejected /mxdeliv message: %s", e.private)
-        return 400, e.reply()
+        return _refused(400, e, counters)
     return (200 if reply.startswith("2") else 400), reply
 
 
+def _refused(status: int, reject: Reject, counters: GateCounters | None) -> tuple[int, str]:
+    if counters is not None:
+        counters.refused(reject)
+    return status, reject.reply()
+
+
 async def start_mxdeliv_server(
-    gate: Gate, host: str, port: int, max_size: int
+    gate: Gate,
+    host: str,
+    port: int,
+    max_size: int,
+    registry: Registry | None = None,
+    counters: GateCounters | None = None,
 ) -> asyncio.AbstractServer:
+    requests = (registry or Registry()).counter(
+        "chatmail_mxdeliv_requests_total",
+        "Requests to /mxdeliv from other relays, by the HTTP status of the answer.",
+        ("status",),
+    )
+
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                status, text = await handle(gate, reader, max_size)
+                status, text = await handle(gate, reader, max_size, counters)
             except BadRequest as e:
                 status, text = e.status, e.text
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
@@ -147,6 +168,7 @@ async def start_mxdeliv_server(
             except Exception as e:  # noqa: BLE001 (request boundary: answer, keep serving)
                 log.error("/mxdeliv request failed: %s", type(e).__name__)
                 status, text = 500, "451 4.3.0 Internal error, please try again later"
+            requests.inc(status=str(status))
             body = (text + "\n").encode("utf-8", "replace")
             writer.write(
                 f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"

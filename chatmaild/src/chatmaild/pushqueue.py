@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fsutil
+from . import fsutil, metrics
 
 log = logging.getLogger("push")
 
@@ -75,12 +75,28 @@ def parse_item(text: str) -> tuple[str, float, str] | None:
 class PushQueue:
     """The items, on disk and in a heap ordered by due time."""
 
-    def __init__(self, spool: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        clock: Callable[[], float] = time.time,
+        registry: metrics.Registry | None = None,
+    ) -> None:
         self.spool = spool
         self.clock = clock
         self._heap: list[Item] = []
         self._seq = itertools.count()
         self.added = asyncio.Event()
+        registry = registry or metrics.Registry()
+        self.counts = PushCounters(registry)
+        self._pending = registry.gauge(
+            "chatmail_push_pending", "Push notifications waiting in the queue or being sent."
+        )
+        self._pending_count = 0
+        self._pending.set(0)
+
+    def _count_pending(self, change: int) -> None:
+        self._pending_count += change
+        self._pending.set(self._pending_count)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -96,6 +112,8 @@ class PushQueue:
         fsutil.write_atomic(self.spool / name, f"{addr}\n{now}\n{token}\n".encode())
         item = Item(now, next(self._seq), name, addr, token, now)
         self._schedule(item)
+        self.counts.queued.inc()
+        self._count_pending(+1)
         return item
 
     def recover(self) -> int:
@@ -119,6 +137,7 @@ class PushQueue:
             addr, first, token = parsed
             self._schedule(Item(now, next(self._seq), entry.name, addr, token, first))
             count += 1
+        self._count_pending(count)
         return count
 
     def next_due_time(self) -> float | None:
@@ -133,6 +152,7 @@ class PushQueue:
     def finish(self, item: Item) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.spool / item.name).unlink()
+        self._count_pending(-1)
 
     def failed(self, item: Item) -> bool:
         """Reschedule after a failed attempt; False (and the file deleted) when given up."""
@@ -140,12 +160,34 @@ class PushQueue:
         if due is None:
             log.error("giving up a push notification after %d attempts", item.level + 1)
             self.finish(item)
+            self.counts.given_up.inc()
             return False
+        self.counts.retried.inc()
         item.level += 1
         item.due = due
         item.seq = next(self._seq)
         self._schedule(item)
         return True
+
+
+class PushCounters:
+    def __init__(self, registry: metrics.Registry) -> None:
+        self.queued = registry.counter(
+            "chatmail_push_queued_total", "Push notifications queued (one per device token)."
+        )
+        self.sent = registry.counter(
+            "chatmail_push_sent_total", "Push notifications the push service accepted."
+        )
+        self.retried = registry.counter(
+            "chatmail_push_retried_total", "Failed push attempts that will be tried again."
+        )
+        self.given_up = registry.counter(
+            "chatmail_push_given_up_total", "Push notifications given up after their retries."
+        )
+        self.tokens_forgotten = registry.counter(
+            "chatmail_push_tokens_forgotten_total",
+            "Device tokens forgotten because the push service answered 410 Gone.",
+        )
 
 
 # The push endpoint's answer: an HTTP status, or None for a timeout or network error.
@@ -172,9 +214,11 @@ class Notifier:
                 status = None
         if status == 200:
             self.queue.finish(item)
+            self.queue.counts.sent.inc()
         elif status == 410:
             self.token_gone(item.addr, item.token)
             self.queue.finish(item)
+            self.queue.counts.tokens_forgotten.inc()
         else:
             if status is not None:
                 log.warning("push endpoint answered HTTP %d; will retry", status)

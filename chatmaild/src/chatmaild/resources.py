@@ -55,15 +55,21 @@ def take_readings(mailboxes: Path) -> Readings:
     return Readings(read_load_1m(), read_available_memory(), read_free_disk(mailboxes))
 
 
+# What `shortage` answers
+LOAD_TOO_HIGH = "load too high"
+MEMORY_TOO_LOW = "available memory too low"
+DISK_TOO_LOW = "free disk space too low"
+
+
 def shortage(readings: Readings, limits: ResourceLimits) -> str | None:
     """Which limit the readings break, or None. Unreadable values (None) never block."""
     if readings.load_1m is not None and readings.load_1m > limits.max_load_1m:
-        return "load too high"
+        return LOAD_TOO_HIGH
     if (
         readings.available_memory is not None
         and readings.available_memory < limits.min_available_memory
     ):
-        return "available memory too low"
+        return MEMORY_TOO_LOW
     if readings.free_disk is not None and readings.free_disk < limits.min_free_disk_space:
-        return "free disk space too low"
+        return DISK_TOO_LOW
     return None

@@ -38,11 +38,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def dict_service_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The command line every dict service shares: `<prog> SOCKET INI`."""
+    """The command line every dict service shares: `<prog> SOCKET INI [--metrics-dir DIR]`."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("socket", type=Path, help="unix socket to listen on")
     parser.add_argument("ini", type=Path, help="path of chatmail.ini")
+    add_metrics_argument(parser)
     return parser
+
+
+def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-dir",
+        type=Path,
+        default=None,
+        help="write a snapshot of the service's counters here every few seconds "
+        "(the relay uses /run/chatmail-metrics); none without it",
+    )
 
 
 def load_config_or_exit(path: Path) -> Config:

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from .smtpreject import Reject
+from .gatemetrics import GateCounters
+from .smtpreject import Reject, message_too_large
 
 log = logging.getLogger("filtermail")
 
@@ -99,8 +100,10 @@ class SmtpSession:
         hostname: str,
         max_size: int,
         timeout: float = READ_TIMEOUT,
+        counters: GateCounters | None = None,
     ) -> None:
         self.gate = gate
+        self.counters = counters
         self.reader = reader
         self.writer = writer
         self.hostname = hostname
@@ -112,6 +115,12 @@ class SmtpSession:
     async def reply(self, line: str) -> None:
         self.writer.write(line.encode("ascii", "replace") + b"\r\n")
         await self.writer.drain()
+
+    async def refuse(self, reject: Reject) -> None:
+        """Answer a refusal and count it."""
+        if self.counters is not None:
+            self.counters.refused(reject)
+        await self.reply(reject.reply())
 
     def _deadline(self, seconds: float) -> float:
         return asyncio.get_running_loop().time() + seconds
@@ -184,7 +193,7 @@ class SmtpSession:
             sender = self.gate.check_sender(addr)
         except Reject as e:
             log.info("refused sender: %s", e.private)
-            await self.reply(e.reply())
+            await self.refuse(e)
             if e.code == 450:  # rate limited: the connection is closed
                 raise ConnectionClosed from None
             return
@@ -206,7 +215,7 @@ class SmtpSession:
             rcpt = self.gate.check_recipient(addr)
         except Reject as e:
             log.info("refused recipient: %s", e.private)
-            await self.reply(e.reply())
+            await self.refuse(e)
             return
         self.envelope.rcpts.append(rcpt)
         await self.reply("250 OK")
@@ -244,14 +253,14 @@ class SmtpSession:
             if end >= 0:
                 break
             if len(self.buffer) > self.max_size + 5:
-                await self.reply("552 Message exceeds maximum size")
+                await self.refuse(message_too_large())
                 raise ConnectionClosed
             scanned = max(0, len(self.buffer) - 4)
             await self._fill(deadline)
         message, self.buffer = self.buffer, self.buffer[end + 5 :]
         del message[end + 2 :]
         if len(message) > self.max_size + 2:
-            await self.reply("552 Message exceeds maximum size")
+            await self.refuse(message_too_large())
             raise ConnectionClosed
         return bytes(unstuff(message))
 
@@ -261,6 +270,8 @@ class SmtpSession:
             return await self.gate.deliver(mail_from, rcpts, data)
         except Reject as e:
             log.info("rejected message: %s", e.private)
+            if self.counters is not None:
+                self.counters.refused(e)
             return e.reply()
         except Exception as e:  # noqa: BLE001 (message boundary: answer 451, keep serving)
             log.error("message failed: %s", type(e).__name__)
@@ -306,13 +317,19 @@ class LmtpSession(SmtpSession):
 
 
 async def start_smtp_server(
-    gate: Gate, host: str, port: int, hostname: str, max_size: int, lmtp: bool = False
+    gate: Gate,
+    host: str,
+    port: int,
+    hostname: str,
+    max_size: int,
+    lmtp: bool = False,
+    counters: GateCounters | None = None,
 ) -> asyncio.AbstractServer:
     kind = LmtpSession if lmtp else SmtpSession
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await kind(gate, reader, writer, hostname, max_size).run()
+            await kind(gate, reader, writer, hostname, max_size, counters=counters).run()
         except ConnectionError:
             pass
         finally:

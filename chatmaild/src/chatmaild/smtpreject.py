@@ -2,7 +2,8 @@
 
 A check raises `Reject`; exactly one place, the SMTP/HTTP front end, turns it into the reply
 line with `Reject.reply()`. `public` is what the client or peer reads; `private` is the reason
-for our logs and never holds an address, subject or body text. The constructors below are the
+for our logs and never holds an address, subject or body text; `reason` is one fixed word
+per constructor, a label value of the gate's metrics. The constructors below are the
 only way the texts of §3 are spelled, so the tests can pin each one.
 """
 
@@ -26,12 +27,15 @@ def _shown(value: str) -> str:
 class Reject(Exception):
     """A message or command the gate refuses, with the SMTP reply that says so."""
 
-    def __init__(self, code: int, enhanced: str | None, public: str, private: str) -> None:
+    def __init__(
+        self, code: int, enhanced: str | None, public: str, private: str, reason: str
+    ) -> None:
         super().__init__(private)  # str(exc) is the private reason: safe for logs
         self.code = code
         self.enhanced = enhanced
         self.public = _single_line_ascii(public)
         self.private = private
+        self.reason = reason  # a fixed word for the metrics (doc/metrics.md)
 
     def reply(self) -> str:
         """The reply line, no CRLF: e.g. `523 Encryption Needed: Invalid Unencrypted Mail`."""
@@ -50,12 +54,15 @@ def invalid_from_address(mail_from: str) -> Reject:
         None,
         f"Invalid from address <{_shown(mail_from)}>",
         "MAIL FROM not a local address in its one spelling",
+        "invalid_sender",
     )
 
 
 def invalid_recipient(why: str) -> Reject:
     """RCPT TO / X-MAIL-TO in a spelling the gate does not take (§1.3). `why` names the rule."""
-    return Reject(553, "5.1.3", "Invalid recipient address", f"recipient: {why}")
+    return Reject(
+        553, "5.1.3", "Invalid recipient address", f"recipient: {why}", "invalid_recipient"
+    )
 
 
 def too_much_mail(mail_from: str, until: str) -> Reject:
@@ -70,17 +77,20 @@ def too_much_mail(mail_from: str, until: str) -> Reject:
         None,
         f"4.7.1: Too much mail from <{_shown(mail_from)}>, rate limited until {_shown(until)}",
         "sender over the rate limit",
+        "rate_limited",
     )
 
 
 def message_too_large() -> Reject:
     """DATA over `max_message_size` (the front end measures, and closes the connection)."""
-    return Reject(552, None, "Message exceeds maximum size", "message over max_message_size")
+    return Reject(
+        552, None, "Message exceeds maximum size", "message over max_message_size", "too_large"
+    )
 
 
 def parse_failed(why: str) -> Reject:
     """Bytes that are not a message. `why` names the failure, never its content."""
-    return Reject(500, None, "Failed to parse message", f"unparsable message: {why}")
+    return Reject(500, None, "Failed to parse message", f"unparsable message: {why}", "unparsable")
 
 
 def invalid_from_header(why: str) -> Reject:
@@ -89,7 +99,7 @@ def invalid_from_header(why: str) -> Reject:
     The reply names the kind of failure ("missing", "more than one address", ...) instead of
     echoing the header: a header is arbitrary bytes from the sender.
     """
-    return Reject(500, None, f"Invalid FROM header: {why}", f"From header: {why}")
+    return Reject(500, None, f"Invalid FROM header: {why}", f"From header: {why}", "invalid_from")
 
 
 def from_mismatch(from_addr: str, mail_from: str) -> Reject:
@@ -99,19 +109,26 @@ def from_mismatch(from_addr: str, mail_from: str) -> Reject:
         None,
         f"Invalid FROM <{_shown(from_addr)}> for <{_shown(mail_from)}>",
         "From header address differs from MAIL FROM",
+        "from_mismatch",
     )
 
 
 def encryption_needed(why: str) -> Reject:
     """Cleartext where it is not allowed (code 523 of RFC 5248)."""
-    return Reject(523, None, "Encryption Needed: Invalid Unencrypted Mail", why)
+    return Reject(523, None, "Encryption Needed: Invalid Unencrypted Mail", why, "cleartext")
 
 
 def no_dkim_signature() -> Reject:
     """Incoming mail without any DKIM-Signature header."""
-    return Reject(554, "5.7.1", "No DKIM signature found", "no DKIM-Signature header")
+    return Reject(554, "5.7.1", "No DKIM signature found", "no DKIM-Signature header", "no_dkim")
 
 
 def no_valid_dkim_signature() -> Reject:
     """No DKIM signature that both verifies and aligns with the From domain."""
-    return Reject(554, "5.7.1", "No valid DKIM signature found", "no valid aligned DKIM signature")
+    return Reject(
+        554,
+        "5.7.1",
+        "No valid DKIM signature found",
+        "no valid aligned DKIM signature",
+        "invalid_dkim",
+    )

@@ -32,6 +32,7 @@ import dns.exception
 import dns.resolver
 
 from .addresses import ip_literal, parse_mailbox
+from .metrics import Registry
 from .mxclient import Answer, MxdelivClient, NoAnswer
 from .reinject import Reinjector
 from .smtpreject import invalid_recipient
@@ -85,7 +86,22 @@ class Transport:
         fallback: Reinjector,
         resolve: ResolveMx = resolve_mx,
         clock: Callable[[], float] = time.monotonic,
+        registry: Registry | None = None,
     ) -> None:
+        registry = registry or Registry()
+        self.deliveries = registry.counter(
+            "chatmail_transport_deliveries_total",
+            "Messages for other relays, per recipient domain, by route (https: the peer's "
+            "/mxdeliv answered; smtp: handed to Postfix to send) and result (delivered, "
+            "queued for SMTP, deferred: 4xx, refused: 5xx).",
+            ("route", "result"),
+        )
+        self.https_failures = registry.counter(
+            "chatmail_transport_https_failures_total",
+            "Attempts over HTTPS that fell back to SMTP, by reason (unreachable: no "
+            "answer; not_mxdeliv: an answer that is not a relay's /mxdeliv).",
+            ("reason",),
+        )
         self.client = client
         self.fallback = fallback
         self.resolve = resolve
@@ -123,16 +139,25 @@ class Transport:
                 answer = await self.client.post(host, mail_from, rcpts, data)
             except NoAnswer as e:
                 log.info("peer unreachable over HTTPS (%s): SMTP for a while", e)
+                self.https_failures.inc(reason="unreachable")
                 self._no_mxdeliv[host] = self.clock() + NO_MXDELIV_FOR
             else:
                 reply = verdict(answer)
                 if reply is not None:
                     # 250, or the peer's gate's refusal (4xx, 5xx): not "delivered" then
                     log.info("answered over HTTPS: %s", reply[:3])
+                    self.deliveries.inc(route="https", result=_result(reply, "delivered"))
                     return reply
                 if answer.status < 500:  # 404, 405, ...: no /mxdeliv there
                     self._no_mxdeliv[host] = self.clock() + NO_MXDELIV_FOR
                 log.info("peer answered HTTP %d, not as /mxdeliv: SMTP", answer.status)
+                self.https_failures.inc(reason="not_mxdeliv")
         reply = await self.fallback.deliver(mail_from, rcpts, data)
         log.info("handed to Postfix for SMTP: %s", reply[:3])
+        self.deliveries.inc(route="smtp", result=_result(reply, "queued"))
         return reply
+
+
+def _result(reply: str, success: str) -> str:
+    """The metric's result for an SMTP reply: `success` for 2xx, deferred, refused."""
+    return {"2": success, "4": "deferred"}.get(reply[:1], "refused")

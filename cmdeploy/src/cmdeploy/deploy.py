@@ -34,7 +34,13 @@ from chatmaild.config import read_config
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
-from cmdeploy.chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, chatmaild_files, services
+from cmdeploy.chatmaild import (
+    METRICS_TMPFILES,
+    POSTLOG_SOCKET,
+    POSTLOG_UNIT,
+    chatmaild_files,
+    services,
+)
 from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.dovecot import plugin as dovecot_plugin
@@ -313,12 +319,16 @@ class Chatmaild(Component):
             put({str(layout.turn_secret): secret + "\n"}, mode="640", group="vmail")
         unit_files = chatmaild_files(layout)
         units = put(unit_files)
+        by_path = dict(zip(unit_files, units, strict=True))
+        server.shell(
+            name="Create the metrics directory",
+            commands=[f"systemd-tmpfiles --create {METRICS_TMPFILES}"],
+            _if=any_changed(by_path[METRICS_TMPFILES]),
+        )
         self.changed = [*uploaded, installed, ini, *units]
         # systemd holds the postlog socket: a changed socket unit needs its own restart
         # (which restarts Postfix too, onto the new socket)
-        self.socket_changed = [
-            op for path, op in zip(unit_files, units, strict=True) if path.endswith(".socket")
-        ]
+        self.socket_changed = [op for path, op in by_path.items() if path.endswith(".socket")]
 
     def activate(self) -> None:
         if self.socket_changed:

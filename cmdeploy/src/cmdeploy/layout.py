@@ -32,6 +32,9 @@ class Layout:
     doveauth_socket: PurePosixPath = PurePosixPath("/run/doveauth/doveauth.socket")
     lastlogin_socket: PurePosixPath = PurePosixPath("/run/chatmail-lastlogin/lastlogin.socket")
     metadata_socket: PurePosixPath = PurePosixPath("/run/chatmail-metadata/metadata.socket")
+    # the services' metrics snapshots, and the socket of the exporter nginx passes /metrics to
+    metrics_dir: PurePosixPath = PurePosixPath("/run/chatmail-metrics")
+    metrics_socket: PurePosixPath = PurePosixPath("/run/chatmail-metrics/exporter.socket")
 
     # Postfix <-> Dovecot <-> OpenDKIM, inside Postfix's chroot-able spool
     lmtp_socket: PurePosixPath = PurePosixPath("/var/spool/postfix/private/dovecot-lmtp")

@@ -79,6 +79,7 @@ UNITS = [
     "filtermail-incoming",
     "filtermail-transport",
     "chatmail-postlog",
+    "chatmail-metrics",
     "chatmail-expire.timer",
 ]
 

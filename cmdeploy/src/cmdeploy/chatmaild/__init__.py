@@ -23,6 +23,9 @@ from ..layout import Layout
 from ..templates import render
 
 UNIT_DIR = "/etc/systemd/system"
+METRICS_UNIT = "chatmail-metrics"
+# /run/chatmail-metrics exists from boot on, before any service that writes into it starts
+METRICS_TMPFILES = "/etc/tmpfiles.d/chatmail-metrics.conf"
 POSTLOG_UNIT = "chatmail-postlog"
 # Postfix's syslog socket; a directory of its own, which systemd creates for the socket unit
 POSTLOG_SOCKET = PurePosixPath("/run/chatmail-postlog/dev-log")
@@ -76,53 +79,63 @@ class Service:
     restart_sec: int = 5
     template: str = "service.j2"
     open_files: int | None = None  # LimitNOFILE; None: systemd's default
+    groups: str | None = None  # SupplementaryGroups
 
 
 def services(layout: Layout) -> list[Service]:
     ini = layout.ini
     limits = open_file_limits(layout.config)
+    snapshots = f"--metrics-dir {layout.metrics_dir}"
     return [
         Service(
             "doveauth",
             "chatmail: accounts for Dovecot, created at first login",
-            f"{layout.bin('doveauth')} {layout.doveauth_socket} {ini}",
+            f"{layout.bin('doveauth')} {layout.doveauth_socket} {ini} {snapshots}",
             runtime_dir=layout.doveauth_socket.parent.name,
             open_files=limits["doveauth"],
         ),
         Service(
             "chatmail-lastlogin",
             "chatmail: records the day of each login",
-            f"{layout.bin('lastlogin')} {layout.lastlogin_socket} {ini}",
+            f"{layout.bin('lastlogin')} {layout.lastlogin_socket} {ini} {snapshots}",
             runtime_dir=layout.lastlogin_socket.parent.name,
             open_files=limits["chatmail-lastlogin"],
         ),
         Service(
             "chatmail-metadata",
             "chatmail: IMAP METADATA, push notifications and TURN credentials",
-            f"{layout.bin('chatmail-metadata')} {layout.metadata_socket} {ini}",
+            f"{layout.bin('chatmail-metadata')} {layout.metadata_socket} {ini} {snapshots}",
             runtime_dir=layout.metadata_socket.parent.name,
             open_files=limits["chatmail-metadata"],
         ),
         Service(
             "filtermail",
             "chatmail: encryption gate for outgoing mail",
-            f"{layout.bin('filtermail')} {ini} outgoing",
+            f"{layout.bin('filtermail')} {ini} outgoing {snapshots}",
             restart_sec=2,
             open_files=limits["filtermail"],
         ),
         Service(
             "filtermail-incoming",
             "chatmail: encryption gate for incoming mail and /mxdeliv",
-            f"{layout.bin('filtermail')} {ini} incoming",
+            f"{layout.bin('filtermail')} {ini} incoming {snapshots}",
             restart_sec=2,
             open_files=limits["filtermail-incoming"],
         ),
         Service(
             "filtermail-transport",
             "chatmail: delivers mail to other relays, over HTTPS first",
-            f"{layout.bin('filtermail')} {ini} transport",
+            f"{layout.bin('filtermail')} {ini} transport {snapshots}",
             restart_sec=2,
             open_files=limits["filtermail-transport"],
+        ),
+        Service(
+            METRICS_UNIT,
+            "chatmail: the Prometheus metrics nginx serves at /metrics",
+            f"{layout.bin('chatmail-metrics')} {layout.metrics_socket} {ini}"
+            f" --certificate {layout.tls.cert} {snapshots}",
+            # `postqueue -j` needs the group its setgid bit would give (NoNewPrivileges)
+            groups="postdrop",
         ),
         Service(
             POSTLOG_UNIT,
@@ -146,7 +159,9 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
             runtime_dir=s.runtime_dir,
             restart_sec=s.restart_sec,
             open_files=s.open_files,
+            groups=s.groups,
             mailboxes=layout.mailboxes,
+            metrics_dir=layout.metrics_dir,
             # Dovecot must find the dict sockets when it starts
             before="dovecot.service" if s.runtime_dir else None,
         )
@@ -161,5 +176,8 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
     files[f"{UNIT_DIR}/chatmail-expire.timer"] = render("chatmaild", "expire.timer.j2")
     files[f"{UNIT_DIR}/{POSTLOG_UNIT}.socket"] = render(
         "chatmaild", "postlog.socket.j2", socket=POSTLOG_SOCKET
+    )
+    files[METRICS_TMPFILES] = render(
+        "chatmaild", "metrics-tmpfiles.conf.j2", metrics_dir=layout.metrics_dir
     )
     return files

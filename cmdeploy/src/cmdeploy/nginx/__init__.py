@@ -81,6 +81,7 @@ class Sockets:
     imap_hop: int = 8993  # self-signed relays only: drops the PROXY header before Dovecot
     smtp_hop: int = 8465  # ... and before Postfix
     fcgiwrap: str = "/run/fcgiwrap.socket"  # Debian's fcgiwrap.socket unit
+    metrics: str | None = None  # chatmail-metrics; None: `Layout.metrics_socket`
 
 
 def autoconfig_xml(config: Config) -> str:
@@ -187,5 +188,6 @@ def nginx_files(
         fcgiwrap=sockets.fcgiwrap,
         mxdeliv_upstream=_loopback(config.filtermail_http_port_incoming),
         max_message_size=config.max_message_size,
+        metrics_socket=sockets.metrics or layout.metrics_socket,
     )
     return {str(STREAM_CONF): stream, str(HTTP_CONF): http}
