@@ -48,6 +48,7 @@ TOOLS = {
     "tinyproxy": "tinyproxy",
     "nsd": "nsd",
     "pebble": "pebble",
+    "prometheus": "prometheus",
     "ssh": "openssh-client",
 }
 
@@ -289,7 +290,17 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         restart_dns(state)
         for relay in state.relays:
             check_dns(relay)
+        start_prometheus(state)
     return state
+
+
+def start_prometheus(state: State) -> None:
+    """(Re)start the lab's Prometheus on the first relay: its CA bundle may be new."""
+    relay = state.relays[0]
+    hosts.stop_process(state.pids.pop("prometheus", 0), timeout=10)
+    conf = services.write_prometheus_config(LAB, relay.domain, relay.ip, CA_BUNDLE)
+    state.pids["prometheus"] = services.start_prometheus(LAB, conf)
+    state.save()
 
 
 def cmdeploy_in_client(args: list[str], relay: Relay, out: IO[bytes]) -> int:
@@ -363,6 +374,7 @@ def status(state: State) -> dict[str, object]:
         "client_netns": CLIENT_NETNS,
         "ca_cert": str(CA_BUNDLE),
         "push_fake": services.push_url(),
+        "prometheus": services.prometheus_url() if "prometheus" in state.pids else None,
         "ssh_key": str(LAB / "id_ed25519"),
         "push_tokens": str(LAB / "push-tokens.log"),
     }
@@ -394,8 +406,9 @@ def down() -> None:
     shutil.rmtree(Path("/etc/netns") / CLIENT_NETNS, ignore_errors=True)
     lab_files = ("known_hosts", "push-tokens.log", "state.json", CA_BUNDLE.name)
     ca_files = ("lab-ca.pem", "lab-ca.key", "lab-ca.srl", "pebble-api.pem", "pebble-api.key")
-    for name in (*lab_files, *ca_files, "pebble.json"):
+    for name in (*lab_files, *ca_files, "pebble.json", "prometheus.yml"):
         (LAB / name).unlink(missing_ok=True)
     shutil.rmtree(LAB / "dns", ignore_errors=True)
+    shutil.rmtree(LAB / "prometheus-data", ignore_errors=True)
     shutil.rmtree(LAB / "wheels", ignore_errors=True)
     say("down (the base image stays cached)")

@@ -5,7 +5,8 @@
 - pebble, Debian's test ACME CA: it validates HTTP-01 challenges through the lab DNS and
   issues the ACME relays' certificates. Its API speaks HTTPS with a certificate from the lab's
   own CA; the root it issues from is new at each start and fetched from its management port;
-- a fake push notification service that records tokens (the real one is never contacted).
+- a fake push notification service that records tokens (the real one is never contacted);
+- Prometheus (Debian's), scraping the first relay's `/metrics` as an operator's would.
 Each runs as a child process whose id the lab records, so `down` stops exactly these.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from .hosts import PROXY_PORT
 from .net import GATEWAY, SUBNET
 
 PUSH_PORT = 8475
+PROMETHEUS_PORT = 9090
+SCRAPE_INTERVAL = "5s"  # short, so that the online suite sees its counters move soon
 ACME_PORT = 14000
 ACME_MANAGEMENT_PORT = 15000
 
@@ -149,6 +153,40 @@ def start_push_fake(lab: Path) -> int:
 
 def push_url() -> str:
     return f"http://{GATEWAY}:{PUSH_PORT}/notify"
+
+
+def write_prometheus_config(lab: Path, domain: str, ip: str, ca_bundle: Path) -> Path:
+    """A scrape job for the relay at `domain`, reached at its address (the lab's names do not
+    resolve on the machine itself), its certificate checked against the lab's CAs."""
+    conf = lab / "prometheus.yml"
+    job = {
+        "job_name": "relay",
+        "scheme": "https",
+        "metrics_path": "/metrics",
+        "scrape_interval": SCRAPE_INTERVAL,
+        "tls_config": {"ca_file": str(ca_bundle), "server_name": domain},
+        "static_configs": [{"targets": [f"{ip}:443"], "labels": {"relay": domain}}],
+    }
+    # JSON is YAML: no YAML library needed
+    conf.write_text(json.dumps({"scrape_configs": [job]}, indent=2) + "\n")
+    return conf
+
+
+def start_prometheus(lab: Path, conf: Path) -> int:
+    data = lab / "prometheus-data"
+    shutil.rmtree(data, ignore_errors=True)  # every lab starts counting afresh
+    argv = [
+        "prometheus",
+        f"--config.file={conf}",
+        f"--storage.tsdb.path={data}",
+        "--storage.tsdb.retention.time=1d",
+        f"--web.listen-address={GATEWAY}:{PROMETHEUS_PORT}",
+    ]
+    return start(argv, lab / "prometheus.log")
+
+
+def prometheus_url() -> str:
+    return f"http://{GATEWAY}:{PROMETHEUS_PORT}"
 
 
 def acme_url() -> str:
