@@ -66,6 +66,9 @@ def test_every_service_writes_its_metrics_where_the_exporter_reads_them() -> Non
     assert "--certificate /etc/chatmail/tls/fullchain.pem" in exporter
     # `postqueue -j` works without its setgid bit (NoNewPrivileges) only with the group
     assert "SupplementaryGroups=postdrop\n" in exporter
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n" in exporter
+    doveauth = files["/etc/systemd/system/doveauth.service"]
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" in doveauth
 
 
 def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() -> None:

@@ -77,7 +77,7 @@ def test_the_exposition_is_valid_and_every_reading_works(relay1: Relay) -> None:
 CREATED = "chatmail_accounts_created_total"
 LOGINS = "chatmail_logins_total"
 ACCEPTED = 'chatmail_gate_accepted_total{direction="outgoing",kind="encrypted"}'
-REFUSED = 'chatmail_gate_refused_total{code="523",direction="outgoing",reason="cleartext"}'
+REFUSED = 'chatmail_gate_refused_total{direction="outgoing",code="523",reason="cleartext"}'
 
 
 def test_counters_move_with_accounts_mail_and_refusals(

@@ -80,6 +80,7 @@ class Service:
     template: str = "service.j2"
     open_files: int | None = None  # LimitNOFILE; None: systemd's default
     groups: str | None = None  # SupplementaryGroups
+    netlink: bool = False  # may open AF_NETLINK sockets
 
 
 def services(layout: Layout) -> list[Service]:
@@ -134,8 +135,10 @@ def services(layout: Layout) -> list[Service]:
             "chatmail: the Prometheus metrics nginx serves at /metrics",
             f"{layout.bin('chatmail-metrics')} {layout.metrics_socket} {ini}"
             f" --certificate {layout.tls.cert} {snapshots}",
-            # `postqueue -j` needs the group its setgid bit would give (NoNewPrivileges)
+            # `postqueue -j` needs the group its setgid bit would give (NoNewPrivileges), and
+            # netlink: it lists the host's interfaces (getifaddrs) before anything else
             groups="postdrop",
+            netlink=True,
         ),
         Service(
             POSTLOG_UNIT,
@@ -160,6 +163,7 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
             restart_sec=s.restart_sec,
             open_files=s.open_files,
             groups=s.groups,
+            netlink=s.netlink,
             mailboxes=layout.mailboxes,
             metrics_dir=layout.metrics_dir,
             # Dovecot must find the dict sockets when it starts
