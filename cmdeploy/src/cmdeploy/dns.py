@@ -453,12 +453,13 @@ def run_dns_check(
     port: int = 53,
     timeout: float = DEFAULT_TIMEOUT,
     out: TextIO | None = None,
-) -> int:
-    """`cmdeploy dns` without --zonefile: print the report; 1 if a required record lacks."""
+) -> tuple[int, list[Record]]:
+    """`cmdeploy dns` without --zonefile: print the report; 1 if a required record lacks.
+    Also the records checked, for the relay's daily check to expect."""
     out = out or sys.stdout
     if config.is_ipv4:
         print(f"{config.mail_domain} is an IPv4 relay: it has no DNS records.", file=out)
-        return 0
+        return 0, []
     result = check_relay(
         config, facts, resolver, now=now, nameservers=nameservers, port=port, timeout=timeout
     )
@@ -470,4 +471,4 @@ def run_dns_check(
     if not (facts.ipv4 or facts.ipv6):
         print("The relay's IP addresses are unknown: no A/AAAA record checked.", file=out)
         code = 1
-    return code
+    return code, result.checked

@@ -81,6 +81,7 @@ UNITS = [
     "chatmail-postlog",
     "chatmail-metrics",
     "chatmail-expire.timer",
+    "chatmail-health.timer",
 ]
 
 
@@ -149,11 +150,14 @@ def parse_state(output: str) -> RelayState:
         raise RemoteError(f"unexpected answer from the relay ({type(e).__name__})") from None
 
 
-def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
+def run_script(
+    host: str, script: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`script` as root on `host`, its output captured; RemoteError if it does not end in time."""
     try:
-        result = subprocess.run(
-            command(host),
-            input=facts_script(layout),
+        return subprocess.run(
+            command(host, script),
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -161,10 +165,20 @@ def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
         )
     except subprocess.TimeoutExpired:
         raise RemoteError(f"{host} did not answer within {timeout:g} s") from None
+
+
+def unreachable(host: str, failed: str, result: subprocess.CompletedProcess[str]) -> RemoteError:
+    """The error for a failed `run_script`: what failed, and ssh's (or the script's) last line
+    of stderr."""
+    detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+    return RemoteError(
+        f"{failed}: {detail[0].rstrip('.')}. Check that "
+        f"`ssh root@{host}` works without a password prompt."
+    )
+
+
+def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
+    result = run_script(host, "python3 -", facts_script(layout), timeout)
     if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RemoteError(
-            f"cannot read the relay's state from {host}: {detail[0].rstrip('.')}. Check that "
-            f"`ssh root@{host}` works without a password prompt."
-        )
+        raise unreachable(host, f"cannot read the relay's state from {host}", result)
     return parse_state(result.stdout)
