@@ -389,7 +389,11 @@ def render(report: Mapping[str, Any]) -> str:
     if "days_left" in cert:
         lines.append(f"certificate: {cert['path']}, {cert['days_left']} days left")
     dns = report["dns"]
-    lines.append(f"dns:         {dns.get('checked', 0)} records checked")
+    off = len(dns.get("records", []))
+    lines.append(
+        f"dns:         {dns.get('checked', 0)} records checked"
+        + (f", {off} missing or wrong" if off else "")
+    )
     queue = report["queue"]
     if "messages" in queue:
         counts = ", ".join(f"{n} {q}" for q, n in sorted(queue["messages"].items()))
