@@ -24,11 +24,6 @@ STATE = RelayState(
     dkim_public_pem="-----BEGIN PUBLIC KEY-----\nMIIBIjAN\nBgkqhk\n-----END PUBLIC KEY-----\n",
     acme_account_uri=None,
     active={"postfix": "active", "dovecot": "failed", "nginx": "active"},
-    listening=["0.0.0.0:25", "0.0.0.0:993", "[::]:443"],
-    cert_end="notAfter=Feb  1 00:00:00 2027 GMT",
-    queue=3,
-    disk=[" 20G  5G  15G  25%"],
-    version="abc123",
 )
 
 

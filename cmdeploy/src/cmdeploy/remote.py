@@ -1,4 +1,5 @@
-"""Facts read from a deployed relay over SSH, for `cmdeploy dns` and `cmdeploy status`.
+"""Facts read from a deployed relay over SSH, for `cmdeploy dns` and `cmdeploy run`'s summary
+(`cmdeploy status` runs the relay's own health check instead: cmdeploy.health).
 
 One `ssh root@<host> python3 -` per command: a small script (the relay has Debian's python3)
 prints a JSON object, parsed here. `@local` runs the script on this machine instead.
@@ -55,12 +56,7 @@ print(json.dumps({
     "dkim_public_pem": run("openssl", "rsa", "-in", DKIM_KEY, "-pubout"),
     "acme_account_uri": acme_account(),
     "active": {u: run("systemctl", "is-active", u).strip() for u in units},
-    "listening": sorted({l.split()[3] for l in run("ss", "-Hltn").splitlines() if l.strip()}),
-    "cert_end": run("openssl", "x509", "-noout", "-enddate", "-in", CERT).strip(),
     "cert_self_issued": self_issued(CERT),
-    "queue": len([l for l in run("postqueue", "-j").splitlines() if l.strip()]),
-    "disk": run("df", "-h", "--output=size,used,avail,pcent", MAILBOXES).splitlines()[-1:],
-    "version": run("cat", "/etc/chatmail-version").strip(),
 }))
 """
 
@@ -96,11 +92,6 @@ class RelayState:
     dkim_public_pem: str
     acme_account_uri: str | None
     active: dict[str, str]
-    listening: list[str]
-    cert_end: str
-    queue: int
-    disk: list[str]
-    version: str
     cert_self_issued: bool = False
 
 
@@ -116,7 +107,6 @@ def facts_script(layout: Layout) -> str:
         FACTS_SCRIPT.replace("UNITS", repr(expected_units(layout)))
         .replace("DKIM_KEY", repr(str(layout.dkim_key)))
         .replace("CERT", repr(str(layout.tls.cert)))
-        .replace("MAILBOXES", repr(str(layout.mailboxes)))
     )
 
 
