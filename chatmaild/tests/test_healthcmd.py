@@ -174,3 +174,16 @@ def test_a_bad_config_is_exit_status_2(tmp_path: Path) -> None:
         [str(SCRIPT), str(tmp_path / "chatmail.ini")], capture_output=True, text=True, check=False
     )
     assert done.returncode == 2 and "error:" in done.stderr
+
+
+def test_the_push_backlog_counts_waiting_items_not_ones_being_written(tmp_path: Path) -> None:
+    from chatmaild.healthcmd import push_backlog
+
+    assert push_backlog(tmp_path) == (0, None)  # no spool yet: nothing was ever queued
+    spool = tmp_path / "pending_notifications"
+    spool.mkdir()
+    (spool / "aa11").write_text("x\n")
+    (spool / "bb22").write_text("x\n")
+    os.utime(spool / "aa11", (int(NOW) - 3600, int(NOW) - 3600))
+    (spool / ".cc33.123.456.tmp").write_text("x\n")
+    assert push_backlog(tmp_path) == (2, int(NOW) - 3600)

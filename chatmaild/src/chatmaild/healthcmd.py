@@ -18,6 +18,7 @@ Usage: chatmail-health INI [--json] [--expected FILE] [--expected-dns FILE] [--n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -139,11 +140,14 @@ def push_backlog(mailboxes: Path) -> tuple[int | None, float | None]:
     spool = mailboxes / pushqueue.SPOOL_DIR
     try:
         entries = [e for e in os.scandir(spool) if not e.name.startswith(".")]
-        mtimes = [e.stat().st_mtime for e in entries]
     except FileNotFoundError:
         return 0, None  # nothing was ever queued
     except OSError:
         return None, None
+    mtimes = []
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):  # delivered in the meantime
+            mtimes.append(entry.stat().st_mtime)
     return len(mtimes), min(mtimes, default=None)
 
 
