@@ -22,6 +22,7 @@ SCRIPTS = [
     "chatmail-expire",
     "chatmail-postlog",
     "chatmail-metrics",
+    "chatmail-health",
 ]
 MAIL_SERVICES = {
     "doveauth",
@@ -83,6 +84,41 @@ def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() 
     assert "RestrictAddressFamilies=AF_UNIX\n" in service
     # enabling the service (as the deploy does) enables the socket too
     assert "Also=chatmail-postlog.socket\n" in service
+
+
+def test_the_daily_health_check_runs_as_vmail_and_fails_its_unit_on_a_problem() -> None:
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    files = chatmaild_files(layout)
+    service = files["/etc/systemd/system/chatmail-health.service"]
+    # a oneshot: chatmail-health's exit status 1 leaves the unit failed for plain monitoring
+    assert "Type=oneshot\n" in service and "Restart=" not in service
+    assert (
+        "ExecStart=/usr/local/lib/chatmaild/venv/bin/chatmail-health"
+        " /usr/local/lib/chatmaild/chatmail.ini\n"
+    ) in service
+    assert "User=vmail\n" in service and "SupplementaryGroups=postdrop\n" in service
+    # it writes nothing
+    assert "ProtectSystem=strict\n" in service and "ReadWritePaths" not in service
+    assert "AF_NETLINK" in service  # ss and ip
+    timer = files["/etc/systemd/system/chatmail-health.timer"]
+    assert "OnCalendar=*-*-* 06:17:00\n" in timer and "Persistent=true\n" in timer
+
+
+def test_the_health_expectations_name_every_unit_port_and_the_certificate() -> None:
+    import json
+
+    from cmdeploy.remote import expected_units
+
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    expected = json.loads(chatmaild_files(layout)["/etc/chatmail/health.json"])
+    assert expected["units"] == expected_units(layout)
+    assert "chatmail-health.timer" in expected["units"]
+    assert {25, 80, 143, 443, 465, 587, 993, 10080, 10083} <= set(expected["ports"])
+    assert expected["certificate"] == "/etc/chatmail/tls/fullchain.pem"
+    ipv4 = Layout(Config.from_params({"mail_domain": "192.0.2.10"}))
+    expected = json.loads(chatmaild_files(ipv4)["/etc/chatmail/health.json"])
+    assert "opendkim" not in expected["units"]
+    assert expected["certificate"] == "/etc/ssl/certs/mailserver.pem"
 
 
 def unit_limit(unit: str) -> int:

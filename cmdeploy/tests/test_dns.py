@@ -8,6 +8,7 @@ Regenerate the golden files with `CMDEPLOY_UPDATE_GOLDEN=1 venv/bin/pytest -k go
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -154,7 +155,7 @@ def test_ipv4_relay_has_no_records(capsys: pytest.CaptureFixture[str]) -> None:
     assert zonefile([]) == "; No DNS records: an IPv4 relay has no DNS name.\n"
     assert report(CheckResult([])) == "No DNS records to check: an IPv4 relay has no DNS name.\n"
     resolver = dns.resolver.Resolver(configure=False)  # never asked
-    assert run_dns_check(cfg, FACTS, resolver) == 0
+    assert run_dns_check(cfg, FACTS, resolver) == (0, [])
     assert "IPv4 relay" in capsys.readouterr().out
 
 
@@ -382,7 +383,7 @@ def test_check_finds_exactly_the_faults(nsd: int) -> None:
 def test_run_dns_check_exit_codes(nsd: int) -> None:
     out = io.StringIO()
     facts = replace(FACTS, sts_id=None)  # the existing id is found in the zone and kept
-    code = run_dns_check(
+    code, _ = run_dns_check(
         config("relay.test"), facts, local_resolver(nsd), now=NOW, port=nsd, timeout=2.0, out=out
     )
     assert code == 0, out.getvalue()
@@ -393,7 +394,7 @@ def test_run_dns_check_exit_codes(nsd: int) -> None:
     )
 
     out = io.StringIO()
-    code = run_dns_check(
+    code, _ = run_dns_check(
         config("chat.example.org"),
         facts,
         local_resolver(nsd),
@@ -406,10 +407,36 @@ def test_run_dns_check_exit_codes(nsd: int) -> None:
     assert "missing (required): www.chat.example.org." in out.getvalue()
 
 
+def test_the_relays_daily_check_judges_the_records_cmdeploy_dns_printed(nsd: int) -> None:
+    """The records `cmdeploy dns` checked become the relay's expectations; chatmail-health asks
+    its resolver (here NSD itself) and calls the same records right or wrong."""
+    from chatmaild.health import check_dns
+    from chatmaild.healthcmd import make_lookup
+    from cmdeploy.health import dns_expectations
+
+    lookup = make_lookup("127.0.0.1", nsd)
+    facts = replace(FACTS, sts_id=None)
+    for domain, ok in (("relay.test", True), ("chat.example.org", False)):
+        code, records = run_dns_check(
+            config(domain), facts, local_resolver(nsd), now=NOW, port=nsd, out=io.StringIO()
+        )
+        assert (code == 0) == ok
+        expected = json.loads(dns_expectations(records))["records"]
+        section = check_dns(expected, lookup)
+        assert section.data["checked"] == len(records)
+        if ok:
+            assert section.problems == []
+            assert section.warnings == [f"recommended CAA {domain}. is missing"]
+        else:
+            assert "required CNAME www.chat.example.org. is missing" in section.problems
+            assert "required A chat.example.org. is wrong (has 192.0.2.99)" in section.problems
+
+
 def test_run_dns_check_without_dkim_key_fails(nsd: int) -> None:
     out = io.StringIO()
     facts = replace(BROKEN_FACTS, dkim_public_key_b64=None)
-    assert run_dns_check(config("relay.test"), facts, local_resolver(nsd), port=nsd, out=out) == 1
+    code, _ = run_dns_check(config("relay.test"), facts, local_resolver(nsd), port=nsd, out=out)
+    assert code == 1
     assert "no DKIM key yet" in out.getvalue()
 
 
@@ -460,7 +487,7 @@ def test_silent_resolver_is_missing_within_bounded_time(silent_port: int) -> Non
         "could not be looked up: the DNS resolver did not answer within 0.3s"
     }
     out = io.StringIO()
-    code = run_dns_check(
+    code, _ = run_dns_check(
         config("chat.example.org"), FACTS, resolver, now=NOW, port=silent_port, timeout=0.3, out=out
     )
     assert code == 1

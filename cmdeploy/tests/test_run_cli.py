@@ -6,6 +6,7 @@ this machine in pyinfra's dry-run mode, which gathers facts but changes nothing.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chatmaild import health
 from cmdeploy import cli, remote
 from cmdeploy.remote import RelayState, RemoteError, parse_state
 
@@ -22,11 +24,6 @@ STATE = RelayState(
     dkim_public_pem="-----BEGIN PUBLIC KEY-----\nMIIBIjAN\nBgkqhk\n-----END PUBLIC KEY-----\n",
     acme_account_uri=None,
     active={"postfix": "active", "dovecot": "failed", "nginx": "active"},
-    listening=["0.0.0.0:25", "0.0.0.0:993", "[::]:443"],
-    cert_end="notAfter=Feb  1 00:00:00 2027 GMT",
-    queue=3,
-    disk=[" 20G  5G  15G  25%"],
-    version="abc123",
 )
 
 
@@ -64,17 +61,75 @@ def test_dry_run_plans_the_whole_deploy(tmp_path: Path, domain: str) -> None:
     assert "dry run: nothing on @local was changed." in result.stdout
 
 
-def test_status_screen(
+def health_report(tmp_path: Path, *, cert_days: float) -> Path:
+    """What chatmail-health prints with --json, built by its own code from readings."""
+    now = 1_800_000_000.0
+    sections = {name: health.Section() for name in health.SECTIONS}
+    sections["units"] = health.check_units(["postfix", "dovecot"], "active\nactive\n")
+    sections["certificate"] = health.check_certificate("/c.pem", now + cert_days * 86400, now)
+    deferred = {
+        "queue_name": "deferred",
+        "arrival_time": now - 7200,
+        "recipients": [{"address": "a@peer.example", "delay_reason": "TLS handshake failed"}],
+    }
+    sections["queue"] = health.check_queue(json.dumps(deferred), now)
+    relay = {"domain": "chat.example.org", "version": "abc123", "addresses": ["192.0.2.10"]}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(health.assemble(relay, sections)))
+    return path
+
+
+def fake_relay(monkeypatch: pytest.MonkeyPatch, report: Path, status: int) -> list[str]:
+    """`ssh root@host SCRIPT` answered by printing `report` with exit `status`."""
+    scripts: list[str] = []
+
+    def command(host: str, script: str = "python3 -") -> list[str]:
+        scripts.append(script)
+        return ["sh", "-c", f"cat {report}; exit {status}"]
+
+    monkeypatch.setattr(remote, "command", command)
+    return scripts
+
+
+def test_status_runs_the_relays_health_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ini = write_ini(tmp_path, "chat.example.org")
-    monkeypatch.setattr(cli, "read_state", lambda layout, host: STATE)
-    assert cli.main(["status", "--config", str(ini)]) == 1  # a service is down
+    capsys.readouterr()
+    scripts = fake_relay(monkeypatch, health_report(tmp_path, cert_days=60), 0)
+    assert cli.main(["status", "--config", str(ini)]) == 0
+    assert scripts == [
+        "/usr/local/lib/chatmaild/venv/bin/chatmail-health"
+        " /usr/local/lib/chatmaild/chatmail.ini --json"
+    ]
     out = capsys.readouterr().out
-    assert "chat.example.org   abc123" in out
-    assert "2 of 3 active; not active: dovecot" in out
-    assert "ports:     25 443 993" in out
-    assert "3 message(s) waiting" in out
+    assert out.startswith("chat.example.org   abc123\naddresses:   192.0.2.10\n")
+    assert "units:       2 of 2 active" in out
+    assert "certificate: /c.pem, 60 days left" in out
+    assert "queue: peer.example: TLS handshake failed, 1 message, oldest 2 h" in out
+
+
+def test_status_json_is_the_report_and_a_problem_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = write_ini(tmp_path, "chat.example.org")
+    capsys.readouterr()
+    fake_relay(monkeypatch, health_report(tmp_path, cert_days=3), 1)
+    assert cli.main(["status", "--config", str(ini), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == [
+        {"section": "certificate", "text": "expires in 3 days (renewal failing?)"}
+    ]
+    assert report["queue"]["deferred"][0]["domain"] == "peer.example"
+
+
+def test_status_against_a_relay_without_the_health_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = write_ini(tmp_path, "chat.example.org")
+    fake_relay(monkeypatch, tmp_path / "none", 127)
+    assert cli.main(["status", "--config", str(ini)]) == 2
+    assert "deploy this version with `cmdeploy run`" in capsys.readouterr().err
 
 
 def test_dns_zonefile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,7 +148,9 @@ def test_unreachable_relay_is_one_clear_line(
 ) -> None:
     ini = write_ini(tmp_path, "chat.example.org")
     refused = "echo 'ssh: connect to host chat.example.org port 22: Connection refused' >&2"
-    monkeypatch.setattr(remote, "command", lambda host: ["sh", "-c", f"{refused}; exit 255"])
+    monkeypatch.setattr(
+        remote, "command", lambda host, script="": ["sh", "-c", f"{refused}; exit 255"]
+    )
     assert cli.main(["status", "--config", str(ini)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1

@@ -2,7 +2,7 @@
 
 `init` writes a commented `chatmail.ini` generated from the config model and tells the
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or
-writes a zone file); `status` shows one screen about the running relay. Every subcommand
+writes a zone file); `status` runs the relay's health check (doc/health.md). Every subcommand
 takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
 clear line and exit 2.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from chatmaild.config import Config, ConfigError, parse_mail_domain, read_config, render_ini
 
+from .health import write_dns_expectations
 from .layout import Layout
 from .remote import RelayState, RemoteError, read_state
 
@@ -117,25 +118,35 @@ def cmd_dns(args: argparse.Namespace) -> int:
         args.zonefile.write_text(relay_dns.zonefile(records), encoding="utf-8")
         print(f"wrote {len(records)} records for {config.mail_domain} to {args.zonefile}")
         return 0
-    return relay_dns.run_dns_check(config, facts, dns.resolver.Resolver())
+    code, records = relay_dns.run_dns_check(config, facts, dns.resolver.Resolver())
+    # the relay's daily check compares DNS with the records just printed
+    host = args.ssh_host or config.mail_domain
+    try:
+        write_dns_expectations(host, records)
+    except RemoteError as e:
+        print(f"cmdeploy: the relay's daily DNS check keeps its old records: {e}", file=sys.stderr)
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config, state = _relay_state(args)
-    print(f"{config.mail_domain}   {state.version or 'version unknown'}")
-    print(f"addresses: {' '.join(state.ipv4 + state.ipv6) or 'none'}")
-    down = [unit for unit, active in state.active.items() if active != "active"]
-    print(f"services:  {len(state.active) - len(down)} of {len(state.active)} active", end="")
-    print(f"; not active: {', '.join(down)}" if down else "")
-    ports = sorted({a.rsplit(":", 1)[1] for a in state.listening if ":" in a}, key=int)
-    print(f"ports:     {' '.join(ports)}")
-    cert = state.cert_end or "no certificate found"
-    if config.tls_mode == "acme" and state.cert_self_issued:
-        cert += " (placeholder: the ACME certificate is pending; `journalctl -u chatmail-acme`)"
-    print(f"cert:      {cert}")
-    print(f"queue:     {state.queue} message(s) waiting")
-    print(f"disk:      {' '.join(state.disk) if state.disk else 'unknown'} (size used avail use%)")
-    return 1 if down else 0
+    """The relay's `chatmail-health`, as text or JSON: the daily check's very report."""
+    import json
+
+    from chatmaild.health import render
+
+    from .health import read_health
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    try:
+        report = read_health(Layout(config), host)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(report), end="")
+    return 0 if report["ok"] else 1
 
 
 def cmd_webdev(args: argparse.Namespace) -> int:
@@ -293,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zonefile", type=Path, help="write the records as a zone file instead")
     p.set_defaults(func=cmd_dns)
 
-    p = sub.add_parser("status", parents=[common], help="services, ports, certificate, queue")
+    p = sub.add_parser("status", parents=[common], help="the relay's health check, as it runs")
     p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    p.add_argument("--json", action="store_true", help="machine-readable, for monitoring")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")

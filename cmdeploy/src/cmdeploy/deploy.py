@@ -35,6 +35,7 @@ from chatmaild.config import read_config
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
 from cmdeploy.chatmaild import (
+    HEALTH_UNIT,
     METRICS_TMPFILES,
     POSTLOG_SOCKET,
     POSTLOG_UNIT,
@@ -44,6 +45,7 @@ from cmdeploy.chatmaild import (
 from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import dovecot_files
 from cmdeploy.dovecot import plugin as dovecot_plugin
+from cmdeploy.health import expectations
 from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
 from cmdeploy.nginx import nginx_files
@@ -325,7 +327,9 @@ class Chatmaild(Component):
             commands=[f"systemd-tmpfiles --create {METRICS_TMPFILES}"],
             _if=any_changed(by_path[METRICS_TMPFILES]),
         )
-        self.changed = [*uploaded, installed, ini, *units]
+        # what the health check expects is read by it alone: no service restarts for it
+        restarting = [op for path, op in by_path.items() if path not in expectations(layout)]
+        self.changed = [*uploaded, installed, ini, *restarting]
         # systemd holds the postlog socket: a changed socket unit needs its own restart
         # (which restarts Postfix too, onto the new socket)
         self.socket_changed = [op for path, op in by_path.items() if path.endswith(".socket")]
@@ -337,6 +341,10 @@ class Chatmaild(Component):
             restart(f"{service.unit}.service", self.changed)
         systemd.service(
             name="Daily expiry timer", service="chatmail-expire.timer", running=True, enabled=True
+        )
+        # the services' restarts above reloaded systemd if a unit file changed
+        systemd.service(
+            name="Daily health check", service=f"{HEALTH_UNIT}.timer", running=True, enabled=True
         )
 
 

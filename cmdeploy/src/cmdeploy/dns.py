@@ -27,10 +27,9 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.CAA
-import dns.rdtypes.txtbase
 import dns.resolver
 
+from chatmaild import dnsmatch
 from chatmaild.config import Config
 from cmdeploy.layout import Layout
 from cmdeploy.remote import RelayState
@@ -208,31 +207,6 @@ class _Unreachable(Exception):
     """No nameserver gave a usable answer; the text says which and why."""
 
 
-def _key(rd: dns.rdata.Rdata) -> str:
-    """A comparable form: names lowercased and absolute, TXT strings joined."""
-    if isinstance(rd, dns.rdtypes.txtbase.TXTBase):
-        text = b"".join(rd.strings).decode(errors="replace")
-        return re.sub(r"\s*;\s*", ";", text.strip()).rstrip(";")
-    if isinstance(rd, dns.rdtypes.ANY.CAA.CAA):
-        return f"{rd.flags} {rd.tag.decode().lower()} {rd.value.decode(errors='replace')}"
-    return rd.to_text().lower()
-
-
-def _kind(rdtype: str, key: str) -> str:
-    """Values of one kind compete for the same purpose: `v=spf1` vs. another SPF, not vs.
-    an unrelated TXT at the same name. Types holding one value per name have one kind."""
-    if rdtype == "TXT":
-        first = re.split(r"[;\s]", key, maxsplit=1)[0].lower()
-        return first if first.startswith("v=") else first.split("=")[0]
-    if rdtype == "CAA":
-        return key.split()[1]
-    return ""
-
-
-# A, AAAA, CNAME, MX: another value beside ours sends clients or mail elsewhere.
-_SINGLE_VALUED = frozenset({"A", "AAAA", "CNAME", "MX"})
-
-
 class _Checker:
     def __init__(
         self,
@@ -372,33 +346,19 @@ class _Checker:
             values, server, nxdomain = self.query(record.name, record.type)
         except _Unreachable as e:
             return Problem(record, "missing", f"could not be looked up: {e}")
-        expected = _key(
-            dns.rdata.from_text(
-                dns.rdataclass.IN, record.type, record.value, dns.name.root, relativize=False
-            )
-        )
-        found = {_key(rd): rd.to_text() for rd in values}
-        shown = ", ".join(found.values())
+        verdict = dnsmatch.compare(record.type, record.value, values)
+        if verdict is None:
+            return None
+        kind, shown = verdict
+        if kind == dnsmatch.WRONG:
+            return Problem(record, kind, f"{server} has {shown}")
+        matching = "" if record.type in dnsmatch.SINGLE_VALUED else "matching "
         absent = (
             f"no such name (NXDOMAIN) at {server}"
             if nxdomain
-            else f"no {'' if record.type in _SINGLE_VALUED else 'matching '}"
-            f"{record.type} record at {server}"
+            else f"no {matching}{record.type} record at {server}"
         )
-        if record.type in _SINGLE_VALUED:
-            if list(found) == [expected]:
-                return None
-            if not found:
-                return Problem(record, "missing", absent)
-            return Problem(record, "wrong", f"{server} has {shown}")
-        if expected in found:
-            return None
-        same_kind = [
-            v for k, v in found.items() if _kind(record.type, k) == _kind(record.type, expected)
-        ]
-        if same_kind:
-            return Problem(record, "wrong", f"{server} has {', '.join(same_kind)}")
-        return Problem(record, "missing", absent)
+        return Problem(record, kind, absent)
 
 
 def check(
@@ -435,7 +395,7 @@ def existing_sts_id(
     except _Unreachable:
         return None
     for rd in values:
-        m = re.match(r"v=STSv1;id=([A-Za-z0-9]{1,32})$", _key(rd))
+        m = re.match(r"v=STSv1;id=([A-Za-z0-9]{1,32})$", dnsmatch.key(rd))
         if m:
             return m.group(1)
     return None
@@ -493,12 +453,13 @@ def run_dns_check(
     port: int = 53,
     timeout: float = DEFAULT_TIMEOUT,
     out: TextIO | None = None,
-) -> int:
-    """`cmdeploy dns` without --zonefile: print the report; 1 if a required record lacks."""
+) -> tuple[int, list[Record]]:
+    """`cmdeploy dns` without --zonefile: print the report; 1 if a required record lacks.
+    Also the records checked, for the relay's daily check to expect."""
     out = out or sys.stdout
     if config.is_ipv4:
         print(f"{config.mail_domain} is an IPv4 relay: it has no DNS records.", file=out)
-        return 0
+        return 0, []
     result = check_relay(
         config, facts, resolver, now=now, nameservers=nameservers, port=port, timeout=timeout
     )
@@ -510,4 +471,4 @@ def run_dns_check(
     if not (facts.ipv4 or facts.ipv6):
         print("The relay's IP addresses are unknown: no A/AAAA record checked.", file=out)
         code = 1
-    return code
+    return code, result.checked

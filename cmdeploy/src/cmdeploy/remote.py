@@ -1,4 +1,5 @@
-"""Facts read from a deployed relay over SSH, for `cmdeploy dns` and `cmdeploy status`.
+"""Facts read from a deployed relay over SSH, for `cmdeploy dns` and `cmdeploy run`'s summary
+(`cmdeploy status` runs the relay's own health check instead: cmdeploy.health).
 
 One `ssh root@<host> python3 -` per command: a small script (the relay has Debian's python3)
 prints a JSON object, parsed here. `@local` runs the script on this machine instead.
@@ -55,12 +56,7 @@ print(json.dumps({
     "dkim_public_pem": run("openssl", "rsa", "-in", DKIM_KEY, "-pubout"),
     "acme_account_uri": acme_account(),
     "active": {u: run("systemctl", "is-active", u).strip() for u in units},
-    "listening": sorted({l.split()[3] for l in run("ss", "-Hltn").splitlines() if l.strip()}),
-    "cert_end": run("openssl", "x509", "-noout", "-enddate", "-in", CERT).strip(),
     "cert_self_issued": self_issued(CERT),
-    "queue": len([l for l in run("postqueue", "-j").splitlines() if l.strip()]),
-    "disk": run("df", "-h", "--output=size,used,avail,pcent", MAILBOXES).splitlines()[-1:],
-    "version": run("cat", "/etc/chatmail-version").strip(),
 }))
 """
 
@@ -81,6 +77,7 @@ UNITS = [
     "chatmail-postlog",
     "chatmail-metrics",
     "chatmail-expire.timer",
+    "chatmail-health.timer",
 ]
 
 
@@ -95,11 +92,6 @@ class RelayState:
     dkim_public_pem: str
     acme_account_uri: str | None
     active: dict[str, str]
-    listening: list[str]
-    cert_end: str
-    queue: int
-    disk: list[str]
-    version: str
     cert_self_issued: bool = False
 
 
@@ -115,7 +107,6 @@ def facts_script(layout: Layout) -> str:
         FACTS_SCRIPT.replace("UNITS", repr(expected_units(layout)))
         .replace("DKIM_KEY", repr(str(layout.dkim_key)))
         .replace("CERT", repr(str(layout.tls.cert)))
-        .replace("MAILBOXES", repr(str(layout.mailboxes)))
     )
 
 
@@ -149,11 +140,14 @@ def parse_state(output: str) -> RelayState:
         raise RemoteError(f"unexpected answer from the relay ({type(e).__name__})") from None
 
 
-def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
+def run_script(
+    host: str, script: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`script` as root on `host`, its output captured; RemoteError if it does not end in time."""
     try:
-        result = subprocess.run(
-            command(host),
-            input=facts_script(layout),
+        return subprocess.run(
+            command(host, script),
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -161,10 +155,20 @@ def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
         )
     except subprocess.TimeoutExpired:
         raise RemoteError(f"{host} did not answer within {timeout:g} s") from None
+
+
+def unreachable(host: str, failed: str, result: subprocess.CompletedProcess[str]) -> RemoteError:
+    """The error for a failed `run_script`: what failed, and ssh's (or the script's) last line
+    of stderr."""
+    detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+    return RemoteError(
+        f"{failed}: {detail[0].rstrip('.')}. Check that "
+        f"`ssh root@{host}` works without a password prompt."
+    )
+
+
+def read_state(layout: Layout, host: str, timeout: float = 120) -> RelayState:
+    result = run_script(host, "python3 -", facts_script(layout), timeout)
     if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RemoteError(
-            f"cannot read the relay's state from {host}: {detail[0].rstrip('.')}. Check that "
-            f"`ssh root@{host}` works without a password prompt."
-        )
+        raise unreachable(host, f"cannot read the relay's state from {host}", result)
     return parse_state(result.stdout)

@@ -4,11 +4,13 @@ The chatmaild wheel is built here, on the operator's machine, and uploaded; the 
 no checkout. pyinfra runs `deploy.py` against `root@<host>` (or `@local`), with the inputs
 in the environment. Its output is shown as it comes and read for the closing summary
 (`cmdeploy.summary`), which also asks the relay whether its certificate is still pending and
-DNS which required records are missing.
+DNS which required records are missing; the records it checked become what the relay's daily
+health check expects of DNS (cmdeploy.health).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from chatmaild.config import Config
 
+from .health import write_dns_expectations
 from .layout import Layout
 from .preflight import PreflightError, check_target, resolver_lookup
 from .remote import RemoteError, read_state
@@ -114,13 +117,20 @@ def what_is_left(config: Config, host: str) -> Left:
         dns_missing=0,
         not_running=[unit for unit, active in state.active.items() if active != "active"],
     )
+    records: list[relay_dns.Record] | None = []  # an IPv4 relay has none
     if not config.is_ipv4:
         facts = relay_dns.facts_from_state(state)
         try:
             result = relay_dns.check_relay(config, facts, dns.resolver.Resolver(), timeout=5)
             left.dns_missing = result.required_problems
+            records = result.checked
         except Exception:  # noqa: BLE001 (reported as unchecked; never fails the run)
             left.dns_missing = None
+            records = None
+    if records is not None:
+        # now that the DKIM key and addresses are known: the daily check's DNS expectations
+        with contextlib.suppress(RemoteError):
+            write_dns_expectations(host, records)
     return left
 
 

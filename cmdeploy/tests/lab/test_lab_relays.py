@@ -96,9 +96,19 @@ def test_dns_records_are_in_place(relay: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("relay", relays(), ids=[r["domain"] for r in relays()])
 def test_status_is_clean(relay: dict[str, Any]) -> None:
+    """The relay's health check finds no problem on a fresh deploy; the text and the JSON form
+    say the same."""
     result = cmdeploy("status", "--config", relay["config"], "--ssh-host", relay["ip"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "not active" not in result.stdout
-    ports = result.stdout.split("ports:", 1)[1].split("\n", 1)[0].split()
-    assert {"25", "80", "143", "443", "465", "587", "993"} <= set(ports)
-    assert "placeholder" not in result.stdout  # an ACME relay got its certificate
+    assert "\nno problems\n" in result.stdout
+    result = cmdeploy("status", "--json", "--config", relay["config"], "--ssh-host", relay["ip"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["problems"] == [], report["problems"]
+    assert report["units"]["active"] == report["units"]["expected"]
+    assert {25, 80, 143, 443, 465, 587, 993} <= set(report["listeners"]["expected"])
+    assert report["listeners"]["missing"] == []
+    assert report["certificate"]["placeholder"] is False  # an ACME relay got its certificate
+    # `cmdeploy run`'s closing step wrote the DNS expectations (none for an IPv4 relay)
+    if relay["domain"] != relay["ip"]:
+        assert report["dns"]["checked"] > 0 and report["dns"]["records"] == []

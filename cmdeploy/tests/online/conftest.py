@@ -493,6 +493,35 @@ def cleartext_message(
     return ("\r\n".join(lines) + "\r\n\r\nHello, in the clear.\r\n").encode()
 
 
+def send_encrypted(sender: Credentials, recipient: Credentials) -> str:
+    """An encrypted message from `sender` to `recipient` through `sender`'s relay; its id."""
+    msgid = message_id(sender.relay)
+    data = encrypted_message(sender.addr, recipient.addr, msgid)
+    with sender.smtp() as conn:
+        outcome = transact(conn, sender.addr, [recipient.addr], data)
+    assert (outcome.stage, outcome.code) == ("done", 250), outcome
+    return msgid
+
+
+def wait_until_deferred(relay: Relay) -> None:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while '"deferred"' not in relay.ssh("postqueue -j", check=False):
+        assert time.monotonic() < deadline, f"{relay.domain} did not keep the message queued"
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def stopped(relay: Relay, unit: str, then: Relay) -> Iterator[None]:
+    """`unit` stopped on `relay`; afterwards started again, and `then`'s transport restarted,
+    so that it forgets what it learnt about the peer meanwhile."""
+    relay.ssh(f"systemctl stop {unit}")
+    try:
+        yield
+    finally:
+        relay.ssh(f"systemctl start {unit}")
+        then.ssh("systemctl restart filtermail-transport")
+
+
 def parse_mail(raw: bytes) -> email.message.Message:
     return email.message_from_bytes(raw, policy=compat32)
 

@@ -5,21 +5,18 @@ down."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 from chatmail_online import (
     DELIVERY_TIMEOUT,
     REPORT,
-    Credentials,
     Factory,
     Relay,
-    encrypted_message,
-    message_id,
-    transact,
+    send_encrypted,
+    stopped,
     wait_for_message_id,
+    wait_until_deferred,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,15 +33,6 @@ def relay_time(relay: Relay) -> str:
     return relay.ssh("date '+%Y-%m-%d %H:%M:%S'").strip()
 
 
-def send(sender: Credentials, recipient: Credentials) -> str:
-    msgid = message_id(sender.relay)
-    data = encrypted_message(sender.addr, recipient.addr, msgid)
-    with sender.smtp() as conn:
-        outcome = transact(conn, sender.addr, [recipient.addr], data)
-    assert (outcome.stage, outcome.code) == ("done", 250), outcome
-    return msgid
-
-
 def wait_for_log(relay: Relay, since: str, needle: str) -> str:
     deadline = time.monotonic() + DELIVERY_TIMEOUT
     while needle not in (log := transport_log(relay, since)):
@@ -54,32 +42,13 @@ def wait_for_log(relay: Relay, since: str, needle: str) -> str:
     return log
 
 
-def wait_until_deferred(relay: Relay) -> None:
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while '"deferred"' not in relay.ssh("postqueue -j", check=False):
-        assert time.monotonic() < deadline, f"{relay.domain} did not keep the message queued"
-        time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def stopped(relay: Relay, unit: str, then: Relay) -> Iterator[None]:
-    """`unit` stopped on `relay`; afterwards started again, and `then`'s transport restarted,
-    so that it forgets what it learnt about the peer meanwhile."""
-    relay.ssh(f"systemctl stop {unit}")
-    try:
-        yield
-    finally:
-        relay.ssh(f"systemctl start {unit}")
-        then.ssh("systemctl restart filtermail-transport")
-
-
 def test_mail_to_another_relay_goes_over_https(
     relay1: Relay, relay2: Relay, make_account: Factory
 ) -> None:
     sender, recipient = make_account(relay1), make_account(relay2)
     since = relay_time(relay1)
     started = time.monotonic()
-    wait_for_message_id(recipient, send(sender, recipient))
+    wait_for_message_id(recipient, send_encrypted(sender, recipient))
     REPORT.append(f"relay1 -> relay2 over HTTPS: {time.monotonic() - started:.2f} s")
     log = wait_for_log(relay1, since, VIA_HTTPS)
     assert VIA_SMTP not in log
@@ -92,7 +61,7 @@ def test_a_peer_without_mxdeliv_gets_smtp(
     sender, recipient = make_account(relay1), make_account(relay2)
     with stopped(relay2, "nginx", then=relay1):
         since = relay_time(relay1)
-        msgid = send(sender, recipient)
+        msgid = send_encrypted(sender, recipient)
         wait_for_log(relay1, since, VIA_SMTP)
     wait_for_message_id(recipient, msgid)
 
@@ -104,7 +73,7 @@ def test_a_peer_refusing_for_now_gets_the_message_later(
     the message queued, and delivers it once relay2 takes mail again."""
     sender, recipient = make_account(relay1), make_account(relay2)
     with stopped(relay2, "filtermail-incoming", then=relay1):
-        msgid = send(sender, recipient)
+        msgid = send_encrypted(sender, recipient)
         wait_until_deferred(relay1)
     relay1.ssh("postqueue -f")  # instead of waiting for Postfix's next retry (minutes)
     wait_for_message_id(recipient, msgid)
@@ -117,7 +86,7 @@ def test_a_transport_that_is_down_loses_nothing(
     and delivers it once the transport is back."""
     sender, recipient = make_account(relay1), make_account(relay2)
     with stopped(relay1, "filtermail-transport", then=relay1):
-        msgid = send(sender, recipient)
+        msgid = send_encrypted(sender, recipient)
         wait_until_deferred(relay1)
     relay1.ssh("postqueue -f")
     wait_for_message_id(recipient, msgid)

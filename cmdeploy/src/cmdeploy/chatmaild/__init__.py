@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 
 from chatmaild.config import Config
 
+from .. import health
 from ..layout import Layout
 from ..templates import render
 
@@ -27,6 +28,7 @@ METRICS_UNIT = "chatmail-metrics"
 # /run/chatmail-metrics exists from boot on, before any service that writes into it starts
 METRICS_TMPFILES = "/etc/tmpfiles.d/chatmail-metrics.conf"
 POSTLOG_UNIT = "chatmail-postlog"
+HEALTH_UNIT = "chatmail-health"
 # Postfix's syslog socket; a directory of its own, which systemd creates for the socket unit
 POSTLOG_SOCKET = PurePosixPath("/run/chatmail-postlog/dev-log")
 
@@ -152,7 +154,8 @@ def services(layout: Layout) -> list[Service]:
 
 
 def chatmaild_files(layout: Layout) -> dict[str, str]:
-    """{remote path: content}: one unit per service, the postlog socket, the expiry timer."""
+    """{remote path: content}: one unit per service, the postlog socket, the expiry and
+    health timers, and what the health check expects."""
     files = {
         f"{UNIT_DIR}/{s.unit}.service": render(
             "chatmaild",
@@ -178,6 +181,13 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
         mailboxes=layout.mailboxes,
     )
     files[f"{UNIT_DIR}/chatmail-expire.timer"] = render("chatmaild", "expire.timer.j2")
+    files[f"{UNIT_DIR}/{HEALTH_UNIT}.service"] = render(
+        "chatmaild",
+        "health.service.j2",
+        exec_start=f"{layout.bin('chatmail-health')} {layout.ini}",
+    )
+    files[f"{UNIT_DIR}/{HEALTH_UNIT}.timer"] = render("chatmaild", "health.timer.j2")
+    files.update(health.expectations(layout))
     files[f"{UNIT_DIR}/{POSTLOG_UNIT}.socket"] = render(
         "chatmaild", "postlog.socket.j2", socket=POSTLOG_SOCKET
     )
