@@ -22,8 +22,18 @@ log = logging.getLogger(__name__)
 SECTION = "params"
 DEFAULT_INI_PATH = Path("/usr/local/lib/chatmaild/chatmail.ini")
 
-# Keys older relays used and that have no effect any more (spec §8, "removed").
-OBSOLETE_KEYS = frozenset({"passthrough_senders", "passthrough_recipients"})
+# Keys older relays used and that have no effect here: reading them warns, nothing else.
+# mtail_address: no mtail runs; turn_socket_path: TURN credentials come from
+# turn_secret_file; passdb_path: there is no sqlite password database to migrate from.
+OBSOLETE_KEYS = frozenset(
+    {
+        "passthrough_senders",
+        "passthrough_recipients",
+        "mtail_address",
+        "turn_socket_path",
+        "passdb_path",
+    }
+)
 
 
 class ConfigError(Exception):
@@ -211,9 +221,6 @@ class Config:
         parse_port,
         "Loopback port where mail for peers without /mxdeliv re-enters Postfix, to leave by SMTP.",
     )
-    mtail_address: str | None = _param(
-        None, parse_text, "If set: serve metrics on this address, ports 3903 and 3904.", "127.0.0.1"
-    )
     disable_ipv6: bool = _param(False, parse_bool, "Listen on IPv4 only.")
     acme_email: str = _param("", parse_text, "E-mail address for the ACME (Let's Encrypt) account.")
     acme_directory_url: str = _param(
@@ -230,11 +237,6 @@ class Config:
     imap_rawlog: bool = _param(False, parse_bool, "Write raw IMAP traffic logs into each home.")
     imap_compress: bool = _param(
         False, parse_bool, "Offer IMAP COMPRESS (turns off hibernation of idle connections)."
-    )
-    turn_socket_path: str = _param(
-        "/run/chatmail-turn/turn.socket",
-        parse_text,
-        "Kept for old configs; unused: TURN credentials come from turn_secret_file.",
     )
     turn_secret_file: str = _param(
         "/etc/chatmail/turn-secret",
@@ -285,11 +287,6 @@ class Config:
     )
     mailboxes_dir: str = _param(
         "", parse_text, "Where mailboxes live; default /home/vmail/mail/<mail_domain>."
-    )
-    passdb_path: str = _param(
-        "/home/vmail/passdb.sqlite",
-        parse_text,
-        "Old sqlite password database, only read for a one-time migration.",
     )
     filtermail_host: str = _param("127.0.0.1", parse_text, "Address the filter listens on.")
     postfix_host: str = _param(
@@ -466,6 +463,11 @@ def render_reference() -> str:
             default = f"`{f.metadata['example'] or _format_default(f.default)}`"
         doc = f.metadata["doc"].replace("<", "&lt;").replace(">", "&gt;")
         lines.append(f"| `{f.name}` | {default} | {doc} |")
+    lines += [
+        "",
+        "Keys of older relays that have no effect here; reading one logs a warning naming it:",
+        ", ".join(f"`{key}`" for key in sorted(OBSOLETE_KEYS)) + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
