@@ -39,7 +39,7 @@ SPEC_KEYS_AND_DEFAULTS = {
     "acme_email": "",
     "imap_rawlog": False,
     "imap_compress": False,
-    "iroh_relay": None,
+    "iroh_relay": "",
     "privacy_postal": "",
     "privacy_mail": "",
     "privacy_pdo": "",
@@ -110,6 +110,11 @@ def test_sizes(raw: str, expected: int) -> None:
         ("delete_inactive_users_after", "0", "at least 1 day"),
         ("delete_mails_after", "0", "at least 1 day"),
         ("tls_external_cert_and_key", "/only/one.pem", "CERT KEY"),
+        ("iroh_relay", "http://iroh.a.org", "https:// URL"),
+        ("iroh_relay", "iroh.a.org", "https:// URL"),
+        ("iroh_relay", "https://", "https:// URL"),
+        ("iroh_relay", "https://iroh.a.org/a b", "https:// URL"),
+        ("iroh_relay", "https://[::1", "https:// URL"),
     ],
 )
 def test_bad_values_name_file_key_value_and_expectation(
@@ -168,11 +173,18 @@ def test_external_cert_wins() -> None:
     assert config.tls_mode == "external"
 
 
-def test_iroh_relay_three_states() -> None:
-    assert Config.from_params({"mail_domain": "a.org"}).iroh_relay is None
-    assert Config.from_params({"mail_domain": "a.org", "iroh_relay": ""}).iroh_relay == ""
-    url = "https://iroh.a.org"
-    assert Config.from_params({"mail_domain": "a.org", "iroh_relay": url}).iroh_relay == url
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, ""),  # unset: no iroh relay (none is deployed)
+        ("", ""),
+        ("https://iroh.a.org", "https://iroh.a.org"),
+        (" https://iroh.a.org:8443/ ", "https://iroh.a.org:8443/"),
+    ],
+)
+def test_iroh_relay(raw: str | None, expected: str) -> None:
+    params = {"mail_domain": "a.org"} | ({} if raw is None else {"iroh_relay": raw})
+    assert Config.from_params(params).iroh_relay == expected
 
 
 def test_mailboxes_dir_override(tmp_path: Path) -> None:

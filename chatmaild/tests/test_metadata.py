@@ -82,9 +82,9 @@ def test_messagenew_without_tokens_queues_nothing(
 @pytest.mark.parametrize(
     ("name", "params", "expected"),
     [
-        ("irohrelay", {}, "Ohttps://example.org"),
-        ("irohrelay", {"iroh_relay": "https://iroh.example.net"}, "Ohttps://iroh.example.net"),
+        ("irohrelay", {}, "N"),  # none runs here: none is announced
         ("irohrelay", {"iroh_relay": ""}, "N"),
+        ("irohrelay", {"iroh_relay": "https://iroh.example.net"}, "Ohttps://iroh.example.net"),
         ("maxsmtprecipients", {}, "O1000"),
         ("appversions-unknown", {}, "N"),
     ],

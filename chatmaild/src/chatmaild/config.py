@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,21 @@ def parse_url(raw: str) -> str:
     text = raw.strip()
     if not re.match(r"^https?://[^/\s]+", text):
         raise ValueError("an http:// or https:// URL")
+    return text
+
+
+def parse_https_url_or_empty(raw: str) -> str:
+    """Nothing, or an https URL with a host (RFC 3986 §3): what an iroh relay is reached by."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        url = urllib.parse.urlsplit(text)
+        ok = url.scheme == "https" and bool(url.hostname) and url.port != 0
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        ok = False
+    if not ok or any(ch.isspace() for ch in text):
+        raise ValueError("an https:// URL such as https://iroh.example.org, or nothing")
     return text
 
 
@@ -248,12 +264,11 @@ class Config:
         parse_url,
         "Where push notifications are POSTed (the Delta Chat notification service).",
     )
-    iroh_relay: str | None = _param(
-        None,
-        parse_text,
-        "Unset: advertise https://<mail_domain> as iroh relay. A URL: advertise that one. "
-        "Empty: advertise none.",
-        "https://iroh.example.org",
+    iroh_relay: str = _param(
+        "",
+        parse_https_url_or_empty,
+        "An https URL: the iroh relay announced to Delta Chat for realtime apps. Empty: none "
+        "is announced (the deploy runs no iroh relay).",
     )
     privacy_postal: str = _param("", parse_text, "Postal address for the privacy policy page.")
     privacy_mail: str = _param(

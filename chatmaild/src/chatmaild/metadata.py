@@ -9,7 +9,7 @@ Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys star
 | `/private/devicetoken` (INBOX)              | set    | adds or refreshes a device token       |
 |                                             | lookup | the valid tokens, space-separated      |
 | `/private/messagenew` (set by the Lua hook) | set    | queues one push per valid token        |
-| server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`, else `https://<domain>`  |
+| server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`; nothing if it is empty   |
 | server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<user>:<password>`      |
 | server `.../deltachat/maxsmtprecipients`    | lookup | `1000`                                 |
 
@@ -79,10 +79,8 @@ class MetadataDict:
 
     def server_entry(self, name: str) -> str | None:
         if name == "irohrelay":
-            relay = self.config.iroh_relay
-            if relay is None:
-                return f"https://{self.config.mail_domain}"
-            return relay or None
+            # only one that is configured: this relay runs none itself
+            return self.config.iroh_relay or None
         if name == "turn":
             secret = turn.read_secret(Path(self.config.turn_secret_file))
             if secret is None:

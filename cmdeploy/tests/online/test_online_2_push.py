@@ -54,10 +54,9 @@ def test_server_metadata(relay1: Relay, make_account: Factory) -> None:
     host, port, username, password = values[f"{VENDOR}/turn"].split(":", 3)
     assert (host, port) == (relay1.domain, "3478") and username and password
     iroh = relay1.config.iroh_relay
-    expected_iroh = f"https://{relay1.domain}" if iroh is None else iroh
-    if expected_iroh:
-        assert values[f"{VENDOR}/irohrelay"] == expected_iroh
-    else:
+    if iroh:
+        assert values[f"{VENDOR}/irohrelay"] == iroh
+    else:  # the relay runs no iroh relay: it announces none (NIL), not its own domain
         assert f"{VENDOR}/irohrelay" not in values
 
 
