@@ -5,11 +5,13 @@ from __future__ import annotations
 import imaplib
 import json
 import smtplib
+import time
 from collections.abc import Iterator
 
 import pytest
 from dovecot_harness import Relay, wait_for
 
+from chatmaild import turn
 from chatmaild.pushqueue import SPOOL_DIR
 
 pytestmark = pytest.mark.dovecot
@@ -109,7 +111,10 @@ def test_turn_credentials_in_server_metadata(relay: Relay) -> None:
     assert value is not None
     host, port, username, password = value.split(":")
     assert (host, port) == ("example.org", "3478")
-    assert username.isdigit() and password
+    # the expiry Delta Chat reads (doc/metadata.md): LIFETIME from now by the real clock
+    assert abs(int(username) - (time.time() + turn.LIFETIME)) < 60
+    secret = relay.turn_secret_file.read_bytes().strip()
+    assert (username, password) == turn.credentials(secret, int(username) - turn.LIFETIME)
 
 
 def test_new_mail_pushes_to_every_device(relay: Relay) -> None:

@@ -1,4 +1,4 @@
-"""chatmail-metadata: the dict behind Dovecot's IMAP METADATA, and the push sender (spec §2.4, §3).
+"""chatmail-metadata: the dict behind Dovecot's IMAP METADATA (RFC 5464), and the push sender.
 
 Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys start with
 `priv/<mailbox guid>/` (private entries of the user named in the request) or
@@ -10,11 +10,11 @@ Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys star
 |                                             | lookup | the valid tokens, space-separated      |
 | `/private/messagenew` (set by the Lua hook) | set    | queues one push per valid token        |
 | server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`; nothing if it is empty   |
-| server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<user>:<password>`      |
+| server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<expiry>:<password>`    |
 | server `.../deltachat/maxsmtprecipients`    | lookup | `1000`                                 |
 
 Anything else: lookups find nothing, writes fail the transaction. No log line holds an
-address or a token.
+address or a token. What Delta Chat makes of the server entries: doc/metadata.md.
 
 Usage: chatmail-metadata SOCKET INI
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 from chatmail_online import (
@@ -19,6 +20,8 @@ from chatmail_online import (
     wait_for_file_line,
     wait_for_message_id,
 )
+
+from chatmaild import turn
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,7 +55,11 @@ def test_server_metadata(relay1: Relay, make_account: Factory) -> None:
         values = imap_metadata(conn, '""', *entries)
     assert values[f"{VENDOR}/maxsmtprecipients"] == "1000"
     host, port, username, password = values[f"{VENDOR}/turn"].split(":", 3)
-    assert (host, port) == (relay1.domain, "3478") and username and password
+    assert (host, port) == (relay1.domain, "3478") and password
+    # the timestamp Delta Chat reads is the credentials' expiry (doc/metadata.md): days ahead,
+    # more than the 12 hours before which a client asks again (an hour for clock differences)
+    expiry = int(username)
+    assert time.time() + 12 * 3600 < expiry < time.time() + turn.LIFETIME + 3600, expiry
     iroh = relay1.config.iroh_relay
     if iroh:
         assert values[f"{VENDOR}/irohrelay"] == iroh
