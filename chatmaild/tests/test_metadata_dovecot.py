@@ -12,6 +12,7 @@ import pytest
 from dovecot_harness import Relay, wait_for
 
 from chatmaild import turn
+from chatmaild.appversions import bundled_path, check, compact
 from chatmaild.pushqueue import SPOOL_DIR
 
 pytestmark = pytest.mark.dovecot
@@ -102,6 +103,15 @@ def test_server_metadata(relay: Relay, entry: str, expected: str | None) -> None
     conn = logged_in(relay, "servermd1@example.org")
     assert get_metadata(conn, '""', entry) == expected
     conn.logout()
+
+
+def test_appversions_through_dovecot(relay: Relay) -> None:
+    """The bundled catalogue reaches the client whole: one line of JSON (doc/metadata.md)."""
+    conn = logged_in(relay, "appvers01@example.org")
+    value = get_metadata(conn, '""', "/shared/vendor/deltachat/appversions")
+    conn.logout()
+    assert value == compact(bundled_path().read_text())
+    check(json.loads(value))
 
 
 def test_turn_credentials_in_server_metadata(relay: Relay) -> None:

@@ -112,17 +112,20 @@ def parse_url(raw: str) -> str:
     return text
 
 
-def parse_https_url_or_empty(raw: str) -> str:
-    """Nothing, or an https URL with a host (RFC 3986 §3): what an iroh relay is reached by."""
-    text = raw.strip()
-    if not text:
-        return ""
+def is_https_url(text: str) -> bool:
+    """An https URL with a host and no white space (RFC 3986 §3)."""
     try:
         url = urllib.parse.urlsplit(text)
         ok = url.scheme == "https" and bool(url.hostname) and url.port != 0
     except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
-        ok = False
-    if not ok or any(ch.isspace() for ch in text):
+        return False
+    return ok and not any(ch.isspace() for ch in text)
+
+
+def parse_https_url_or_empty(raw: str) -> str:
+    """Nothing, or an https URL: what an iroh relay is reached by."""
+    text = raw.strip()
+    if text and not is_https_url(text):
         raise ValueError("an https:// URL such as https://iroh.example.org, or nothing")
     return text
 
@@ -269,6 +272,12 @@ class Config:
         parse_https_url_or_empty,
         "An https URL: the iroh relay announced to Delta Chat for realtime apps. Empty: none "
         "is announced (the deploy runs no iroh relay).",
+    )
+    appversions_file: str = _param(
+        "",
+        parse_text,
+        "Empty: the app-update catalogue bundled with chatmaild. A path: a JSON file of the same "
+        "shape (doc/metadata.md), read again whenever it changes.",
     )
     privacy_postal: str = _param("", parse_text, "Postal address for the privacy policy page.")
     privacy_mail: str = _param(

@@ -12,6 +12,7 @@ Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys star
 | server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`; nothing if it is empty   |
 | server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<expiry>:<password>`    |
 | server `.../deltachat/maxsmtprecipients`    | lookup | `1000`                                 |
+| server `.../deltachat/appversions`          | lookup | the catalogue, one line (appversions)  |
 
 Anything else: lookups find nothing, writes fail the transaction. No log line holds an
 address or a token. What Delta Chat makes of the server entries: doc/metadata.md.
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import accounts, dictserver, turn
+from .appversions import AppVersions, bundled_path
 from .config import Config
 from .pushhttp import HttpPusher
 from .pushqueue import SPOOL_DIR, Notifier, PushQueue
@@ -61,6 +63,9 @@ class MetadataDict:
         self.tokens = TokenStore(config.mailboxes_path)
         self.queue = queue
         self.clock = clock
+        self.appversions = AppVersions(
+            Path(config.appversions_file) if config.appversions_file else bundled_path()
+        )
 
     def _account(self, user: str) -> str | None:
         return None if accounts.address_error(user, self.domain) else user
@@ -89,6 +94,8 @@ class MetadataDict:
             return turn.metadata_value(self.config.mail_domain, secret, self.clock())
         if name == "maxsmtprecipients":
             return MAX_SMTP_RECIPIENTS
+        if name == "appversions":
+            return self.appversions.value()
         return None
 
     def iterate(self, prefix: str, user: str) -> Iterator[tuple[str, str]]:

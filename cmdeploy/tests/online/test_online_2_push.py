@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -21,7 +22,7 @@ from chatmail_online import (
     wait_for_message_id,
 )
 
-from chatmaild import turn
+from chatmaild import appversions, turn
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -50,7 +51,12 @@ def test_device_tokens_round_trip(relay1: Relay, make_account: Factory, registry
 
 def test_server_metadata(relay1: Relay, make_account: Factory) -> None:
     creds = make_account(relay1)
-    entries = [f"{VENDOR}/irohrelay", f"{VENDOR}/turn", f"{VENDOR}/maxsmtprecipients"]
+    entries = [
+        f"{VENDOR}/irohrelay",
+        f"{VENDOR}/turn",
+        f"{VENDOR}/maxsmtprecipients",
+        f"{VENDOR}/appversions",
+    ]
     with creds.imap() as conn:
         values = imap_metadata(conn, '""', *entries)
     assert values[f"{VENDOR}/maxsmtprecipients"] == "1000"
@@ -60,6 +66,10 @@ def test_server_metadata(relay1: Relay, make_account: Factory) -> None:
     # more than the 12 hours before which a client asks again (an hour for clock differences)
     expiry = int(username)
     assert time.time() + 12 * 3600 < expiry < time.time() + turn.LIFETIME + 3600, expiry
+    # the app-update catalogue: one line of JSON of the shape the apps read (doc/metadata.md)
+    catalogue = values[f"{VENDOR}/appversions"]
+    assert "\n" not in catalogue
+    appversions.check(json.loads(catalogue))
     iroh = relay1.config.iroh_relay
     if iroh:
         assert values[f"{VENDOR}/irohrelay"] == iroh
