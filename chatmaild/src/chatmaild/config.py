@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 SECTION = "params"
 DEFAULT_INI_PATH = Path("/usr/local/lib/chatmaild/chatmail.ini")
 
+# Room for what the relay itself adds to a message after its sender's bytes were counted
+# against max_message_size at a public door (doc/message-size.md): Received and
+# DKIM-Signature headers, and the envelope Postfix counts into a queue file's size (up to
+# 1000 recipients of up to 254 bytes, each written twice).
+HEADER_HEADROOM = 2**20
+
 # Keys older relays used and that have no effect here: reading them warns, nothing else.
 # mtail_address: no mtail runs; turn_socket_path: TURN credentials come from
 # turn_secret_file; passdb_path: there is no sqlite password database to migrate from.
@@ -187,7 +193,10 @@ class Config:
         500 * 2**20, parse_size, "Mailbox quota; the oldest mail is removed when it fills.", "500M"
     )
     max_message_size: int = _param(
-        31457280, parse_size, "Largest message in bytes, enforced at every entry point."
+        31457280,
+        parse_size,
+        "Largest message in bytes a client or peer may send; announced as SMTP SIZE and IMAP "
+        "APPENDLIMIT and enforced at every door (doc/message-size.md).",
     )
     delete_mails_after: int = _param(20, parse_count, "Days after which any message is deleted.")
     delete_large_after: int = _param(
@@ -340,6 +349,11 @@ class Config:
         if self.mail_domain.startswith("_") or self.is_ipv4:
             return "self"
         return "acme"
+
+    @property
+    def inner_message_size_limit(self) -> int:
+        """The limit behind the public doors: max_message_size and HEADER_HEADROOM."""
+        return self.max_message_size + HEADER_HEADROOM
 
     @property
     def mailboxes_path(self) -> Path:
