@@ -109,6 +109,7 @@ def test_sizes(raw: str, expected: int) -> None:
         ("username_min_length", "10", "at most username_max_length"),
         ("delete_inactive_users_after", "0", "at least 1 day"),
         ("delete_mails_after", "0", "at least 1 day"),
+        ("max_message_size", "0", "at least 1 byte"),
         ("tls_external_cert_and_key", "/only/one.pem", "CERT KEY"),
         ("iroh_relay", "http://iroh.a.org", "https:// URL"),
         ("iroh_relay", "iroh.a.org", "https:// URL"),

@@ -391,6 +391,9 @@ class Config:
             if getattr(self, key) == 0:
                 # 0 days would make the daily expiry delete every message or every account
                 raise ConfigError(path, key, "0", "at least 1 day")
+        if self.max_message_size == 0:
+            # Postfix and Dovecot read 0 as no limit at all, filtermail as none but its headroom
+            raise ConfigError(path, "max_message_size", "0", "at least 1 byte")
         if self.username_max_length == 0:
             raise ConfigError(path, "username_max_length", "0", "at least 1")
         if self.tls_external_cert_and_key and len(self.tls_external_cert_and_key.split()) != 2:
