@@ -55,6 +55,7 @@ def test_compact_keeps_the_content() -> None:
     ("text", "words"),
     [
         ("not json", "not JSON"),
+        ("[" * 10000 + "]" * 10000, "nested too deeply"),
         ('{"clients": [NaN]}', "not JSON"),
         ("[]", "catalogue: expected an object"),
         ("{}", "catalogue.clients: expected a list"),
@@ -124,6 +125,7 @@ def test_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
         b'{"clients": [{"clientId": "secret-marker-7", "sources": 5}]}',
         b"secret-marker-7 is not json",
         b"\xff\xfesecret-marker-7",
+        b"[" * 8000 + b'"secret-marker-7"' + b"]" * 8000,
         b'{"clients": ["' + b"secret-marker-7" * 2000 + b'"]}',
     ],
 )

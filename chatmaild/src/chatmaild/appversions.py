@@ -111,6 +111,8 @@ def compact(text: str) -> str:
         catalogue = json.loads(text, parse_constant=_no_constants)
     except json.JSONDecodeError as e:  # its message holds positions only, no content
         raise CatalogueError(f"not JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except RecursionError:  # thousands of nested brackets fit in MAX_SIZE
+        raise CatalogueError("nested too deeply") from None
     check(catalogue)
     return json.dumps(catalogue, separators=(",", ":"))
 
