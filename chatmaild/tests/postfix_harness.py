@@ -32,6 +32,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import pytest
 from dovecot_harness import Relay, free_port, wait_for
 
 from chatmaild.config import Config, read_config
@@ -74,6 +76,23 @@ def postfix_missing() -> str | None:
     if not FILTERMAIL.exists():
         return f"needs the filtermail console script at {FILTERMAIL}"
     return None
+
+
+def postfix_or_skip() -> None:
+    """Tests of the real Postfix: skipped locally where it cannot run, failed in CI."""
+    missing = postfix_missing()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"component tests cannot run: {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """The client side of STARTTLS to the harness's throwaway certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def main_cf_changes(base: Path, relay: Relay) -> dict[str, str]:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from chatmaild.config import (
+    OBSOLETE_KEYS,
     Config,
     ConfigError,
     known_keys,
@@ -34,13 +35,11 @@ SPEC_KEYS_AND_DEFAULTS = {
     "filtermail_lmtp_port_transport": 10083,
     "postfix_reinject_port": 10025,
     "postfix_reinject_port_incoming": 10026,
-    "mtail_address": None,
     "disable_ipv6": False,
     "acme_email": "",
     "imap_rawlog": False,
     "imap_compress": False,
-    "turn_socket_path": "/run/chatmail-turn/turn.socket",
-    "iroh_relay": None,
+    "iroh_relay": "",
     "privacy_postal": "",
     "privacy_mail": "",
     "privacy_pdo": "",
@@ -51,7 +50,6 @@ SPEC_KEYS_AND_DEFAULTS = {
     "max_imap_connections": 10000,
     "max_smtp_connections": 1000,
     "tls_external_cert_and_key": "",
-    "passdb_path": "/home/vmail/passdb.sqlite",
     "filtermail_host": "127.0.0.1",
     "postfix_host": "127.0.0.1",
 }
@@ -111,7 +109,13 @@ def test_sizes(raw: str, expected: int) -> None:
         ("username_min_length", "10", "at most username_max_length"),
         ("delete_inactive_users_after", "0", "at least 1 day"),
         ("delete_mails_after", "0", "at least 1 day"),
+        ("max_message_size", "0", "at least 1 byte"),
         ("tls_external_cert_and_key", "/only/one.pem", "CERT KEY"),
+        ("iroh_relay", "http://iroh.a.org", "https:// URL"),
+        ("iroh_relay", "iroh.a.org", "https:// URL"),
+        ("iroh_relay", "https://", "https:// URL"),
+        ("iroh_relay", "https://iroh.a.org/a b", "https:// URL"),
+        ("iroh_relay", "https://[::1", "https:// URL"),
     ],
 )
 def test_bad_values_name_file_key_value_and_expectation(
@@ -170,11 +174,18 @@ def test_external_cert_wins() -> None:
     assert config.tls_mode == "external"
 
 
-def test_iroh_relay_three_states() -> None:
-    assert Config.from_params({"mail_domain": "a.org"}).iroh_relay is None
-    assert Config.from_params({"mail_domain": "a.org", "iroh_relay": ""}).iroh_relay == ""
-    url = "https://iroh.a.org"
-    assert Config.from_params({"mail_domain": "a.org", "iroh_relay": url}).iroh_relay == url
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, ""),  # unset: no iroh relay (none is deployed)
+        ("", ""),
+        ("https://iroh.a.org", "https://iroh.a.org"),
+        (" https://iroh.a.org:8443/ ", "https://iroh.a.org:8443/"),
+    ],
+)
+def test_iroh_relay(raw: str | None, expected: str) -> None:
+    params = {"mail_domain": "a.org"} | ({} if raw is None else {"iroh_relay": raw})
+    assert Config.from_params(params).iroh_relay == expected
 
 
 def test_mailboxes_dir_override(tmp_path: Path) -> None:
@@ -216,6 +227,20 @@ def test_reading_warns_about_unknown_keys(tmp_path: Path, caplog: pytest.LogCapt
     text = caplog.text
     assert "max_mailbox_sise" in text and str(path) in text
     assert "no longer used" in text and "passthrough_senders" in text
+
+
+@pytest.mark.parametrize("key", ["mtail_address", "turn_socket_path", "passdb_path"])
+def test_keys_that_do_nothing_are_obsolete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    """A key with no effect is not documented as a setting: reading it only warns."""
+    assert key not in known_keys()
+    assert key in OBSOLETE_KEYS
+    config = read_config(write_ini(tmp_path, f"[params]\nmail_domain = a.org\n{key} = x\n"))
+    assert config == Config.from_params({"mail_domain": "a.org"})
+    assert "no longer used" in caplog.text and key in caplog.text
+    assert "unknown keys" not in caplog.text
+    assert f"`{key}`" in render_reference().rpartition("\n\n")[2]  # below the table
 
 
 def test_config_reference_is_up_to_date() -> None:

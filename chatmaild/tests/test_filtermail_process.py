@@ -15,6 +15,7 @@ import pytest
 from dovecot_harness import free_port
 from test_filtermail import CLEARTEXT, ENCRYPTED, LoopThread, Sink, crlf, send
 
+from chatmaild.config import Config
 from chatmaild.smtpfront import start_smtp_server
 
 ALICE_IP, BOB = "alice@[192.0.2.1]", "bob@example.org"
@@ -114,6 +115,17 @@ def test_incoming_smtp_and_mxdeliv(filtermail: Filtermail) -> None:
         554,
         "5.7.1 No DKIM signature found",
     )
+
+
+def test_size_announced_to_postfix_is_the_one_enforced(filtermail: Filtermail) -> None:
+    """Postfix hands the filter the sender's message (at most max_message_size, counted at the
+    public listener) with its own Received line: the filter takes and announces that much
+    more (doc/message-size.md)."""
+    expected = Config.from_params({"mail_domain": "example.org"}).inner_message_size_limit
+    for port in (filtermail.outgoing, filtermail.incoming):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.ehlo("postfix")
+            assert smtp.esmtp_features["size"] == str(expected)
 
 
 def test_process_logs_hold_no_addresses(filtermail: Filtermail) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from chatmaild_testing import make_config
 from dictclient import DictClient
 from servethread import serving
 
+from chatmaild.appversions import bundled_path, compact
 from chatmaild.config import Config
 from chatmaild.dictproto import tabescape
 from chatmaild.dictserver import MAX_LINE
@@ -82,9 +84,9 @@ def test_messagenew_without_tokens_queues_nothing(
 @pytest.mark.parametrize(
     ("name", "params", "expected"),
     [
-        ("irohrelay", {}, "Ohttps://example.org"),
-        ("irohrelay", {"iroh_relay": "https://iroh.example.net"}, "Ohttps://iroh.example.net"),
+        ("irohrelay", {}, "N"),  # none runs here: none is announced
         ("irohrelay", {"iroh_relay": ""}, "N"),
+        ("irohrelay", {"iroh_relay": "https://iroh.example.net"}, "Ohttps://iroh.example.net"),
         ("maxsmtprecipients", {}, "O1000"),
         ("appversions-unknown", {}, "N"),
     ],
@@ -95,6 +97,21 @@ def test_server_entries(
     config = make_config(tmp_path, **params)
     for c in serve_metadata(tmp_path, config, queue):
         assert c.lookup(SERVER + name, USER) == expected
+
+
+def test_appversions_entry(tmp_path: Path, queue: PushQueue) -> None:
+    """The bundled catalogue by default; the operator's file, read anew when it changes."""
+    bundled = compact(bundled_path().read_text())
+    for c in serve_metadata(tmp_path, make_config(tmp_path), queue):
+        assert c.lookup(SERVER + "appversions", USER) == "O" + tabescape(bundled)
+    own = tmp_path / "appversions.json"
+    own.write_text('{"clients": []}')
+    config = make_config(tmp_path, appversions_file=str(own))
+    for c in serve_metadata(tmp_path, config, queue):
+        assert c.lookup(SERVER + "appversions", USER) == 'O{"clients":[]}'
+        own.write_text("{")  # broken: no entry rather than a wrong one
+        os.utime(own, ns=(1, 1))
+        assert c.lookup(SERVER + "appversions", USER) == "N"
 
 
 def test_turn_entry(tmp_path: Path, queue: PushQueue) -> None:

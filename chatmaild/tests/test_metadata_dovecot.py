@@ -5,11 +5,14 @@ from __future__ import annotations
 import imaplib
 import json
 import smtplib
+import time
 from collections.abc import Iterator
 
 import pytest
 from dovecot_harness import Relay, wait_for
 
+from chatmaild import turn
+from chatmaild.appversions import bundled_path, check, compact
 from chatmaild.pushqueue import SPOOL_DIR
 
 pytestmark = pytest.mark.dovecot
@@ -90,7 +93,7 @@ def test_bad_tokens_are_refused(relay: Relay) -> None:
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ("/shared/vendor/deltachat/irohrelay", "https://example.org"),
+        ("/shared/vendor/deltachat/irohrelay", None),  # no iroh_relay configured
         ("/shared/vendor/deltachat/maxsmtprecipients", "1000"),
         ("/shared/admin", "mailto:privacy@example.org"),
         ("/shared/vendor/deltachat/nonsense", None),
@@ -102,6 +105,15 @@ def test_server_metadata(relay: Relay, entry: str, expected: str | None) -> None
     conn.logout()
 
 
+def test_appversions_through_dovecot(relay: Relay) -> None:
+    """The bundled catalogue reaches the client whole: one line of JSON (doc/metadata.md)."""
+    conn = logged_in(relay, "appvers01@example.org")
+    value = get_metadata(conn, '""', "/shared/vendor/deltachat/appversions")
+    conn.logout()
+    assert value == compact(bundled_path().read_text())
+    check(json.loads(value))
+
+
 def test_turn_credentials_in_server_metadata(relay: Relay) -> None:
     conn = logged_in(relay, "turnuser1@example.org")
     value = get_metadata(conn, '""', "/shared/vendor/deltachat/turn")
@@ -109,7 +121,10 @@ def test_turn_credentials_in_server_metadata(relay: Relay) -> None:
     assert value is not None
     host, port, username, password = value.split(":")
     assert (host, port) == ("example.org", "3478")
-    assert username.isdigit() and password
+    # the expiry Delta Chat reads (doc/metadata.md): LIFETIME from now by the real clock
+    assert abs(int(username) - (time.time() + turn.LIFETIME)) < 60
+    secret = relay.turn_secret_file.read_bytes().strip()
+    assert (username, password) == turn.credentials(secret, int(username) - turn.LIFETIME)
 
 
 def test_new_mail_pushes_to_every_device(relay: Relay) -> None:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import imaplib
-import os
 import re
 import secrets
 import smtplib
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +36,9 @@ from postfix_harness import (
     PEER_ADDRESS,
     PostfixRelay,
     main_cf_changes,
-    postfix_missing,
+    postfix_or_skip,
     running_postfix,
+    unverified_tls,
 )
 
 from chatmaild.accounts import ENFORCE_E2EE_FILE
@@ -104,11 +103,7 @@ def spell(template: str, local: str, domain: str) -> str:
 
 @pytest.fixture(scope="module")
 def postfix(relay: Relay) -> Iterator[PostfixRelay]:
-    missing = postfix_missing()
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"component tests cannot run: {missing}")
-    if missing:
-        pytest.skip(missing)
+    postfix_or_skip()
     with running_postfix(relay) as instance:
         yield instance
 
@@ -220,13 +215,6 @@ class Outcome:
 
     def codes(self) -> list[tuple[str, int]]:
         return [(command, code) for command, code, _text in self.replies]
-
-
-def unverified_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the harness's throwaway certificate
-    return context
 
 
 def send_smtp(postfix: PostfixRelay, rcpt_argument: str, message: bytes) -> Outcome:

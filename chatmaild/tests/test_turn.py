@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,11 +27,27 @@ def test_credentials_follow_the_rest_api_scheme() -> None:
     assert password == "95Ktvpi6tKwiPEf0fbFndeqoBho="
 
 
+def read_as_delta_chat(value: str) -> tuple[str, int, int, str, str]:
+    """The value split as Delta Chat splits it (doc/metadata.md): host, port, expiry, and the
+    username and password it hands to WebRTC."""
+    host, rest = value.split(":", 1)
+    port, rest = rest.split(":", 1)
+    timestamp, password = rest.split(":", 1)
+    assert port.isdigit() and 0 < int(port) < 65536
+    assert re.fullmatch(r"-?[0-9]+", timestamp)  # a signed 64-bit integer in the client
+    return host, int(port), int(timestamp), timestamp, password
+
+
 def test_metadata_value() -> None:
-    value = turn.metadata_value("chat.example.org", b"secret", now=1_700_000_000)
-    host, port, username, password = value.split(":")
-    assert (host, port) == ("chat.example.org", "3478")
-    assert int(username) == 1_700_000_000 + turn.LIFETIME
+    now = 1_700_000_000
+    value = turn.metadata_value("chat.example.org", b"secret", now=now)
+    host, port, expiry, username, password = read_as_delta_chat(value)
+    assert (host, port) == ("chat.example.org", 3478)
+    # the timestamp is the expiry, not the current time: a client renews 12 hours before it,
+    # so anything shorter would have it ask again at every connection
+    assert expiry == now + turn.LIFETIME
+    assert expiry - now > 12 * 3600
+    assert (username, password) == turn.credentials(b"secret", now)
 
 
 @pytest.mark.parametrize(("content", "expected"), [(b"abc\n", b"abc"), (b"\n", None)])

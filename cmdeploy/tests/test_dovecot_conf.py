@@ -71,7 +71,7 @@ def value(conf: Path, setting: str) -> str:
 
 def test_settings_a_client_relies_on(tmp_path: Path) -> None:
     conf = render(tmp_path, CONFIGS["acme"])
-    assert value(conf, "imap_capability") == "+XDELTAPUSH XCHATMAIL"
+    assert value(conf, "imap_capability") == "+XDELTAPUSH XCHATMAIL APPENDLIMIT=31457280"
     assert value(conf, "ssl") == "required"
     assert value(conf, "ssl_min_protocol") == "TLSv1.3"
     assert value(conf, "protocols") == "imap lmtp"

@@ -36,7 +36,7 @@ from typing import cast
 import pytest
 from free_ports import free_port
 
-from chatmaild.config import Config
+from chatmaild.config import HEADER_HEADROOM, Config
 from cmdeploy.layout import Layout, Tls
 from cmdeploy.nginx import (
     HTTP_CONF,
@@ -201,7 +201,9 @@ def test_mxdeliv_body_limit_follows_the_config() -> None:
     config = make_config("acme", filtermail_http_port_incoming="10099")
     http = nginx_files(Layout(config))[str(HTTP_CONF)]
     mxdeliv = http[http.index("location = /mxdeliv") :]
-    assert f"client_max_body_size {MAX_MESSAGE_SIZE};" in mxdeliv
+    # a peer's message of max_message_size with the headers its relay added
+    assert f"client_max_body_size {config.inner_message_size_limit};" in mxdeliv
+    assert config.inner_message_size_limit == MAX_MESSAGE_SIZE + HEADER_HEADROOM
     assert "proxy_pass http://127.0.0.1:10099;" in mxdeliv
 
 
@@ -757,7 +759,7 @@ def test_mxdeliv_is_proxied_with_its_envelope(relay: Relay) -> None:
 def test_mxdeliv_over_the_size_limit_gets_filtermails_answer(relay: Relay) -> None:
     before = len(relay.filtermail.deliveries)
     envelope = [("X-MAIL-TO", f"one@{relay.domain}")]
-    body = b"x" * (MAX_MESSAGE_SIZE + 1)
+    body = b"x" * (MAX_MESSAGE_SIZE + HEADER_HEADROOM + 1)
     reply = request(relay, "POST", "/mxdeliv", headers=envelope, body=body)
     assert (reply.status, reply.text) == (413, "552 Message exceeds maximum size\n")
     assert len(relay.filtermail.deliveries) == before

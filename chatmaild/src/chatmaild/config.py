@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,24 @@ log = logging.getLogger(__name__)
 SECTION = "params"
 DEFAULT_INI_PATH = Path("/usr/local/lib/chatmaild/chatmail.ini")
 
-# Keys older relays used and that have no effect any more (spec §8, "removed").
-OBSOLETE_KEYS = frozenset({"passthrough_senders", "passthrough_recipients"})
+# Room for what the relay itself adds to a message after its sender's bytes were counted
+# against max_message_size at a public door (doc/message-size.md): Received and
+# DKIM-Signature headers, and the envelope Postfix counts into a queue file's size (up to
+# 1000 recipients of up to 254 bytes, each written twice).
+HEADER_HEADROOM = 2**20
+
+# Keys older relays used and that have no effect here: reading them warns, nothing else.
+# mtail_address: no mtail runs; turn_socket_path: TURN credentials come from
+# turn_secret_file; passdb_path: there is no sqlite password database to migrate from.
+OBSOLETE_KEYS = frozenset(
+    {
+        "passthrough_senders",
+        "passthrough_recipients",
+        "mtail_address",
+        "turn_socket_path",
+        "passdb_path",
+    }
+)
 
 
 class ConfigError(Exception):
@@ -101,6 +118,24 @@ def parse_url(raw: str) -> str:
     return text
 
 
+def is_https_url(text: str) -> bool:
+    """An https URL with a host and no white space (RFC 3986 §3)."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        ok = url.scheme == "https" and bool(url.hostname) and url.port != 0
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        return False
+    return ok and not any(ch.isspace() for ch in text)
+
+
+def parse_https_url_or_empty(raw: str) -> str:
+    """Nothing, or an https URL: what an iroh relay is reached by."""
+    text = raw.strip()
+    if text and not is_https_url(text):
+        raise ValueError("an https:// URL such as https://iroh.example.org, or nothing")
+    return text
+
+
 def parse_ip_list(raw: str) -> str:
     addresses = raw.split()
     try:
@@ -158,7 +193,10 @@ class Config:
         500 * 2**20, parse_size, "Mailbox quota; the oldest mail is removed when it fills.", "500M"
     )
     max_message_size: int = _param(
-        31457280, parse_size, "Largest message in bytes, enforced at every entry point."
+        31457280,
+        parse_size,
+        "Largest message in bytes a client or peer may send; announced as SMTP SIZE and IMAP "
+        "APPENDLIMIT and enforced at every door (doc/message-size.md).",
     )
     delete_mails_after: int = _param(20, parse_count, "Days after which any message is deleted.")
     delete_large_after: int = _param(
@@ -211,9 +249,6 @@ class Config:
         parse_port,
         "Loopback port where mail for peers without /mxdeliv re-enters Postfix, to leave by SMTP.",
     )
-    mtail_address: str | None = _param(
-        None, parse_text, "If set: serve metrics on this address, ports 3903 and 3904.", "127.0.0.1"
-    )
     disable_ipv6: bool = _param(False, parse_bool, "Listen on IPv4 only.")
     acme_email: str = _param("", parse_text, "E-mail address for the ACME (Let's Encrypt) account.")
     acme_directory_url: str = _param(
@@ -231,11 +266,6 @@ class Config:
     imap_compress: bool = _param(
         False, parse_bool, "Offer IMAP COMPRESS (turns off hibernation of idle connections)."
     )
-    turn_socket_path: str = _param(
-        "/run/chatmail-turn/turn.socket",
-        parse_text,
-        "Kept for old configs; unused: TURN credentials come from turn_secret_file.",
-    )
     turn_secret_file: str = _param(
         "/etc/chatmail/turn-secret",
         parse_text,
@@ -246,12 +276,17 @@ class Config:
         parse_url,
         "Where push notifications are POSTed (the Delta Chat notification service).",
     )
-    iroh_relay: str | None = _param(
-        None,
+    iroh_relay: str = _param(
+        "",
+        parse_https_url_or_empty,
+        "An https URL: the iroh relay announced to Delta Chat for realtime apps. Empty: none "
+        "is announced (the deploy runs no iroh relay).",
+    )
+    appversions_file: str = _param(
+        "",
         parse_text,
-        "Unset: advertise https://<mail_domain> as iroh relay. A URL: advertise that one. "
-        "Empty: advertise none.",
-        "https://iroh.example.org",
+        "Empty: the app-update catalogue bundled with chatmaild. A path: a JSON file of the same "
+        "shape (doc/metadata.md), read again whenever it changes.",
     )
     privacy_postal: str = _param("", parse_text, "Postal address for the privacy policy page.")
     privacy_mail: str = _param(
@@ -286,11 +321,6 @@ class Config:
     mailboxes_dir: str = _param(
         "", parse_text, "Where mailboxes live; default /home/vmail/mail/<mail_domain>."
     )
-    passdb_path: str = _param(
-        "/home/vmail/passdb.sqlite",
-        parse_text,
-        "Old sqlite password database, only read for a one-time migration.",
-    )
     filtermail_host: str = _param("127.0.0.1", parse_text, "Address the filter listens on.")
     postfix_host: str = _param(
         "127.0.0.1", parse_text, "Address where the filter re-injects mail into Postfix."
@@ -319,6 +349,11 @@ class Config:
         if self.mail_domain.startswith("_") or self.is_ipv4:
             return "self"
         return "acme"
+
+    @property
+    def inner_message_size_limit(self) -> int:
+        """The limit behind the public doors: max_message_size and HEADER_HEADROOM."""
+        return self.max_message_size + HEADER_HEADROOM
 
     @property
     def mailboxes_path(self) -> Path:
@@ -356,6 +391,9 @@ class Config:
             if getattr(self, key) == 0:
                 # 0 days would make the daily expiry delete every message or every account
                 raise ConfigError(path, key, "0", "at least 1 day")
+        if self.max_message_size == 0:
+            # Postfix and Dovecot read 0 as no limit at all, filtermail as none but its headroom
+            raise ConfigError(path, "max_message_size", "0", "at least 1 byte")
         if self.username_max_length == 0:
             raise ConfigError(path, "username_max_length", "0", "at least 1")
         if self.tls_external_cert_and_key and len(self.tls_external_cert_and_key.split()) != 2:
@@ -466,6 +504,11 @@ def render_reference() -> str:
             default = f"`{f.metadata['example'] or _format_default(f.default)}`"
         doc = f.metadata["doc"].replace("<", "&lt;").replace(">", "&gt;")
         lines.append(f"| `{f.name}` | {default} | {doc} |")
+    lines += [
+        "",
+        "Keys of older relays that have no effect here; reading one logs a warning naming it:",
+        ", ".join(f"`{key}`" for key in sorted(OBSOLETE_KEYS)) + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -146,7 +146,9 @@ class IncomingGate:
 async def serve(config: Config, mode: str, metrics_dir: Path | None = None) -> None:
     # out of file descriptors, each refused accept would log a traceback
     quiet_accept_errors(asyncio.get_running_loop())
-    host, size = config.filtermail_host, config.max_message_size
+    # Postfix counted the sender's bytes against max_message_size; what reaches the filter
+    # also carries Postfix's Received line, a peer's or our own DKIM signature
+    host, size = config.filtermail_host, config.inner_message_size_limit
     registry = metrics.Registry()
     servers: list[asyncio.AbstractServer] = []
     if mode == "outgoing":

@@ -1,4 +1,4 @@
-"""chatmail-metadata: the dict behind Dovecot's IMAP METADATA, and the push sender (spec §2.4, §3).
+"""chatmail-metadata: the dict behind Dovecot's IMAP METADATA (RFC 5464), and the push sender.
 
 Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys start with
 `priv/<mailbox guid>/` (private entries of the user named in the request) or
@@ -9,12 +9,13 @@ Dovecot reaches it as `mail_attribute_dict = proxy:<socket>:metadata`. Keys star
 | `/private/devicetoken` (INBOX)              | set    | adds or refreshes a device token       |
 |                                             | lookup | the valid tokens, space-separated      |
 | `/private/messagenew` (set by the Lua hook) | set    | queues one push per valid token        |
-| server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`, else `https://<domain>`  |
-| server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<user>:<password>`      |
+| server `/shared/vendor/deltachat/irohrelay` | lookup | `iroh_relay`; nothing if it is empty   |
+| server `/shared/vendor/deltachat/turn`      | lookup | `<domain>:3478:<expiry>:<password>`    |
 | server `.../deltachat/maxsmtprecipients`    | lookup | `1000`                                 |
+| server `.../deltachat/appversions`          | lookup | the catalogue, one line (appversions)  |
 
 Anything else: lookups find nothing, writes fail the transaction. No log line holds an
-address or a token.
+address or a token. What Delta Chat makes of the server entries: doc/metadata.md.
 
 Usage: chatmail-metadata SOCKET INI
 """
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import accounts, dictserver, metrics, turn
+from .appversions import AppVersions, bundled_path
 from .config import Config
 from .pushhttp import HttpPusher
 from .pushqueue import SPOOL_DIR, Notifier, PushQueue
@@ -61,6 +63,9 @@ class MetadataDict:
         self.tokens = TokenStore(config.mailboxes_path)
         self.queue = queue
         self.clock = clock
+        self.appversions = AppVersions(
+            Path(config.appversions_file) if config.appversions_file else bundled_path()
+        )
 
     def _account(self, user: str) -> str | None:
         return None if accounts.address_error(user, self.domain) else user
@@ -79,10 +84,8 @@ class MetadataDict:
 
     def server_entry(self, name: str) -> str | None:
         if name == "irohrelay":
-            relay = self.config.iroh_relay
-            if relay is None:
-                return f"https://{self.config.mail_domain}"
-            return relay or None
+            # only one that is configured: this relay runs none itself
+            return self.config.iroh_relay or None
         if name == "turn":
             secret = turn.read_secret(Path(self.config.turn_secret_file))
             if secret is None:
@@ -91,6 +94,8 @@ class MetadataDict:
             return turn.metadata_value(self.config.mail_domain, secret, self.clock())
         if name == "maxsmtprecipients":
             return MAX_SMTP_RECIPIENTS
+        if name == "appversions":
+            return self.appversions.value()
         return None
 
     def iterate(self, prefix: str, user: str) -> Iterator[tuple[str, str]]:

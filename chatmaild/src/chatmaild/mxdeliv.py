@@ -9,7 +9,8 @@ becomes CRLF; a bare CR is refused), so that re-injection can stuff every dot. A
 - 200 with the SMTP reply text (`250 OK`) when the message was accepted;
 - 400 with the SMTP error text when the gate refused it (e.g. `523 Encryption Needed: ...`,
   or `553 5.1.3 Invalid recipient address` for any recipient it does not take);
-- 413 with `552 Message exceeds maximum size` for a body over `max_message_size`;
+- 413 with `552 Message exceeds maximum size` for a body over the limit it is given
+  (`max_message_size` and room for the peer relay's headers, doc/message-size.md);
 - 405 for any method but POST, 404 for any other path, 411 without Content-Length,
   400 for a request that is not HTTP/1.x, names no recipient, has a header value with CR or
   LF in it, a Content-Length that is not ASCII digits or is given twice, a Transfer-Encoding

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 
 import pytest
 from chatmail_online import (
@@ -19,6 +21,8 @@ from chatmail_online import (
     wait_for_file_line,
     wait_for_message_id,
 )
+
+from chatmaild import appversions, turn
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,17 +51,29 @@ def test_device_tokens_round_trip(relay1: Relay, make_account: Factory, registry
 
 def test_server_metadata(relay1: Relay, make_account: Factory) -> None:
     creds = make_account(relay1)
-    entries = [f"{VENDOR}/irohrelay", f"{VENDOR}/turn", f"{VENDOR}/maxsmtprecipients"]
+    entries = [
+        f"{VENDOR}/irohrelay",
+        f"{VENDOR}/turn",
+        f"{VENDOR}/maxsmtprecipients",
+        f"{VENDOR}/appversions",
+    ]
     with creds.imap() as conn:
         values = imap_metadata(conn, '""', *entries)
     assert values[f"{VENDOR}/maxsmtprecipients"] == "1000"
     host, port, username, password = values[f"{VENDOR}/turn"].split(":", 3)
-    assert (host, port) == (relay1.domain, "3478") and username and password
+    assert (host, port) == (relay1.domain, "3478") and password
+    # the timestamp Delta Chat reads is the credentials' expiry (doc/metadata.md): days ahead,
+    # more than the 12 hours before which a client asks again (an hour for clock differences)
+    expiry = int(username)
+    assert time.time() + 12 * 3600 < expiry < time.time() + turn.LIFETIME + 3600, expiry
+    # the app-update catalogue: one line of JSON of the shape the apps read (doc/metadata.md)
+    catalogue = values[f"{VENDOR}/appversions"]
+    assert "\n" not in catalogue
+    appversions.check(json.loads(catalogue))
     iroh = relay1.config.iroh_relay
-    expected_iroh = f"https://{relay1.domain}" if iroh is None else iroh
-    if expected_iroh:
-        assert values[f"{VENDOR}/irohrelay"] == expected_iroh
-    else:
+    if iroh:
+        assert values[f"{VENDOR}/irohrelay"] == iroh
+    else:  # the relay runs no iroh relay: it announces none (NIL), not its own domain
         assert f"{VENDOR}/irohrelay" not in values
 
 

@@ -33,6 +33,7 @@ def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **override
         # chatmail-quota-expire takes MB with decimals: exact for small quotas too
         "quota_target_mb": f"{config.max_mailbox_size * 0.7 / 2**20:g}",
         "max_message_size": config.max_message_size,
+        "inner_message_size": config.inner_message_size_limit,
         "quota_expire": layout.bin("chatmail-quota-expire"),
     }
     variables.update(overrides)

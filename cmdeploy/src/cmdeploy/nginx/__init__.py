@@ -187,7 +187,7 @@ def nginx_files(
         ini=layout.ini,
         fcgiwrap=sockets.fcgiwrap,
         mxdeliv_upstream=_loopback(config.filtermail_http_port_incoming),
-        max_message_size=config.max_message_size,
+        mxdeliv_body_size=config.inner_message_size_limit,
         metrics_socket=sockets.metrics or layout.metrics_socket,
     )
     return {str(STREAM_CONF): stream, str(HTTP_CONF): http}

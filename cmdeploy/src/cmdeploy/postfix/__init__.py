@@ -97,7 +97,7 @@ def postfix_files(
         sasl_path=_in_spool(layout.sasl_socket),
         lmtp_socket=_in_spool(layout.lmtp_socket),
         milter=milter,
-        max_message_size=config.max_message_size,
+        inner_message_size=config.inner_message_size_limit,
         tables=tables,
         transport=_host_port(
             _ip(config.filtermail_host, "filtermail_host"), config.filtermail_lmtp_port_transport
@@ -114,6 +114,7 @@ def postfix_files(
         reinject_incoming=_host_port(reinject_host, config.postfix_reinject_port_incoming),
         reinject_smtp=_host_port(reinject_host, config.postfix_reinject_port_smtp),
         max_smtp_connections=config.max_smtp_connections,
+        max_message_size=config.max_message_size,
         # 0 would mean "no limit" to Postfix, not "none per IP"
         per_ip_connections=max(1, config.max_smtp_connections // 5),
         milter=milter,
