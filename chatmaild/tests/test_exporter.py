@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from chatmaild_testing import make_config
 from test_metrics import promtool_check
 
 from chatmaild import exporter, metrics

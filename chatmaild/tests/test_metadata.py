@@ -128,6 +128,19 @@ def test_turn_entry(tmp_path: Path, queue: PushQueue) -> None:
     assert base64.b64decode(password) == expected
 
 
+def test_turn_credentials_handed_out_are_counted(tmp_path: Path, queue: PushQueue) -> None:
+    secret_file = tmp_path / "turn-secret"
+    config = make_config(tmp_path, turn_secret_file=str(secret_file))
+    backend = MetadataDict(config, queue, clock=lambda: NOW)
+    sock = tmp_path / "counting.socket"
+    with serving(sock, backend), DictClient(sock) as c:
+        c.lookup(SERVER + "turn", USER)  # no secret: nothing handed out
+        secret_file.write_text("s3cret\n")
+        c.lookup(SERVER + "turn", USER)
+        c.lookup(SERVER + "turn", USER)
+    assert backend.turn_issued.value() == 2
+
+
 @pytest.mark.parametrize(
     "token",
     ["has space", "ctl\x01x", "tab\tx", "nl\nx", "x" * 5000, ""],

@@ -57,8 +57,13 @@ class MetadataDict:
         config: Config,
         queue: PushQueue,
         clock: Callable[[], float] = time.time,
+        registry: metrics.Registry | None = None,
     ) -> None:
         self.config = config
+        self.turn_issued = (registry or metrics.Registry()).counter(
+            "chatmail_turn_credentials_issued_total",
+            "TURN credentials handed out in IMAP METADATA.",
+        )
         self.domain = config.address_domain
         self.tokens = TokenStore(config.mailboxes_path)
         self.queue = queue
@@ -91,6 +96,7 @@ class MetadataDict:
             if secret is None:
                 log.warning("no TURN secret in turn_secret_file; not advertising TURN")
                 return None
+            self.turn_issued.inc()
             return turn.metadata_value(self.config.mail_domain, secret, self.clock())
         if name == "maxsmtprecipients":
             return MAX_SMTP_RECIPIENTS
@@ -145,7 +151,7 @@ async def serve(
     recovered = queue.recover()
     if recovered:
         log.info("re-queued %d pending push notifications", recovered)
-    backend = MetadataDict(config, queue)
+    backend = MetadataDict(config, queue, registry=registry)
     notifier = Notifier(queue, HttpPusher(config.push_endpoint).send, backend.token_gone)
     pushing = asyncio.create_task(notifier.run())
     try:
