@@ -213,7 +213,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         if args.lab_command == "exec":
             command = [c for c in args.command if c != "--"]
             netns = lab.CLIENT_NETNS
-            return subprocess.run(["ip", "netns", "exec", netns, *command], check=False).returncode
+            # the operator's seat: `cmdeploy status --config ...` reaches the relays over SSH
+            env = {**os.environ, **lab.ssh_env()}
+            argv = ["ip", "netns", "exec", netns, *command]
+            return subprocess.run(argv, env=env, check=False).returncode
         relay = next((r for r in state.relays if args.host in (r.name, r.domain, r.ip)), None)
         if relay is None:
             raise UsageError(f"no lab relay named {args.host!r}")
