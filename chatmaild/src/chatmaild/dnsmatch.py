@@ -45,6 +45,15 @@ def kind(rdtype: str, value_key: str) -> str:
     return ""
 
 
+# RFC 8461 §3.1: the id only tells senders that the policy changed; any valid one is right.
+# The deploy keeps the zone's id, but a zone written earlier may hold another one.
+_STS_ID = re.compile(r"^(v=STSv1;(?:.*;)?id=)[A-Za-z0-9]{1,32}(?=;|$)", re.IGNORECASE)
+
+
+def _comparable(rdtype: str, value_key: str) -> str:
+    return _STS_ID.sub(r"\1*", value_key) if rdtype == "TXT" else value_key
+
+
 def expected_key(rdtype: str, value: str) -> str:
     """`key` of a record given in zone-file presentation form (absolute names)."""
     rd = dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, dns.name.root, relativize=False)
@@ -59,8 +68,8 @@ def compare(rdtype: str, value: str, found: Iterable[dns.rdata.Rdata]) -> tuple[
     the expected value must be among them, and only a value of the same kind beside it
     makes it wrong rather than missing.
     """
-    expected = expected_key(rdtype, value)
-    values = {key(rd): rd.to_text() for rd in found}
+    expected = _comparable(rdtype, expected_key(rdtype, value))
+    values = {_comparable(rdtype, key(rd)): rd.to_text() for rd in found}
     if rdtype in SINGLE_VALUED:
         if list(values) == [expected]:
             return None
