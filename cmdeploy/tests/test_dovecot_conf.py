@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from chatmaild.config import Config
-from cmdeploy.dovecot import dovecot_files
+from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
 from cmdeploy.layout import Layout
 
 pytestmark = pytest.mark.skipif(
@@ -98,3 +98,32 @@ def test_settings_follow_the_config(tmp_path: Path) -> None:
 )
 def test_options(tmp_path: Path, name: str, setting: str, expected: str) -> None:
     assert value(render(tmp_path, CONFIGS[name]), setting) == expected
+
+
+def test_systemd_starts_dovecot_again_when_it_dies() -> None:
+    (drop_in,) = dovecot_unit_files().items()
+    assert drop_in[0] == "/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"
+    assert "[Service]\nRestart=on-failure\nRestartSec=1\n" in drop_in[1]
+
+
+DEBIAN_DOVECOT_UNIT = Path("/lib/systemd/system/dovecot.service")
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or not DEBIAN_DOVECOT_UNIT.exists(),
+    reason="needs systemd and Debian's dovecot-core",
+)
+def test_systemd_analyze_verifies_dovecot_with_the_drop_in(tmp_path: Path) -> None:
+    shutil.copy(DEBIAN_DOVECOT_UNIT, tmp_path)
+    for path, text in dovecot_unit_files().items():
+        drop_in = tmp_path / "dovecot.service.d" / Path(path).name
+        drop_in.parent.mkdir()
+        drop_in.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "dovecot.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
+    assert ours == [], result.stderr

@@ -21,7 +21,13 @@ import pytest
 from chatmaild.config import Config
 from cmdeploy.chatmaild import chatmaild_files
 from cmdeploy.layout import Layout
-from cmdeploy.postfix import POSTMAP_NEEDED, TABLES, postfix_files, postmap_needed
+from cmdeploy.postfix import (
+    MASTER_PID_FILE,
+    POSTMAP_NEEDED,
+    TABLES,
+    postfix_files,
+    postmap_needed,
+)
 from cmdeploy.templates import MANAGED_BY
 
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -116,7 +122,7 @@ def lookup(conf_dir: Path, table: str, key: str) -> str | None:
 def test_every_file_says_it_is_managed_and_no_table_needs_postmap(tmp_path: Path) -> None:
     files = render(tmp_path, CONFIGS["acme"]).files
     assert sorted(Path(name).name for name in files) == sorted(
-        ["main.cf", "master.cf", *TABLES, "chatmail-postlog.conf"]
+        ["main.cf", "master.cf", *TABLES, "chatmail-postlog.conf", "chatmail-restart.conf"]
     )
     for name, content in files.items():
         assert content.startswith(f"# {MANAGED_BY}\n"), name
@@ -498,6 +504,20 @@ def test_postfix_logs_into_the_scrubber_socket(tmp_path: Path) -> None:
     assert "BindPaths=/run/chatmail-postlog/dev-log:/run/systemd/journal/dev-log\n" in drop_in
     assert "Requires=chatmail-postlog.socket\n" in drop_in
     assert "After=chatmail-postlog.socket\n" in drop_in
+
+
+def test_systemd_watches_the_master_and_starts_it_again(tmp_path: Path) -> None:
+    rendered = render(tmp_path, CONFIGS["acme"])
+    drop_in = rendered.files[str(tmp_path / "systemd" / "postfix@.service.d/chatmail-restart.conf")]
+    assert "Restart=on-failure\n" in drop_in
+    assert f"PIDFile={MASTER_PID_FILE}\n" in drop_in
+    # the master writes its pid under its queue directory: Debian's, unless main.cf moves it
+    assert "queue_directory" not in rendered.files[str(tmp_path / "main.cf")]
+    if POSTCONF is not None:
+        default = subprocess.run(
+            [POSTCONF, "-dh", "queue_directory"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert MASTER_PID_FILE == f"{default}/pid/master.pid"
 
 
 @pytest.mark.skipif(

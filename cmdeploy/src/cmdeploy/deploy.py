@@ -43,7 +43,7 @@ from cmdeploy.chatmaild import (
     services,
 )
 from cmdeploy.coturn import turnserver_conf
-from cmdeploy.dovecot import dovecot_files
+from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
 from cmdeploy.dovecot import plugin as dovecot_plugin
 from cmdeploy.health import expectations
 from cmdeploy.journald import journald_files
@@ -389,7 +389,7 @@ class Dovecot(Component):
     packages = ("dovecot-imapd", "dovecot-lmtpd", *dovecot_plugin.BUILD_PACKAGES)
 
     def configure(self) -> None:
-        self.changed = put(dovecot_files(self.layout))
+        self.changed = put(dovecot_files(self.layout)) + put(dovecot_unit_files())
         self.changed.append(self.build_plugin())
 
     def build_plugin(self) -> OperationMeta:

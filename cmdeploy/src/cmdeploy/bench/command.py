@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from . import report
+from .faults import FAULTS, fault_named
+from .faults import table as faults_table
 from .hosts import BenchError
 from .runner import Bench, Workload
 
@@ -28,8 +30,33 @@ def _positive(text: str) -> int:
     return value
 
 
+def _faults(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        for name in names:
+            fault_named(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Workload()
+    p.add_argument(
+        "--faults",
+        nargs="?",
+        const=[f.name for f in FAULTS],
+        type=_faults,
+        metavar="NAME,...",
+        help="instead of measuring: the fault run (SIGKILL each service of relay1, reboot it) "
+        "under load, counting lost and duplicated messages; optionally only the named faults",
+    )
+    p.add_argument(
+        "--fault-messages",
+        type=_positive,
+        default=1200,
+        help="messages per fault (default %(default)s; all faults: over 10000)",
+    )
     p.add_argument("--json", type=Path, help="write every figure, the workload and host facts")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write PNG charts into DIR")
     p.add_argument(
@@ -121,10 +148,22 @@ def run(args: argparse.Namespace) -> int:
 
         ensure_available()
     try:
-        doc = Bench(workload_from(args), say).run()
+        bench = Bench(workload_from(args), say)
+        if args.faults:
+            doc = bench.fault_run(args.faults, args.fault_messages)
+        else:
+            doc = bench.run()
     except KeyboardInterrupt:
         print("cmdeploy bench: interrupted; the accounts it created were removed", file=sys.stderr)
         return 130
+    if args.faults:
+        print()
+        print(faults_table(doc["faults"]["phases"]))
+        if args.json is not None:
+            report.write_json(doc, args.json)
+            print(f"\nwrote {args.json}")
+        lost = sum(p["verdict"]["lost"] for p in doc["faults"]["phases"])
+        return 1 if lost else 0
     report.finish(doc)
     print()
     print(report.table(doc))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .faults import Attempt, Letter
 from .protocol import Endpoint, IMAPClient, ProtocolError, SMTPClient
 from .stats import SendBudget
 from .workload import MessageBody, message
@@ -216,6 +217,70 @@ async def throughput(
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     last = max((s.accepted for s in sent), default=time.monotonic())
     return SendResult(sent, errors, started_wall, started_mono, last - started_mono, pool.waited)
+
+
+async def resend_until_accepted(
+    endpoint: Endpoint,
+    pool: SenderPool,
+    letters: Sequence[Letter],
+    body: MessageBody,
+    concurrency: int,
+    deadline: float,
+    retry_pause: float = 1.0,
+) -> Errors:
+    """Send every letter until the relay answers 250 (or 5xx, which is final), as a chat
+    client does: a 4xx or no answer sends it again after `retry_pause`, with the same
+    Message-ID, from whichever sender has budget. Each attempt goes into `letter.attempts`.
+    Returns the failures to connect or log in (not attempts of any message)."""
+    ctx = endpoint.tls_context()
+    queue: list[Letter] = list(reversed(letters))
+    open_letters = len(letters)
+    errors = Errors()
+    loop = asyncio.get_running_loop()
+
+    def retry(letter: Letter) -> None:
+        loop.call_later(retry_pause, queue.append, letter)
+
+    async def worker() -> None:
+        nonlocal open_letters
+        while open_letters > 0 and time.monotonic() < deadline:
+            if not queue:
+                await asyncio.sleep(0.1)  # retries come back after their pause
+                continue
+            sender, allowed = await pool.acquire(min(pool.burst, len(queue)))
+            batch = [queue.pop() for _ in range(min(allowed, len(queue)))]
+            if not batch:  # other workers took them meanwhile
+                pool.release(sender, allowed)
+                continue
+            used = 0
+            try:
+                client = await SMTPClient.login(endpoint, ctx, sender.addr, sender.password)
+            except NET_ERRORS as e:
+                errors.add(e)
+                for letter in batch:
+                    retry(letter)
+                pool.release(sender, allowed)
+                await asyncio.sleep(retry_pause)
+                continue
+            try:
+                for i, letter in enumerate(batch):
+                    data = message(body, sender.addr, letter.rcpt, letter.msgid)
+                    reply, after_data = await client.try_send(sender.addr, letter.rcpt, data)
+                    used += 1
+                    letter.attempts.append(Attempt(reply, after_data))
+                    if reply == 250 or 500 <= reply < 600:
+                        open_letters -= 1
+                        continue
+                    # 4xx or no answer: this one again later, the rest on a new connection
+                    for later in [letter, *batch[i + 1 :]]:
+                        retry(later)
+                    break
+            finally:
+                await client.quit()
+                pool.release(sender, max(0, allowed - used))
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return errors
 
 
 @dataclass

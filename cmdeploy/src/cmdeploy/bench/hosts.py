@@ -134,6 +134,33 @@ class BenchHost:
     def memory_sample(self) -> dict[str, Any]:
         return self.helper("memory")
 
+    def message_ids(self, names: list[str]) -> dict[str, int]:
+        """Message-ID -> how many files of the named mailboxes hold it."""
+        data = self.helper("message_ids", self.mailboxes, stdin="\n".join(names), timeout=300)
+        return {str(k): int(v) for k, v in data["ids"].items()}
+
+    def accounts_intact(self, names: list[str]) -> dict[str, Any]:
+        return self.helper("accounts_intact", self.mailboxes, stdin="\n".join(names))
+
+    def reboot(self, timeout: float = 300) -> float:
+        """Reboot the lab host and wait until it answers SSH again; the seconds it took.
+
+        A lab host is a `systemd-nspawn --boot` child of the lab: rebooting ends that process,
+        and the lab boots the tree again, as a machine's firmware would."""
+        from .. import lab
+        from ..lab import hosts as lab_hosts
+
+        state = lab.State.load()
+        relay = next(r for r in state.relays if r.ip == self.ip)
+        start = time.monotonic()
+        subprocess.run(self.ssh_argv("systemctl reboot"), capture_output=True, timeout=60)
+        while lab_hosts.alive(relay.pid):
+            if time.monotonic() - start > timeout:
+                raise BenchError(f"{self.label} did not go down within {timeout:g} s of reboot")
+            time.sleep(0.5)
+        lab.up(len(state.relays), deploy=False)
+        return time.monotonic() - start
+
     def remove_mailboxes(self, names: list[str]) -> dict[str, Any]:
         return self.helper("remove", self.mailboxes, stdin="\n".join(names), timeout=300)
 

@@ -134,6 +134,29 @@ class SMTPClient:
         await self.expect(250, "end of DATA")
         return end_of_data
 
+    async def try_send(self, mail_from: str, rcpt: str, data: bytes) -> tuple[int, bool]:
+        """One transaction, step by step: (the first reply that is not the expected one, or
+        the 250 after DATA; 0 when none came), and whether the message was written out, so
+        that a lost reply is told apart from a refusal. Never raises for the network."""
+        after_data = False
+        try:
+            for line, expected in (
+                (f"MAIL FROM:<{mail_from}>".encode(), 250),
+                (f"RCPT TO:<{rcpt}>".encode(), 250),
+                (b"DATA", 354),
+            ):
+                self.writer.write(line + b"\r\n")
+                code, _ = await self.reply()
+                if code != expected:
+                    return code, False
+            self.writer.write(dot_stuffed(data))
+            after_data = True
+            await self.writer.drain()
+            code, _ = await self.reply()
+            return code, True
+        except (TimeoutError, OSError, ProtocolError, ssl.SSLError, EOFError):
+            return 0, after_data
+
     async def quit(self) -> None:
         with contextlib.suppress(OSError, ProtocolError, asyncio.TimeoutError, ssl.SSLError):
             self.writer.write(b"QUIT\r\n")

@@ -13,6 +13,8 @@ like an address: nothing here follows a name with `/` or `..`.
     journal SINCE               the mail path's log lines since a moment: time, source, text
 """
 
+import contextlib
+import gzip
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,6 +85,68 @@ def deliveries(root: str, since: float) -> dict[str, Any]:
                     if mtime >= since:
                         files[name + "/" + entry.name.split(":")[0]] = round(mtime, 4)
     return {"files": files}
+
+
+def _message_id(path: str) -> str | None:
+    """The Message-ID of a maildir file, stored gzip-compressed (Dovecot's zlib) or plain."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f) if head == b"\x1f\x8b" else f
+        text = stream.read(16384)
+    for line in text.split(b"\r\n\r\n", 1)[0].splitlines():
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().strip(b"<>").decode(errors="replace")
+    return None
+
+
+def message_ids(root: str) -> dict[str, Any]:
+    """How many files of the named mailboxes hold each Message-ID (a copy counts twice)."""
+    ids: dict[str, int] = {}
+    unreadable = 0
+    for name in names():
+        for sub in ("new", "cur"):
+            try:
+                entries = list(os.scandir(os.path.join(root, name, sub)))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    msgid = _message_id(entry.path)
+                except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
+                    unreadable += 1
+                    continue
+                if msgid is not None:
+                    ids[msgid] = ids.get(msgid, 0) + 1
+    return {"ids": ids, "unreadable": unreadable}
+
+
+def queue() -> dict[str, Any]:
+    """Messages in Postfix's queues, by queue (no addresses)."""
+    counts: dict[str, int] = {}
+    out = subprocess.run(["postqueue", "-j"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            name = json.loads(line).get("queue_name", "?")
+            counts[name] = counts.get(name, 0) + 1
+    return {"messages": counts}
+
+
+def accounts_intact(root: str) -> dict[str, Any]:
+    """Whether each named account's password file holds one whole hash (not torn)."""
+    torn = []
+    checked = 0
+    for name in names():
+        checked += 1
+        try:
+            with open(os.path.join(root, name, "password"), "rb") as f:
+                text = f.read()
+        except OSError:
+            torn.append(name)
+            continue
+        if not re.fullmatch(rb"\{SHA512-CRYPT\}\$6\$[./A-Za-z0-9]+\$[./A-Za-z0-9]{86}\n?", text):
+            torn.append(name)
+    return {"checked": checked, "intact": checked - len(torn), "torn": len(torn)}
 
 
 def _proc_stat(pid: str) -> tuple[str, int, int]:
@@ -278,6 +343,12 @@ def main() -> None:
         result = memory()
     elif action == "remove":
         result = remove(args[0])
+    elif action == "queue":
+        result = queue()
+    elif action == "message_ids":
+        result = message_ids(args[0])
+    elif action == "accounts_intact":
+        result = accounts_intact(args[0])
     elif action == "journal":
         result = journal(float(args[0]))
     else:

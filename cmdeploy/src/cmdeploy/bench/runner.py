@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import drivers, hops, profile, stats
+from . import drivers, faults, hops, profile, stats
 from .bare import BareHost
 from .drivers import Account, SenderPool
 from .hosts import BenchError, BenchHost, lab_relays, relay_config
@@ -38,6 +38,14 @@ from .protocol import IMAPClient, ProtocolError
 from .workload import MessageBody, local_part, new_password, new_run_id
 
 Say = Callable[[str], None]
+
+# The fault run: accounts, load and patience per phase
+FAULT_SENDERS = 40
+FAULT_RECIPIENTS = 20
+FAULT_CONCURRENCY = 16
+FAULT_PHASE_DEADLINE = 300.0  # seconds for the load of one phase, a reboot included
+# longer than Postfix's first retry of deferred mail (minimal_backoff_time, queue_run_delay)
+FAULT_QUIET = 330.0
 
 
 @dataclass(frozen=True)
@@ -537,6 +545,155 @@ class Bench:
                     self.say("stopped the bare baseline host")
         self.doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         return self.doc
+
+    # --- the fault run (issue 13) ------------------------------------------------------------
+
+    def fault_run(self, names: list[str], per_fault: int) -> dict[str, Any]:
+        """Each fault in turn during its own load; see `faults` for what is counted."""
+        raise_fd_limit()
+        phases: list[dict[str, Any]] = []
+        self.doc["faults"] = {"per_fault": per_fault, "phases": phases}
+        try:
+            relay1, relay2 = self.discover()
+            if relay2 is None:
+                raise BenchError("the fault run needs two lab relays: `cmdeploy lab up`")
+            f1, f2 = self.factory(relay1), self.factory(relay2)
+            self.preflight(relay1, f1)
+            senders1, recipients1 = f1.make(FAULT_SENDERS), f1.make(FAULT_RECIPIENTS)
+            senders2, recipients2 = f2.make(FAULT_SENDERS // 2), f2.make(FAULT_RECIPIENTS)
+            self.say("creating the fault run's accounts")
+            for host, accounts in (
+                (relay1, senders1 + recipients1),
+                (relay2, senders2 + recipients2),
+            ):
+                self.prepare_accounts(host, accounts)
+            c1, c2 = relay1.chatmail_config(), relay2.chatmail_config()
+            pool1 = SenderPool(senders1, c1.max_user_send_per_minute, c1.max_user_send_burst_size)
+            pool2 = SenderPool(senders2, c2.max_user_send_per_minute, c2.max_user_send_burst_size)
+            body = MessageBody.of_size(self.w.small_size)
+            for name in names:
+                fault = faults.fault_named(name)
+                self.say(f"fault {fault.name}: {per_fault} messages, relay1 hit mid-load")
+                letters = self.fault_letters(fault, per_fault, recipients1, recipients2)
+                phase = self.fault_phase(fault, relay1, relay2, pool1, pool2, body, letters)
+                phase["accounts"] = relay1.accounts_intact([a.addr for a in senders1 + recipients1])
+                phases.append(phase)
+                v = phase["verdict"]
+                self.say(
+                    f"  accepted {v['accepted']}, delivered {v['delivered']}, lost {v['lost']},"
+                    f" duplicated {v['duplicated']}, resent {v['resent']}"
+                )
+        finally:
+            with sigint_ignored():
+                self.say("cleaning up")
+                self.doc["cleanup"] = self.registry.remove_all(self.say)
+        self.doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return self.doc
+
+    def fault_letters(
+        self, fault: faults.Fault, n: int, recipients1: list[Account], recipients2: list[Account]
+    ) -> dict[str, list[faults.Letter]]:
+        streams = {
+            "relay1>relay1": recipients1,
+            "relay1>relay2": recipients2,
+            "relay2>relay1": recipients1,
+        }
+        letters: dict[str, list[faults.Letter]] = {}
+        for k, (stream, rcpts) in enumerate(streams.items()):
+            count = n // len(streams) + (1 if k < n % len(streams) else 0)
+            letters[stream] = [
+                faults.Letter(
+                    f"{self.run_id}.{fault.name}.{k}.{i}@bench", rcpts[i % len(rcpts)].addr, stream
+                )
+                for i in range(count)
+            ]
+        return letters
+
+    def fault_phase(
+        self,
+        fault: faults.Fault,
+        relay1: BenchHost,
+        relay2: BenchHost,
+        pool1: SenderPool,
+        pool2: SenderPool,
+        body: MessageBody,
+        letters: dict[str, list[faults.Letter]],
+    ) -> dict[str, Any]:
+        everything = [letter for stream in letters.values() for letter in stream]
+        hit: dict[str, Any] = {}
+
+        async def strike() -> None:
+            # once a third of the phase is accepted: the relay is busy with all three streams
+            while sum(letter.accepted for letter in everything) < len(everything) // 3:
+                await asyncio.sleep(0.05)
+            hit["at_accepted"] = sum(letter.accepted for letter in everything)
+            started = time.monotonic()
+            if fault.command == faults.REBOOT:
+                hit["reboot_seconds"] = round(await asyncio.to_thread(relay1.reboot), 1)
+            else:
+                await asyncio.to_thread(relay1.ssh, fault.command)
+            hit["seconds"] = round(time.monotonic() - started, 1)
+
+        async def load() -> list[drivers.Errors]:
+            deadline = time.monotonic() + FAULT_PHASE_DEADLINE
+            striking = asyncio.create_task(strike())
+            try:
+                return list(
+                    await asyncio.gather(
+                        drivers.resend_until_accepted(
+                            relay1.endpoint,
+                            pool1,
+                            letters["relay1>relay1"] + letters["relay1>relay2"],
+                            body,
+                            FAULT_CONCURRENCY,
+                            deadline,
+                        ),
+                        drivers.resend_until_accepted(
+                            relay2.endpoint, pool2, letters["relay2>relay1"], body, 4, deadline
+                        ),
+                    )
+                )
+            finally:
+                # the strike ends by itself once a third is accepted; if the load gave up
+                # before that, the fault never happened and the phase says so
+                if not striking.done():
+                    striking.cancel()
+                await asyncio.gather(striking, return_exceptions=True)
+
+        started = time.monotonic()
+        errors = asyncio.run(load())
+        load_seconds = time.monotonic() - started
+        copies = self.wait_for_letters(relay1, relay2, letters)
+        return {
+            "fault": fault.name,
+            "command": fault.command,
+            "hit": hit,
+            "load_seconds": round(load_seconds, 1),
+            "delivery_wait_seconds": round(time.monotonic() - started - load_seconds, 1),
+            "connect_errors": [e.as_dict() for e in errors],
+            "verdict": faults.verdict(everything, copies),
+            "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
+        }
+
+    def wait_for_letters(
+        self, relay1: BenchHost, relay2: BenchHost, letters: dict[str, list[faults.Letter]]
+    ) -> dict[str, int]:
+        """Read the recipients' maildirs until every accepted letter is there, or nothing new
+        came for `FAULT_QUIET` seconds (which is longer than Postfix's retry of deferred mail)."""
+        on1 = sorted({x.rcpt for s in ("relay1>relay1", "relay2>relay1") for x in letters[s]})
+        on2 = sorted({x.rcpt for x in letters["relay1>relay2"]})
+        wanted = {x.msgid for stream in letters.values() for x in stream if x.accepted}
+        last, last_change = -1, time.monotonic()
+        while True:
+            copies = {**relay1.message_ids(on1), **relay2.message_ids(on2)}
+            found = sum(1 for msgid in wanted if copies.get(msgid))
+            if found >= len(wanted):
+                return copies
+            if found != last:
+                last, last_change = found, time.monotonic()
+            elif time.monotonic() - last_change > FAULT_QUIET:
+                return copies
+            time.sleep(2.0)
 
     def measure(
         self,

@@ -40,6 +40,14 @@ def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **override
     return render("dovecot", "chatmail.conf.j2", **variables)
 
 
+RESTART_DROP_IN = "/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"
+
+
+def dovecot_unit_files() -> dict[str, str]:
+    """{remote path: content}: Dovecot's unit restarts it when it dies."""
+    return {RESTART_DROP_IN: render("dovecot", "restart.conf.j2")}
+
+
 def dovecot_files(layout: Layout, conf_dir: PurePosixPath = CONF_DIR) -> dict[str, str]:
     """{remote path: content} of Dovecot's configuration."""
     config = layout.config

@@ -42,6 +42,8 @@ POSTMAP_NEEDED: frozenset[str] = frozenset()
 JOURNAL_DEV_LOG = PurePosixPath("/run/systemd/journal/dev-log")
 # for every instance of Debian's template; "postfix@-.service" is the one that runs
 POSTLOG_DROP_IN = "postfix@.service.d/chatmail-postlog.conf"
+RESTART_DROP_IN = "postfix@.service.d/chatmail-restart.conf"
+MASTER_PID_FILE = "/var/spool/postfix/pid/master.pid"
 
 # at least two labels and a non-numeric last one: Postfix refuses a numeric myhostname
 _HOSTNAME_RE = re.compile(
@@ -132,6 +134,9 @@ def postfix_files(
         socket=POSTLOG_SOCKET,
         socket_unit=f"{POSTLOG_UNIT}.socket",
         journal_dev_log=JOURNAL_DEV_LOG,
+    )
+    files[str(unit_dir / RESTART_DROP_IN)] = render(
+        "postfix", "restart.conf.j2", pid_file=MASTER_PID_FILE
     )
     return files
 

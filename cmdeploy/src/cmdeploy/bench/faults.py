@@ -1,0 +1,158 @@
+"""`cmdeploy bench --faults`: no message lost when a service dies mid-load (issue 13).
+
+Each fault is one phase with its own messages: a bounded load runs through relay1 in three
+streams (relay1 → relay1, relay1 → relay2 over HTTPS and DKIM, relay2 → relay1 through
+relay1's `/mxdeliv`), and once a third of it is accepted the fault hits relay1. The client
+behaves as Delta Chat does: a message answered with 4xx, or with no answer at all, is sent
+again (same Message-ID) until the relay says 250; a 5xx is final.
+
+Then the maildirs are read. For every message:
+
+- accepted: the relay said 250 to one of its attempts;
+- delivered: its Message-ID is in the recipient's maildir at least once;
+- duplicated: more than once, each with its cause (`duplicate_cause`);
+- lost: accepted but not delivered — the number that must be 0.
+
+Messages the relay never accepted within the phase's deadline are counted apart ("given
+up"): the client still holds them, nothing the relay promised is missing.
+
+This module is the pure part: the faults, the ledger of attempts, the verdict. The I/O is in
+`runner.Bench.fault_run` and `drivers.resend_until_accepted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# SIGKILL, so that nothing gets to clean up: what is on disk is all there is
+KILL_UNIT = "systemctl kill --signal=SIGKILL {unit}"
+KILL_MAIN = "systemctl kill --signal=SIGKILL --kill-who=main {unit}"
+KILL_POSTFIX_MASTER = "kill -KILL $(head -1 /var/spool/postfix/pid/master.pid)"
+REBOOT = "reboot"  # the lab boots the host again (`runner.Bench.reboot`)
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    command: str  # run on relay1 as root, or REBOOT
+
+
+FAULTS = (
+    Fault("filtermail", KILL_UNIT.format(unit="filtermail.service")),
+    Fault("filtermail-incoming", KILL_UNIT.format(unit="filtermail-incoming.service")),
+    Fault("filtermail-transport", KILL_UNIT.format(unit="filtermail-transport.service")),
+    Fault("doveauth", KILL_UNIT.format(unit="doveauth.service")),
+    Fault("chatmail-metadata", KILL_UNIT.format(unit="chatmail-metadata.service")),
+    Fault("dovecot", KILL_MAIN.format(unit="dovecot.service")),
+    Fault("postfix-master", KILL_POSTFIX_MASTER),
+    Fault("opendkim", KILL_MAIN.format(unit="opendkim.service")),
+    Fault("reboot", REBOOT),
+)
+
+
+def fault_named(name: str) -> Fault:
+    for fault in FAULTS:
+        if fault.name == name:
+            return fault
+    raise ValueError(f"no fault named {name!r}; known: {', '.join(f.name for f in FAULTS)}")
+
+
+# --- the ledger: what the client saw ---------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """One try of one message: `reply` is the SMTP code, or 0 when no reply came.
+    `after_data`: the message was written out (a lost reply may hide a 250)."""
+
+    reply: int
+    after_data: bool
+
+
+@dataclass
+class Letter:
+    msgid: str
+    rcpt: str
+    stream: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return any(a.reply == 250 for a in self.attempts)
+
+    @property
+    def refused(self) -> bool:
+        return any(500 <= a.reply < 600 for a in self.attempts)
+
+    @property
+    def unanswered_after_data(self) -> int:
+        """Attempts whose end of DATA got no reply: the relay may have taken them."""
+        return sum(1 for a in self.attempts if a.after_data and a.reply == 0)
+
+
+def duplicate_cause(letter: Letter, copies: int) -> str:
+    """Why a message is in the maildir `copies` (> 1) times."""
+    if letter.unanswered_after_data >= copies - 1:
+        # the relay took an earlier attempt, the reply never came, the client sent it again:
+        # at-least-once, as mail promises; Delta Chat drops the copy by its Message-ID
+        return "resent after a lost reply to DATA"
+    return "unexplained: delivered more often than the client could have caused"
+
+
+def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
+    """Counts of one phase; `copies`: Message-ID -> files found in the recipients' maildirs."""
+    accepted = [letter for letter in letters if letter.accepted]
+    delivered = [letter for letter in accepted if copies.get(letter.msgid, 0) > 0]
+    lost = [letter.msgid for letter in accepted if copies.get(letter.msgid, 0) == 0]
+    causes: dict[str, int] = {}
+    duplicated = 0
+    for letter in accepted:
+        n = copies.get(letter.msgid, 0)
+        if n > 1:
+            duplicated += 1
+            cause = duplicate_cause(letter, n)
+            causes[cause] = causes.get(cause, 0) + 1
+    replies: dict[str, int] = {}
+    for letter in letters:
+        for attempt in letter.attempts:
+            key = str(attempt.reply) if attempt.reply else "no reply"
+            replies[key] = replies.get(key, 0) + 1
+    # delivered without any 250 seen: the relay took it and the reply was lost, and the
+    # client gave up before a retry got through
+    unseen = sum(1 for letter in letters if not letter.accepted and copies.get(letter.msgid))
+    return {
+        "messages": len(letters),
+        "accepted": len(accepted),
+        "delivered": len(delivered),
+        "duplicated": duplicated,
+        "duplicate_causes": causes,
+        "lost": len(lost),
+        "lost_examples": lost[:5],
+        "refused": sum(1 for letter in letters if letter.refused and not letter.accepted),
+        "given_up": sum(1 for letter in letters if not letter.accepted and not letter.refused),
+        "delivered_without_250": unseen,
+        "resent": sum(1 for letter in letters if len(letter.attempts) > 1),
+        "replies": replies,
+    }
+
+
+def table(phases: list[dict[str, Any]]) -> str:
+    """The fault run as a table: one line per fault."""
+    head = (
+        f"{'fault':<22}{'accepted':>9}{'delivered':>10}{'dupl.':>6}{'lost':>6}"
+        f"{'resent':>8}{'given up':>9}  accounts"
+    )
+    lines = [head]
+    for phase in phases:
+        v = phase["verdict"]
+        intact = phase.get("accounts", {})
+        accounts = f"{intact.get('intact', '?')}/{intact.get('checked', '?')} intact"
+        lines.append(
+            f"{phase['fault']:<22}{v['accepted']:>9}{v['delivered']:>10}{v['duplicated']:>6}"
+            f"{v['lost']:>6}{v['resent']:>8}{v['given_up']:>9}  {accounts}"
+        )
+        for cause, n in v["duplicate_causes"].items():
+            lines.append(f"{'':<22}duplicates: {n} {cause}")
+    return "\n".join(lines)

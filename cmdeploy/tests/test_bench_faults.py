@@ -1,0 +1,101 @@
+"""The fault run's accounting (what counts as lost or duplicated, and why) and its readers of
+the relay's maildirs and account files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatmaild.pwhash import hash_password
+from cmdeploy.bench import faults, remote_helper
+from cmdeploy.bench.faults import Attempt, Letter
+
+OK, LOST_REPLY, BUSY = Attempt(250, True), Attempt(0, True), Attempt(451, False)
+
+
+def letter(msgid: str, *attempts: Attempt) -> Letter:
+    return Letter(msgid, "r@relay1.test", "relay1>relay1", list(attempts))
+
+
+def test_an_accepted_message_missing_from_the_maildir_is_lost() -> None:
+    letters = [letter("a", OK), letter("b", BUSY, OK), letter("c", OK)]
+    v = faults.verdict(letters, {"a": 1, "b": 1})
+    assert (v["accepted"], v["delivered"], v["lost"], v["lost_examples"]) == (3, 2, 1, ["c"])
+    assert v["resent"] == 1 and v["replies"] == {"250": 3, "451": 1}
+
+
+def test_a_copy_after_a_lost_reply_is_explained_and_any_other_is_not() -> None:
+    resent = letter("a", LOST_REPLY, OK)  # the relay took the first try; no reply came
+    unexplained = letter("b", OK)  # one try, two copies: the relay itself delivered twice
+    v = faults.verdict([resent, unexplained], {"a": 2, "b": 2})
+    assert v["duplicated"] == 2 and v["lost"] == 0
+    assert v["duplicate_causes"] == {
+        "resent after a lost reply to DATA": 1,
+        "unexplained: delivered more often than the client could have caused": 1,
+    }
+    # a refusal before DATA cannot have left a copy behind
+    assert faults.duplicate_cause(letter("c", BUSY, OK), 2).startswith("unexplained")
+
+
+def test_what_the_relay_never_accepted_is_given_up_or_refused_not_lost() -> None:
+    letters = [letter("a", BUSY, BUSY), letter("b", Attempt(554, True)), letter("c", LOST_REPLY)]
+    v = faults.verdict(letters, {"c": 1})
+    assert (v["accepted"], v["lost"], v["refused"], v["given_up"]) == (0, 0, 1, 2)
+    assert v["delivered_without_250"] == 1  # the relay took "c"; its reply was lost
+
+
+def test_every_fault_has_a_unique_name_and_unknown_names_are_refused() -> None:
+    names = [f.name for f in faults.FAULTS]
+    assert len(set(names)) == len(names) >= 9
+    assert faults.fault_named("dovecot").command.endswith("dovecot.service")
+    with pytest.raises(ValueError, match="known: filtermail"):
+        faults.fault_named("nginx")
+
+
+def maildir_file(path: Path, msgid: str, compressed: bool) -> None:
+    data = f"From: <a@x>\r\nMessage-ID: <{msgid}>\r\n\r\nbody Message-ID: <fake>\r\n".encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compressed else data)
+
+
+def run_helper(monkeypatch: pytest.MonkeyPatch, names: list[str], action, *args):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(names)))
+    return action(*args)
+
+
+def test_message_ids_are_read_from_compressed_and_plain_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = tmp_path / "r@relay1.test"
+    maildir_file(box / "new" / "1", "one@bench", compressed=True)
+    maildir_file(box / "cur" / "2:2,S", "one@bench", compressed=False)  # a copy
+    maildir_file(box / "new" / "3", "two@bench", compressed=True)
+    (box / "new" / "4").write_bytes(b"\x1f\x8b broken")
+    maildir_file(tmp_path / "other@relay1.test" / "new" / "5", "three@bench", compressed=False)
+    found = run_helper(monkeypatch, ["r@relay1.test"], remote_helper.message_ids, str(tmp_path))
+    assert found == {"ids": {"one@bench": 2, "two@bench": 1}, "unreadable": 1}
+
+
+def test_a_torn_password_file_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = hash_password("a-long-password") + "\n"
+    for name, text in (("a@x", whole), ("b@x", whole[:40]), ("c@x", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "password").write_text(text)
+    names = ["a@x", "b@x", "c@x", "missing@x"]
+    found = run_helper(monkeypatch, names, remote_helper.accounts_intact, str(tmp_path))
+    assert found == {"checked": 4, "intact": 1, "torn": 3}
+
+
+def test_the_table_names_each_fault_and_its_duplicates() -> None:
+    phase = {
+        "fault": "dovecot",
+        "verdict": faults.verdict([letter("a", LOST_REPLY, OK)], {"a": 2}),
+        "accounts": {"checked": 60, "intact": 60},
+    }
+    text = faults.table([phase])
+    assert "dovecot" in text and "60/60 intact" in text
+    assert "duplicates: 1 resent after a lost reply to DATA" in text
