@@ -92,6 +92,10 @@ class AuthDict:
             "(nocreate, invalid, load, memory, disk).",
             ("reason",),
         )
+        self.blocked = registry.counter(
+            "chatmail_logins_blocked_total",
+            "Logins refused because the operator blocked the account (doc/accounts.md).",
+        )
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
         self.nocreate_file = nocreate_file
         self.take_readings = take_readings
@@ -158,6 +162,10 @@ class AuthDict:
     def userdb(self, addr: str) -> str | None:
         if accounts.address_error(addr, self.domain) is not None:
             return None
+        # LMTP asks the userdb before each delivery: a blocked account gets no mail even when
+        # a message passed the gate before the block
+        if self.mailboxes.is_blocked(addr):
+            return None
         return self.existing_record(addr)
 
     async def passdb(self, addr: str, password: str) -> str | None:
@@ -169,6 +177,12 @@ class AuthDict:
         reason = accounts.password_error(password)
         if reason is not None:
             log.warning("login refused: %s", reason)
+            return None
+        # Before the record: the marker is not part of the cached record, and a blocked
+        # account whose password is gone must not be created again either.
+        if self.mailboxes.is_blocked(addr):
+            log.warning("login refused: account %s is blocked", accounts.log_id(addr))
+            self.blocked.inc()
             return None
         existing = self.existing_record(addr)
         if existing is not None:

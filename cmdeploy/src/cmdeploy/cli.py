@@ -2,7 +2,8 @@
 
 `init` writes a commented `chatmail.ini` generated from the config model and tells the
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or
-writes a zone file); `status` runs the relay's health check (doc/health.md). Every subcommand
+writes a zone file); `status` runs the relay's health check (doc/health.md); `accounts`
+manages accounts on the relay (doc/accounts.md). Every subcommand
 takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
 clear line and exit 2.
 """
@@ -147,6 +148,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(report), end="")
     return 0 if report["ok"] else 1
+
+
+def _run_accounts_tool(args: argparse.Namespace, tool_args: list[str]) -> int:
+    """`chatmail-accounts` on the relay; its output and exit status are this command's."""
+    from .accounts import run_tool
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    try:
+        result = run_tool(Layout(config), host, tool_args)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr.replace("chatmail-accounts: ", "cmdeploy: ", 1))
+    return result.returncode
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    action = args.accounts_command
+    tool_args = [action]
+    if action == "list" and args.addresses:
+        tool_args.append("--addresses")
+    if action in ("block", "unblock", "delete"):
+        tool_args.append(args.address)
+    if action == "delete":
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("delete asks first: give --yes when there is no terminal")
+            answer = input(f"Delete the account {args.address} and all its mail? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 0
+        tool_args.append("--yes")
+    return _run_accounts_tool(args, tool_args)
 
 
 def cmd_webdev(args: argparse.Namespace) -> int:
@@ -308,6 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
     p.add_argument("--json", action="store_true", help="machine-readable, for monitoring")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("accounts", parents=[common], help="count, list, block or delete accounts")
+    p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    accsub = p.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+    accsub.add_parser("count", help="the number of accounts")
+    ls = accsub.add_parser("list", help="account count and last-login histogram")
+    ls.add_argument("--addresses", action="store_true", help="also print every address")
+    for name, what in (
+        ("block", "no login, no incoming mail (refused permanently), data kept"),
+        ("unblock", "let a blocked account log in and receive mail again"),
+        ("delete", "delete the account and all its mail (asks first)"),
+    ):
+        action = accsub.add_parser(name, help=what)
+        action.add_argument("address")
+        if name == "delete":
+            action.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.set_defaults(func=cmd_accounts)
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
     p.set_defaults(func=cmd_webdev)

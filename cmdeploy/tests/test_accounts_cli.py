@@ -1,0 +1,133 @@
+"""`cmdeploy accounts`: the relay's chatmail-accounts over SSH, with SSH faked.
+
+The fake "relay" runs the real chatmail-accounts of this checkout on a mailboxes directory in
+tmp_path, so these tests see exactly what an operator sees.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatmaild.accounts import Mailboxes
+from cmdeploy import cli, remote
+
+ALICE = "alice0001@chat.example.org"
+RELAY_BIN = "/usr/local/lib/chatmaild/venv/bin/chatmail-accounts"
+RELAY_INI = "/usr/local/lib/chatmaild/chatmail.ini"
+
+
+class FakeRelay:
+    def __init__(self, tmp_path: Path) -> None:
+        self.mailboxes = tmp_path / "mailboxes"
+        self.mailboxes.mkdir()
+        self.ini = tmp_path / "relay.ini"
+        self.ini.write_text(
+            f"[params]\nmail_domain = chat.example.org\nmailboxes_dir = {self.mailboxes}\n"
+        )
+        self.scripts: list[str] = []
+
+    def command(self, host: str, script: str = "python3 -") -> list[str]:
+        self.scripts.append(script)
+        argv = shlex.split(script)
+        assert argv[:2] == [RELAY_BIN, RELAY_INI]
+        # no terminal over SSH: whatever would ask there must not hang
+        code = "import sys; from chatmaild.accountscmd import main; sys.exit(main())"
+        return [sys.executable, "-c", code, str(self.ini), *argv[2:]]
+
+
+@pytest.fixture
+def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRelay:
+    fake = FakeRelay(tmp_path)
+    monkeypatch.setattr(remote, "command", fake.command)
+    return fake
+
+
+@pytest.fixture
+def ini(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    path = tmp_path / "chatmail.ini"
+    assert cli.main(["init", "chat.example.org", "--config", str(path)]) == 0
+    capsys.readouterr()
+    return str(path)
+
+
+def accounts(ini: str, *args: str) -> int:
+    return cli.main(["accounts", "--config", ini, *args])
+
+
+def test_block_unblock_over_ssh(
+    relay: FakeRelay, ini: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Mailboxes(relay.mailboxes).create(ALICE, "pass-word-1")
+    assert accounts(ini, "block", "Alice0001@chat.example.org") == 0
+    assert capsys.readouterr().out.startswith(f"blocked {ALICE}: no login, no incoming mail")
+    assert relay.scripts[-1] == f"{RELAY_BIN} {RELAY_INI} block Alice0001@chat.example.org"
+    assert accounts(ini, "block", ALICE) == 0
+    assert capsys.readouterr().out == f"{ALICE} was already blocked\n"
+    assert accounts(ini, "unblock", ALICE) == 0
+    assert capsys.readouterr().out.startswith(f"unblocked {ALICE}")
+
+
+def test_an_address_is_one_shell_word(
+    relay: FakeRelay, ini: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the address reaches the relay's shell: quoting keeps it one argument, never a command
+    assert accounts(ini, "block", "x@chat.example.org; touch /tmp/pwned") == 1
+    assert relay.scripts[-1].endswith("block 'x@chat.example.org; touch /tmp/pwned'")
+    err = capsys.readouterr().err
+    assert err.startswith("cmdeploy: not an address of this relay") and err.count("\n") == 1
+
+
+def test_list_shows_addresses_only_with_the_flag(
+    relay: FakeRelay, ini: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Mailboxes(relay.mailboxes).create(ALICE, "pass-word-1")
+    assert accounts(ini, "list") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accounts: 1 (0 blocked)\nlast login:\n") and "@" not in out
+    assert accounts(ini, "list", "--addresses") == 0
+    assert ALICE in capsys.readouterr().out
+    assert accounts(ini, "count") == 0
+    assert capsys.readouterr().out == "1 accounts (0 blocked)\n"
+
+
+def test_unknown_account_is_one_line_and_exit_1(
+    relay: FakeRelay, ini: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert accounts(ini, "block", ALICE) == 1
+    assert capsys.readouterr().err == f"cmdeploy: no account {ALICE}\n"
+
+
+def test_delete_asks_here_and_passes_yes(
+    relay: FakeRelay,
+    ini: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Mailboxes(relay.mailboxes).create(ALICE, "pass-word-1")
+    # no terminal to ask on (a script): --yes or nothing
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    assert accounts(ini, "delete", ALICE) == 2
+    assert "--yes" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert accounts(ini, "delete", ALICE) == 0
+    assert capsys.readouterr().out == "nothing deleted\n"
+    assert relay.scripts == [] and (relay.mailboxes / ALICE).exists()
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert accounts(ini, "delete", ALICE) == 0
+    assert relay.scripts == [f"{RELAY_BIN} {RELAY_INI} delete {ALICE} --yes"]
+    assert capsys.readouterr().out == f"deleted {ALICE} and all its mail\n"
+    assert accounts(ini, "delete", ALICE, "--yes") == 0
+    assert capsys.readouterr().out == f"no account {ALICE}: nothing deleted\n"
+
+
+def test_relay_without_the_tool(
+    tmp_path: Path, ini: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(remote, "command", lambda host, script="": ["sh", "-c", "exit 127"])
+    assert accounts(ini, "count") == 2
+    assert "deploy this version with `cmdeploy run`" in capsys.readouterr().err
