@@ -1,7 +1,8 @@
 """chatmail-accounts: the operator's account actions on the relay (doc/accounts.md).
 
 Usage: chatmail-accounts INI count | list [--addresses] | block ADDR | unblock ADDR |
-delete ADDR [--yes]
+delete ADDR [--yes] | registration [open|invite|closed|reset] [--refuse-autorelay |
+--allow-autorelay] | invite [--uses N] [--expires 7d] | invite --list | invite --revoke ID
 
 Run as root on the relay, by hand or by `cmdeploy accounts` over SSH. Each action prints one
 line saying what it did (or that there was nothing to do) and exits 0; an address that is not
@@ -17,13 +18,15 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import accountsadmin
+from . import accountsadmin, registration
 from .accountsadmin import AdminError
-from .config import Config
+from .config import REGISTRATION_MODES, Config
+from .newemail import account_url
 from .quota_expire import OneLineArgumentParser
 from .service import load_config_or_exit
 
 EXIT_REFUSED = 1
+MAX_USES = 100_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete the account and all its mail")
     p.add_argument("address")
     p.add_argument("--yes", action="store_true", help="do not ask first")
+    p = sub.add_parser("registration", help="show or set who may create an account")
+    p.add_argument("mode", nargs="?", choices=(*REGISTRATION_MODES, "reset"))
+    autorelay = p.add_mutually_exclusive_group()
+    autorelay.add_argument("--refuse-autorelay", dest="autorelay", action="store_const", const=True)
+    autorelay.add_argument("--allow-autorelay", dest="autorelay", action="store_const", const=False)
+    p = sub.add_parser("invite", help="create, list or revoke invites")
+    p.add_argument("--uses", type=positive, default=1, help="accounts it creates (default 1)")
+    p.add_argument("--expires", type=duration, default="7d", help="e.g. 12h, 7d, 2w (default 7d)")
+    p.add_argument("--list", action="store_true", help="the invites and their uses")
+    p.add_argument("--revoke", metavar="ID", help="revoke the invite with this id")
     return parser
+
+
+def positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_USES:
+        raise argparse.ArgumentTypeError(f"--uses takes a number from 1 to {MAX_USES}")
+    return value
+
+
+def duration(raw: str) -> int:
+    try:
+        return registration.parse_duration(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def confirm(address: str, stdin: TextIO, stdout: TextIO) -> bool:
@@ -76,9 +106,83 @@ def run(
             stdout.write("nothing deleted\n")
             return 0
         stdout.write(admin.delete(address) + "\n")
+    elif action == "registration":
+        stdout.write(set_registration(config, args.mode, args.autorelay))
+    elif action == "invite":
+        stdout.write(invite(config, args, now()))
     else:
         stdout.write(getattr(admin, action)(args.address) + "\n")
     return 0
+
+
+def describe(config: Config, settings: registration.Settings) -> str:
+    modes = {
+        "open": "open: anyone may create an account",
+        "invite": "invite: only addresses /new handed out for an invite",
+        "closed": "closed: no new accounts, existing ones work",
+    }
+    autorelay = "refused" if settings.refuse_autorelay else "allowed"
+    lines = [
+        f"registration {modes[settings.mode]}",
+        f"autorelay first logins (23-character password): {autorelay}",
+        f"set by {settings.source}",
+    ]
+    if settings.source != "chatmail.ini":
+        lines[-1] += (
+            f" (chatmail.ini: registration = {config.registration}, "
+            f"refuse_autorelay = {str(config.refuse_autorelay).lower()})"
+        )
+    return "".join(line + "\n" for line in lines)
+
+
+def set_registration(config: Config, mode: str | None, autorelay: bool | None) -> str:
+    directory = config.registration_path
+    if not directory.is_dir():
+        raise AdminError(f"{directory} is missing: deploy this version with `cmdeploy run`")
+    said = ""
+    if mode == "reset":
+        cleared = registration.clear_state(directory)
+        said = "run-time setting removed: chatmail.ini decides\n" if cleared else ""
+        mode = None
+    if mode is not None or autorelay is not None:
+        registration.write_state(directory, mode, autorelay)
+    settings = registration.SettingsReader(config).current()
+    registration.write_public(directory, settings)
+    return said + describe(config, settings)
+
+
+def when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def invite(config: Config, args: argparse.Namespace, now: float) -> str:
+    store = registration.InviteStore(config.registration_path)
+    if not store.invites.is_dir():
+        raise AdminError(f"{store.invites} is missing: deploy this version with `cmdeploy run`")
+    if args.list:
+        lines = []
+        for inv, used in store.all():
+            state = inv.refusal(used, now) or "valid"
+            lines.append(
+                f"{inv.id}  {used}/{inv.uses} used  expires {when(inv.expires)}  "
+                f"{state.replace('_', ' ')}"
+            )
+        return "".join(line + "\n" for line in lines) or "no invites\n"
+    if args.revoke is not None:
+        if store.revoke(args.revoke.strip()):
+            return f"revoked invite {args.revoke.strip()}: it creates no more accounts\n"
+        shown = "".join(ch if " " < ch <= "~" else "?" for ch in args.revoke)[:40]
+        return f"no invite {shown}: nothing revoked\n"
+    token, inv = store.create(args.uses, args.expires, now)
+    uses = "1 account" if inv.uses == 1 else f"{inv.uses} accounts"
+    lines = [f"invite {inv.id}: creates {uses}, expires {when(inv.expires)}"]
+    mode = registration.SettingsReader(config).current().mode
+    if mode != "invite":
+        lines.append(f"note: registration is {mode}; invites matter in invite mode")
+    lines.append(account_url(config, token))
+    return "".join(line + "\n" for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
