@@ -1,4 +1,5 @@
-"""`cmdeploy accounts`: the relay's chatmail-accounts over SSH, with SSH faked.
+"""`cmdeploy accounts`, `registration` and `invite`: the relay's chatmail-accounts over SSH,
+with SSH faked.
 
 The fake "relay" runs the real chatmail-accounts of this checkout on a mailboxes directory in
 tmp_path, so these tests see exactly what an operator sees.
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatmaild.accounts import Mailboxes
+from chatmaild.registration import InviteStore
 from cmdeploy import cli, remote
 
 ALICE = "alice0001@chat.example.org"
@@ -25,8 +27,11 @@ class FakeRelay:
         self.mailboxes = tmp_path / "mailboxes"
         self.mailboxes.mkdir()
         self.ini = tmp_path / "relay.ini"
+        self.registration = tmp_path / "registration"
+        InviteStore(self.registration).make_dirs()
         self.ini.write_text(
             f"[params]\nmail_domain = chat.example.org\nmailboxes_dir = {self.mailboxes}\n"
+            f"registration_dir = {self.registration}\n"
         )
         self.scripts: list[str] = []
 
@@ -52,6 +57,13 @@ def ini(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     assert cli.main(["init", "chat.example.org", "--config", str(path)]) == 0
     capsys.readouterr()
     return str(path)
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The operator's working directory, where `cmdeploy invite` writes its QR code."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def accounts(ini: str, *args: str) -> int:
@@ -131,3 +143,43 @@ def test_relay_without_the_tool(
     monkeypatch.setattr(remote, "command", lambda host, script="": ["sh", "-c", "exit 127"])
     assert accounts(ini, "count") == 2
     assert "deploy this version with `cmdeploy run`" in capsys.readouterr().err
+
+
+def test_registration_over_ssh(
+    relay: FakeRelay, ini: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["registration", "--config", ini, "invite", "--refuse-autorelay"]) == 0
+    assert relay.scripts[-1] == f"{RELAY_BIN} {RELAY_INI} registration invite --refuse-autorelay"
+    out = capsys.readouterr().out
+    assert out.startswith("registration invite: only addresses /new handed out for an invite\n")
+    assert cli.main(["registration", "--config", ini]) == 0
+    assert "autorelay first logins (23-character password): refused" in capsys.readouterr().out
+    assert cli.main(["registration", "--config", ini, "reset"]) == 0
+    assert "registration open" in capsys.readouterr().out
+
+
+def test_invite_prints_the_url_and_writes_its_qr_code(
+    relay: FakeRelay, ini: str, cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["invite", "--config", ini, "--uses", "3", "--expires", "2w"]) == 0
+    assert relay.scripts[-1] == f"{RELAY_BIN} {RELAY_INI} invite --uses 3 --expires 2w"
+    out = capsys.readouterr().out
+    [url] = [line for line in out.splitlines() if line.startswith("DCACCOUNT:https://")]
+    assert url.startswith("DCACCOUNT:https://chat.example.org/new?token=")
+    invite_id = out.split()[1].rstrip(":")
+    png = cwd / f"invite-chat.example.org-{invite_id}.png"
+    assert out.endswith(f"QR code: {png.name}\n")
+    assert png.read_bytes().startswith(b"\x89PNG\r\n")
+    assert cli.main(["invite", "--config", ini, "--list"]) == 0
+    assert capsys.readouterr().out.startswith(f"{invite_id}  0/3 used")
+    assert cli.main(["invite", "--config", ini, "--revoke", invite_id]) == 0
+    assert capsys.readouterr().out.startswith(f"revoked invite {invite_id}")
+
+
+def test_a_refused_invite_writes_no_qr_code(
+    relay: FakeRelay, ini: str, cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["invite", "--config", ini, "--expires", "soon"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmdeploy: ") and "duration" in err and err.count("\n") == 1
+    assert list(cwd.glob("*.png")) == []

@@ -33,21 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="chatmail-accounts", description=__doc__.splitlines()[0])
     parser.add_argument("ini", help="path of chatmail.ini")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("count", help="the number of accounts")
-    p = sub.add_parser("list", help="account count and last-login histogram")
+    sub.add_parser("count", prog="chatmail-accounts count", help="the number of accounts")
+    p = sub.add_parser(
+        "list", prog="chatmail-accounts list", help="account count and last-login histogram"
+    )
     p.add_argument("--addresses", action="store_true", help="also every address (private!)")
     for name, what in (("block", "no login, no incoming mail, data kept"), ("unblock", "undo")):
-        p = sub.add_parser(name, help=what)
+        p = sub.add_parser(name, prog=f"chatmail-accounts {name}", help=what)
         p.add_argument("address")
-    p = sub.add_parser("delete", help="delete the account and all its mail")
+    p = sub.add_parser(
+        "delete", prog="chatmail-accounts delete", help="delete the account and all its mail"
+    )
     p.add_argument("address")
     p.add_argument("--yes", action="store_true", help="do not ask first")
-    p = sub.add_parser("registration", help="show or set who may create an account")
+    p = sub.add_parser(
+        "registration",
+        prog="chatmail-accounts registration",
+        help="show or set who may create an account",
+    )
     p.add_argument("mode", nargs="?", choices=(*REGISTRATION_MODES, "reset"))
     autorelay = p.add_mutually_exclusive_group()
     autorelay.add_argument("--refuse-autorelay", dest="autorelay", action="store_const", const=True)
     autorelay.add_argument("--allow-autorelay", dest="autorelay", action="store_const", const=False)
-    p = sub.add_parser("invite", help="create, list or revoke invites")
+    p = sub.add_parser(
+        "invite", prog="chatmail-accounts invite", help="create, list or revoke invites"
+    )
     p.add_argument("--uses", type=positive, default=1, help="accounts it creates (default 1)")
     p.add_argument("--expires", type=duration, default="7d", help="e.g. 12h, 7d, 2w (default 7d)")
     p.add_argument("--list", action="store_true", help="the invites and their uses")

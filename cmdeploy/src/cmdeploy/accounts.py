@@ -7,9 +7,11 @@ question (delete?) is asked here, on the operator's terminal: the SSH session ha
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import remote
 from .layout import Layout
@@ -35,3 +37,21 @@ def run_tool(
     if result.returncode == EXIT_SSH_FAILED:
         raise remote.unreachable(host, f"cannot run chatmail-accounts on {host}", result)
     return result
+
+
+_INVITE_LINE = re.compile(r"invite ([0-9a-f]+): ")
+
+
+def invite_from_output(output: str) -> tuple[str, str] | None:
+    """(id, DCACCOUNT URL) of the invite chatmail-accounts just printed, or None."""
+    match = _INVITE_LINE.match(output)
+    urls = [line for line in output.splitlines() if line.startswith("DCACCOUNT:")]
+    if match is None or len(urls) != 1:
+        return None
+    return match.group(1), urls[0]
+
+
+def write_invite_qr(url: str, path: Path) -> None:
+    from .www import qr_png
+
+    path.write_bytes(qr_png(url))
