@@ -816,6 +816,13 @@ def test_new_in_invite_mode_through_fcgiwrap(relay: Relay, invite_mode: InviteSt
     assert invite_mode.handed_out(json.loads(reply.body)["email"])
     again = request(relay, "POST", f"/new?token={token}", source="127.0.0.6")
     assert (again.status, again.text) == (403, newemail.REFUSALS[registration.USED_UP] + "\n")
+    # the token is a secret: the access log has the path without its query
+    marker = f"/token-probe-{relay.case}"
+    request(relay, "GET", marker, source="127.0.0.6")
+    wait_until(lambda: relay.log.exists() and marker in relay.log.read_text(), "the probe")
+    for path in relay.log.parent.iterdir():
+        assert token not in path.read_text(errors="replace"), f"invite token in {path.name}"
+    assert '"POST /new HTTP/1.1" 403' in relay.log.read_text()
 
 
 def test_new_is_limited_per_client_only_when_self_signed(relay: Relay) -> None:
