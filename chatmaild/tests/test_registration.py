@@ -159,6 +159,15 @@ def test_an_expired_invite_hands_out_nothing(store: InviteStore) -> None:
     assert store.check(token, NOW + DAY) == EXPIRED
 
 
+@pytest.mark.parametrize("content", [b"", b"{}", b'{"hash": 1}', b"\xff", b"[1]"])
+def test_a_damaged_invite_file_hands_out_nothing(store: InviteStore, content: bytes) -> None:
+    token, invite = store.create(5, None, NOW)
+    (store.invites / f"{invite.id}.json").write_bytes(content)
+    assert store.redeem(token, NOW, counter()) == INVALID
+    assert store.check(token, NOW) == INVALID
+    assert list(store.handed.iterdir()) == []
+
+
 def test_a_revoked_invite_hands_out_nothing(store: InviteStore) -> None:
     token, invite = store.create(5, None, NOW)
     assert store.revoke(invite.id)

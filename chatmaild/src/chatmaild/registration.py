@@ -297,7 +297,12 @@ class InviteStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held while counting and adding one use
             with os.fdopen(os.dup(fd), "rb") as f:
-                invite = parse_invite(digest[:ID_LENGTH], f.read())
+                data = f.read()
+            try:
+                invite = parse_invite(digest[:ID_LENGTH], data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("invite file %s unusable", digest[:ID_LENGTH])
+                return INVALID
             if not hmac.compare_digest(invite.hash, digest):
                 return INVALID
             if not os.path.exists(path):
