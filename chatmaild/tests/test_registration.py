@@ -429,3 +429,13 @@ def test_without_the_deployed_directory(tmp_path: Path) -> None:
     with pytest.raises(accountscmd.AdminError, match="cmdeploy run"):
         accountscmd.run(args, config, io.StringIO())
     assert not os.path.exists(tmp_path / "missing")
+
+
+def test_an_invite_on_a_self_signed_relay_also_names_the_browser_url(tmp_path: Path) -> None:
+    InviteStore(tmp_path / "reg").make_dirs()
+    config = make_config(
+        tmp_path, mail_domain="_chat.example.org", registration_dir=str(tmp_path / "reg")
+    )
+    said = tool(config, "invite").splitlines()
+    token = parse_qs(urlsplit(said[-2].removeprefix("DCACCOUNT:")).query)["token"][0]
+    assert said[-1].endswith(f"https://_chat.example.org/new?token={token}")

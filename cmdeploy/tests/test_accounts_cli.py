@@ -183,3 +183,19 @@ def test_a_refused_invite_writes_no_qr_code(
     err = capsys.readouterr().err
     assert err.startswith("cmdeploy: ") and "duration" in err and err.count("\n") == 1
     assert list(cwd.glob("*.png")) == []
+
+
+def test_no_qr_code_that_cannot_work_for_a_self_signed_relay(
+    relay: FakeRelay, tmp_path: Path, cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "self.ini"
+    assert cli.main(["init", "_chat.example.org", "--config", str(path)]) == 0
+    relay.ini.write_text(relay.ini.read_text().replace("chat.example.org", "_chat.example.org"))
+    capsys.readouterr()
+    assert cli.main(["invite", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "https://_chat.example.org/new?token=" in out
+    assert out.endswith(
+        "no QR code: the app cannot fetch the DCACCOUNT URL from a self-signed relay\n"
+    )
+    assert list(cwd.glob("*.png")) == []

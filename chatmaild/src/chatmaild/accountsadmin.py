@@ -10,7 +10,6 @@ Addresses are printed to the operator, never logged.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -164,8 +163,4 @@ class Admin:
             return f"no account {address}: nothing deleted"
         except fsutil.LockTimeout:
             raise AdminError(f"{address} is being created right now: try again") from None
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return f"no account {address}: nothing deleted"
-            raise
         return f"deleted {address} and all its mail"

@@ -192,6 +192,12 @@ def invite(config: Config, args: argparse.Namespace, now: float) -> str:
     if mode != "invite":
         lines.append(f"note: registration is {mode}; invites matter in invite mode")
     lines.append(account_url(config, token))
+    if config.tls_mode == "self":
+        # Delta Chat does not trust a self-signed certificate when it fetches a DCACCOUNT URL
+        lines.append(
+            "self-signed relay: the app cannot fetch that URL; this one, opened in a browser, "
+            f"answers with a dclogin: link: https://{config.mail_domain}/new?token={token}"
+        )
     return "".join(line + "\n" for line in lines)
 
 

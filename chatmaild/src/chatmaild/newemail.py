@@ -132,8 +132,8 @@ class Registration:
     """What the request needs of the registration state: settings, invites, the time."""
 
     settings: Settings
-    invites: InviteStore | None = None
-    now: float = 0.0
+    invites: InviteStore
+    now: float
 
 
 def respond(
@@ -153,8 +153,7 @@ def respond(
     hands_out = method == "POST" or (method == "GET" and config.tls_mode == "self")
     if mode == "closed":
         response = refused("closed")
-    elif mode == "invite":
-        assert reg is not None and reg.invites is not None
+    elif reg is not None and mode == "invite":
         if hands_out:
             result = reg.invites.redeem(token, reg.now, lambda: generate(config))
             response = refused(result) if isinstance(result, str) else _credentials(*result, config)

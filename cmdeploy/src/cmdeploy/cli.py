@@ -215,6 +215,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
     if invite is None:
         return result.returncode or 2
     invite_id, url = invite
+    if config.tls_mode == "self":
+        print("no QR code: the app cannot fetch the DCACCOUNT URL from a self-signed relay")
+        return 0
     qr = args.qr or Path(f"invite-{config.mail_domain}-{invite_id}.png")
     write_invite_qr(url, qr)
     print(f"QR code: {qr}")
