@@ -357,3 +357,35 @@ def test_creations_and_refusals_are_counted_by_reason(config: Config, tmp_path: 
     refused = {key[0][1]: n for key, n in auth.refused.samples.items()}
     assert refused == {"invalid": 1, "nocreate": 1}
     assert {key[0][1]: n for key, n in low_disk.refused.samples.items()} == {"disk": 1}
+
+
+# --- blocked accounts (doc/accounts.md) -------------------------------------------------------
+
+
+def test_a_blocked_account_cannot_log_in_and_unblocked_uses_its_old_password(
+    config: Config, tmp_path: Path
+) -> None:
+    auth = make_auth(config, tmp_path)
+    addr = "blockme01@example.org"
+    record = passdb(auth, addr, "first-password")  # created, and its record cached
+    marker = config.mailboxes_path / addr / accounts.BLOCKED_FILE
+    marker.touch()
+    assert passdb(auth, addr, "first-password") is None
+    assert auth.userdb(addr) is None  # LMTP finds no such user: no delivery either
+    assert auth.blocked.value() == 1
+    # not created again with another password while blocked, and the hash is unchanged
+    assert passdb(auth, addr, "other-password") is None
+    assert auth.created.value() == 1
+    marker.unlink()
+    assert passdb(auth, addr, "first-password") == record
+
+
+def test_a_blocked_address_without_password_is_not_created(config: Config, tmp_path: Path) -> None:
+    # a half-deleted or damaged account directory that still holds the marker
+    auth = make_auth(config, tmp_path)
+    addr = "blockme02@example.org"
+    (config.mailboxes_path / addr).mkdir()
+    (config.mailboxes_path / addr / accounts.BLOCKED_FILE).touch()
+    assert passdb(auth, addr, "first-password") is None
+    assert not (config.mailboxes_path / addr / "password").exists()
+    assert auth.created.value() == 0

@@ -1,9 +1,12 @@
-"""Component tests: a real Dovecot from Debian asks doveauth and lastlogin over their sockets."""
+"""Component tests: a real Dovecot from Debian asks doveauth and lastlogin over their sockets;
+blocking and deleting accounts (doc/accounts.md) against it."""
 
 from __future__ import annotations
 
 import imaplib
 import os
+import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +15,7 @@ import pytest
 from dovecot_harness import Relay
 
 from chatmaild import accounts, pwhash
+from chatmaild.accountsadmin import Admin
 
 pytestmark = pytest.mark.dovecot
 
@@ -213,3 +217,71 @@ def test_passwords_with_quotes_and_backslashes(relay: Relay) -> None:
         password, (relay.mailboxes / "escaping1@example.org" / "password").read_text()
     )
     assert refused(relay, "escaping1@example.org", "q\"uo'te\\back")
+
+
+# --- blocked and deleted accounts (doc/accounts.md) --------------------------------------------
+
+PASSWORD = "pass-word-1"
+
+
+def admin(relay: Relay) -> Admin:
+    return Admin(relay.mailboxes, "example.org", kick=lambda a: kick(relay, a))
+
+
+def kick(relay: Relay, addr: str) -> bool:
+    return relay.doveadm("kick", addr).returncode == 0
+
+
+def test_a_blocked_account_cannot_log_in_in_any_spelling_until_unblocked(relay: Relay) -> None:
+    addr = "blocked01@example.org"
+    login(relay, addr, PASSWORD).logout()
+    admin(relay).block(addr)
+    assert refused(relay, addr, PASSWORD)
+    assert refused(relay, "Blocked01@EXAMPLE.org", PASSWORD)
+    admin(relay).unblock("BLOCKED01@example.org")
+    login(relay, addr, PASSWORD).logout()  # the old password again
+    assert refused(relay, addr, "another-password")
+
+
+def test_blocking_closes_an_open_session(relay: Relay) -> None:
+    addr = "blocked02@example.org"
+    sock = socket.create_connection(("127.0.0.1", relay.imap_port), timeout=10)
+    with sock, sock.makefile("rb") as f:
+        f.readline()  # greeting
+        sock.sendall(f"a LOGIN {addr} {PASSWORD}\r\nb SELECT INBOX\r\n".encode())
+        while not f.readline().startswith(b"b OK"):
+            pass
+        said = admin(relay).block(addr)
+        assert said.endswith("its open sessions closed")
+        rest = f.read()  # until Dovecot closes the connection (the socket's 10 s timeout)
+    assert b"BYE" in rest
+
+
+def test_a_blocked_account_gets_no_mail_over_lmtp(relay: Relay) -> None:
+    # mail already past the gate when the block came: Dovecot's userdb no longer knows it
+    addr = "blocked03@example.org"
+    login(relay, addr, PASSWORD).logout()
+    admin(relay).block(addr)
+    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+            lmtp.sendmail("a@elsewhere.example", [addr], b"Subject: x\r\n\r\nhello\r\n")
+    [(code, _text)] = e.value.recipients.values()
+    assert 500 <= code < 600
+    assert not list((relay.mailboxes / addr).glob("**/new/*"))
+
+
+def test_a_deleted_account_is_gone_and_its_name_free_again(relay: Relay) -> None:
+    addr = "deleted01@example.org"
+    login(relay, addr, PASSWORD).logout()
+    assert admin(relay).delete(addr) == f"deleted {addr} and all its mail"
+    assert not (relay.mailboxes / addr).exists()
+    # deleting frees the name (doc/accounts.md: block instead to keep it unusable)
+    login(relay, addr, "a-new-password").logout()
+
+
+def test_no_address_reaches_the_logs(relay: Relay) -> None:
+    addr = "blocked04@example.org"
+    login(relay, addr, PASSWORD).logout()
+    admin(relay).block(addr)
+    refused(relay, addr, PASSWORD)
+    assert "blocked04" not in relay.service_log("doveauth")

@@ -473,3 +473,19 @@ def test_main_failing_mailbox_is_counted_and_fails(
     assert "active123" not in out + err + caplog.text
     assert (root / ACTIVE / "password").exists()  # the others were still processed
     assert not (root / EMPTY).exists()
+
+
+def test_a_blocked_account_is_never_removed_as_inactive() -> None:
+    # it cannot log in, so it always looks inactive; removing it would free its address
+    blocked = MailboxFacts(NOW - 91 * DAY, False, (msg("cur", 21),), (), blocked=True)
+    verdict = decide(blocked, policy(), NOW)
+    assert not verdict.remove_mailbox
+    assert verdict.remove_files == (msg("cur", 21).relpath,)  # its old mail still expires
+
+
+def test_the_blocked_marker_is_read_from_disk(tmp_path: Path) -> None:
+    put(tmp_path / INACTIVE / "password", NOW - 91 * DAY)
+    put(tmp_path / INACTIVE / "blocked", NOW - 91 * DAY, 0)
+    assert expire.scan_mailbox(tmp_path / INACTIVE).blocked
+    stats = expire.expire_mailboxes(expire.list_mailboxes(tmp_path), policy(), NOW, remove=True)
+    assert stats.removed_mailboxes == 0 and (tmp_path / INACTIVE / "password").exists()

@@ -712,3 +712,54 @@ def test_mxdeliv_recipient_with_other_white_space_is_refused(gate: Ports) -> Non
     headers = [b"X-MAIL-TO: \xa0bob@example.org\x85", b"Content-Length: %d" % len(ENCRYPTED)]
     status, text = raw_request(gate.http, mxdeliv_request(headers, ENCRYPTED))
     assert (status, text) == (400, "553 5.1.3 Invalid recipient address")
+
+
+# --- blocked accounts (doc/accounts.md) -------------------------------------------------------
+
+
+def block(mailboxes: Path, addr: str) -> None:
+    (mailboxes / addr).mkdir()
+    (mailboxes / addr / "blocked").touch()
+
+
+@pytest.mark.parametrize("port", ["outgoing", "incoming"])
+@pytest.mark.parametrize("rcpt", [BOB, "Bob@example.org", "BOB@EXAMPLE.ORG"])
+def test_a_blocked_recipient_is_refused_permanently_at_rcpt(
+    gate: Ports, tmp_path: Path, port: str, rcpt: str
+) -> None:
+    block(tmp_path, BOB)
+    with RawClient(getattr(gate, port)) as client:
+        assert client.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
+        reply = client.command(f"RCPT TO:<{rcpt}>")
+        assert reply == "550 5.2.1 Mailbox disabled, not accepting messages\r\n"
+        # another recipient in the same transaction is still taken
+        assert client.command("RCPT TO:<carol@example.org>") == "250 OK\r\n"
+    assert gate.sink.messages == []
+
+
+def test_a_blocked_recipient_refuses_the_mxdeliv_request(gate: Ports, tmp_path: Path) -> None:
+    block(tmp_path, BOB)
+    headers = [("X-MAIL-FROM", "carol@other.example"), ("X-MAIL-TO", "Bob@example.org")]
+    expected = (400, "550 5.2.1 Mailbox disabled, not accepting messages")
+    assert post(gate.http, ENCRYPTED, headers) == expected
+    assert gate.sink.messages == []
+    (tmp_path / BOB / "blocked").unlink()  # unblocked: the same request goes through
+    assert post(gate.http, ENCRYPTED, headers) == (200, "250 OK")
+
+
+def test_blocking_one_account_leaves_others_and_remote_recipients(
+    gate: Ports, tmp_path: Path
+) -> None:
+    block(tmp_path, "carol@example.org")
+    rcpts = [BOB, "carol@other.example"]
+    assert send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == (250, "OK")
+    assert gate.sink.messages[0][1] == rcpts
+
+
+def test_blocked_recipients_are_counted(gate: Ports, tmp_path: Path) -> None:
+    block(tmp_path, BOB)
+    with RawClient(gate.incoming) as client:
+        client.command("MAIL FROM:<carol@other.example>")
+        assert client.command(f"RCPT TO:<{BOB}>").startswith("550 ")
+    refused = counts(gate.registry, "chatmail_gate_refused_total")
+    assert refused[("incoming", "550", "blocked_recipient")] == 1

@@ -169,6 +169,7 @@ def test_near_misses_fail_at_the_intended_step(name: str) -> None:
         ),
         (smtpreject.no_dkim_signature(), "554 5.7.1 No DKIM signature found"),
         (smtpreject.no_valid_dkim_signature(), "554 5.7.1 No valid DKIM signature found"),
+        (smtpreject.recipient_blocked(), "550 5.2.1 Mailbox disabled, not accepting messages"),
     ],
 )
 def test_reply_texts(reject: Reject, reply: str) -> None:

@@ -41,7 +41,7 @@ from postfix_harness import (
     unverified_tls,
 )
 
-from chatmaild.accounts import ENFORCE_E2EE_FILE
+from chatmaild.accounts import BLOCKED_FILE, ENFORCE_E2EE_FILE
 
 pytestmark = pytest.mark.dovecot
 
@@ -452,4 +452,46 @@ def test_cleartext_over_mxdeliv(postfix: PostfixRelay, account: Account, spellin
         # a refusal: 400 with the 523 of the plain address or another 5xx line
         assert outcome.codes() == [("HTTP", 400)], outcome.describe()
         assert outcome.final is not None and outcome.final >= 500, outcome.describe()
+    assert not outcome.delivered, outcome.describe()
+
+
+# --- a blocked account (doc/accounts.md) ----------------------------------------------------
+
+
+def unblock_settled(postfix: PostfixRelay, account: Account) -> None:
+    """Once Postfix has done all it will with the message, unblock: `settle` looks into the
+    mailbox over IMAP, which a blocked account cannot."""
+    postfix.wait_queue_settled()
+    (account.home / BLOCKED_FILE).unlink()
+
+
+@pytest.mark.parametrize("spelling", ["plain", "upper-case"])
+def test_a_blocked_account_is_refused_at_rcpt_over_port_25(
+    postfix: PostfixRelay, account: Account, spelling: str
+) -> None:
+    (account.home / BLOCKED_FILE).touch()
+    marker = secrets.token_hex(8)
+    template = SPELLINGS[spelling][0]
+    assert template is not None
+    outcome = send_smtp(
+        postfix, spell(template, account.local, postfix.domain), encrypted(marker, account.addr)
+    )
+    unblock_settled(postfix, account)
+    settle(postfix, account, marker, outcome)
+    assert outcome.replies[1] == (
+        "RCPT",
+        550,
+        "5.2.1 Mailbox disabled, not accepting messages",
+    ), outcome.describe()
+    assert not outcome.delivered, outcome.describe()
+
+
+def test_a_blocked_account_is_refused_over_mxdeliv(postfix: PostfixRelay, account: Account) -> None:
+    (account.home / BLOCKED_FILE).touch()
+    marker = secrets.token_hex(8)
+    outcome = send_mxdeliv(postfix, account.addr, encrypted(marker, account.addr))
+    unblock_settled(postfix, account)
+    settle(postfix, account, marker, outcome)
+    expected = [("HTTP", 400, "550 5.2.1 Mailbox disabled, not accepting messages")]
+    assert outcome.replies == expected, outcome.describe()
     assert not outcome.delivered, outcome.describe()

@@ -36,7 +36,9 @@ from typing import cast
 import pytest
 from free_ports import free_port
 
+from chatmaild import newemail, registration
 from chatmaild.config import HEADER_HEADROOM, Config
+from chatmaild.registration import InviteStore, SettingsReader
 from cmdeploy.layout import Layout, Tls
 from cmdeploy.nginx import (
     HTTP_CONF,
@@ -520,11 +522,14 @@ def relay(
     fcgiwrap: subprocess.Popen[bytes] | None = None
     nginx: subprocess.Popen[bytes] | None = None
     try:
+        registration_dir = root / "registration"
+        InviteStore(registration_dir).make_dirs()
         layout = _layout(
             case,
             root,
             cert,
             filtermail_http_port_incoming=str(filtermail.server_address[1]),
+            registration_dir=str(registration_dir),
         )
         sockets = Sockets(
             public_ipv4="127.0.0.1",
@@ -548,7 +553,11 @@ def relay(
         bin_dir = Path(str(layout.bin("x"))).parent
         bin_dir.mkdir(parents=True)
         (bin_dir / "chatmail-newemail").symlink_to(_newemail_script())
-        params = {**CASES[case], "max_message_size": str(MAX_MESSAGE_SIZE)}
+        params = {
+            **CASES[case],
+            "max_message_size": str(MAX_MESSAGE_SIZE),
+            "registration_dir": str(registration_dir),
+        }
         if case == "external":
             params["tls_external_cert_and_key"] = layout.config.tls_external_cert_and_key
         ini = "[params]\n" + "".join(f"{k} = {v}\n" for k, v in params.items())
@@ -780,6 +789,40 @@ def test_new_hands_out_credentials_through_fcgiwrap(relay: Relay) -> None:
     else:
         assert reply.status == 301
         assert reply.headers["Location"] == f"DCACCOUNT:https://{relay.domain}/new"
+
+
+@pytest.fixture
+def invite_mode(relay: Relay) -> Iterator[InviteStore]:
+    """The relay in invite mode, as `cmdeploy registration invite` sets it; open again after."""
+    directory = relay.config.registration_path
+    registration.write_state(directory, "invite", None)
+    registration.write_public(directory, SettingsReader(relay.config).current())
+    try:
+        yield InviteStore(directory)
+    finally:
+        registration.clear_state(directory)
+        (directory / registration.PUBLIC_FILE).unlink()
+
+
+def test_new_in_invite_mode_through_fcgiwrap(relay: Relay, invite_mode: InviteStore) -> None:
+    public = request(relay, "GET", "/registration.json")
+    assert (public.status, json.loads(public.body)) == (200, {"registration": "invite"})
+    assert public.headers["Cache-Control"] == "no-store"
+    token, _ = invite_mode.create(1, 3600, time.time())
+    without = request(relay, "POST", "/new", source="127.0.0.6")
+    assert (without.status, without.text) == (403, newemail.REFUSALS[registration.MISSING] + "\n")
+    reply = request(relay, "POST", f"/new?token={token}", source="127.0.0.6")
+    assert reply.status == 200, reply.text
+    assert invite_mode.handed_out(json.loads(reply.body)["email"])
+    again = request(relay, "POST", f"/new?token={token}", source="127.0.0.6")
+    assert (again.status, again.text) == (403, newemail.REFUSALS[registration.USED_UP] + "\n")
+    # the token is a secret: the access log has the path without its query
+    marker = f"/token-probe-{relay.case}"
+    request(relay, "GET", marker, source="127.0.0.6")
+    wait_until(lambda: relay.log.exists() and marker in relay.log.read_text(), "the probe")
+    for path in relay.log.parent.iterdir():
+        assert token not in path.read_text(errors="replace"), f"invite token in {path.name}"
+    assert '"POST /new HTTP/1.1" 403' in relay.log.read_text()
 
 
 def test_new_is_limited_per_client_only_when_self_signed(relay: Relay) -> None:

@@ -200,7 +200,7 @@ def test_self_signed_home_page_uses_dclogin_and_has_no_dcaccount(tmp_path: Path,
     dest = build(tmp_path, make_config(mode))
     assert not list(dest.glob("*.png"))
     index = read_pages(dest)["index.html"]
-    assert '<script src="dclogin.js" defer></script>' in index
+    assert '<script defer src="dclogin.js"></script>' in index
     assert 'id="dclogin"' in index
     assert "DCACCOUNT" not in index.upper()
 
@@ -405,17 +405,33 @@ def test_open_browser_only_with_a_display(tmp_path: Path, monkeypatch: pytest.Mo
 # --- in a real browser ------------------------------------------------------------------------
 
 
-Serve = Callable[[Path, Config, tuple[str, str]], str]
+Serve = Callable[..., str]
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    """Serve a built folder on loopback, with `/new` answered by chatmaild.newemail."""
+    """Serve a built folder on loopback, with `/new` answered by chatmaild.newemail and
+    `/registration.json` holding `mode` (none: 404, as before `cmdeploy registration`)."""
     servers: list[ThreadingHTTPServer] = []
 
-    def start(directory: Path, config: Config, credentials: tuple[str, str]) -> str:
+    def start(
+        directory: Path,
+        config: Config,
+        credentials: tuple[str, str],
+        mode: str | None = None,
+        asked: list[str] | None = None,
+    ) -> str:
         class Handler(SimpleHTTPRequestHandler):
             def do_GET(self) -> None:
+                if asked is not None:
+                    asked.append(self.path)
+                if self.path == "/registration.json" and mode is not None:
+                    body = json.dumps({"registration": mode}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return None
                 if self.path != "/new":
                     return super().do_GET()
                 answer = respond("GET", config, generate=lambda _: credentials)
@@ -492,3 +508,48 @@ def test_acme_home_page_on_a_phone(tmp_path: Path, serve: Serve) -> None:
     shot = tmp_path / "shot.png"
     chromium(url, f"--screenshot={shot}")
     assert zbar(shot) == "DCACCOUNT:https://chat.example.org/new"
+
+
+def no_qr_code(image: Path) -> bool:
+    result = subprocess.run(["zbarimg", "--raw", "-q", str(image)], capture_output=True)
+    return result.returncode == 4  # zbarimg: no symbol found
+
+
+@needs_chromium
+@pytest.mark.parametrize("mode", ["invite", "closed"])
+def test_a_page_built_for_invite_or_closed_shows_no_qr_code(
+    tmp_path: Path, serve: Serve, mode: str
+) -> None:
+    config = make_config(registration=mode)
+    url = serve(build(tmp_path, config), config, ("unused@chat.example.org", "unused"))
+    shot = tmp_path / "shot.png"
+    chromium(url, f"--screenshot={shot}")
+    assert no_qr_code(shot)
+
+
+@needs_chromium
+def test_the_run_time_mode_wins_over_the_built_one(tmp_path: Path, serve: Serve) -> None:
+    # built open, then `cmdeploy registration invite`: the QR code that cannot work goes
+    config = make_config()
+    url = serve(build(tmp_path, config), config, ("unused@chat.example.org", "unused"), "invite")
+    dom = chromium(url, "--dump-dom")
+    assert 'data-mode="invite"' in dom
+    shot = tmp_path / "shot.png"
+    chromium(url, f"--screenshot={shot}")
+    assert no_qr_code(shot)
+    # built invite, then `cmdeploy registration open`: the code is back
+    config = make_config(registration="invite")
+    url = serve(build(tmp_path / "b", config), config, ("unused@x", "unused"), "open")
+    chromium(url, f"--screenshot={shot}")
+    assert zbar(shot) == "DCACCOUNT:https://chat.example.org/new"
+
+
+@needs_chromium
+def test_a_self_signed_page_asks_new_only_in_open_mode(tmp_path: Path, serve: Serve) -> None:
+    config = make_config("self")
+    asked: list[str] = []
+    credentials = (f"k2m9q1z7w@{config.address_domain}", "Xy7!pq%2Rst&")
+    url = serve(build(tmp_path, config), config, credentials, "invite", asked)
+    dom = chromium(url, "--dump-dom")
+    assert "/registration.json" in asked and "/new" not in asked
+    assert "dclogin:" not in dom

@@ -312,9 +312,13 @@ async function showInvitation(box) {
 }
 
 if (typeof document !== "undefined") {
-  const start = () => {
+  const start = async () => {
+    // registration.js may find that the relay no longer hands out profiles freely: then
+    // there is nothing to ask /new for (doc/accounts.md)
+    if (window.chatmailRegistration) await window.chatmailRegistration;
     const box = document.getElementById("dclogin");
-    if (box) showInvitation(box);
+    const registration = document.getElementById("registration");
+    if (box && (!registration || registration.dataset.mode === "open")) showInvitation(box);
   };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

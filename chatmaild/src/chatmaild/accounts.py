@@ -1,7 +1,8 @@
 """Accounts on disk, and the rules for creating one.
 
 An account is the directory `<mailboxes_dir>/<addr>/` holding `password` (the
-`{SHA512-CRYPT}` hash; its mtime is the last login day, §2.3) and `enforceE2EEincoming`.
+`{SHA512-CRYPT}` hash; its mtime is the last login day, §2.3) and `enforceE2EEincoming`, and
+`blocked` while the operator has blocked it (doc/accounts.md): no login, no incoming mail.
 Every path is built from an address that `address_error` accepted first, so an address with
 `/`, `..`, NUL or a second `@` never touches the filesystem.
 """
@@ -22,6 +23,7 @@ from . import fsutil, pwhash
 PASSWORD_FILE = "password"  # noqa: S105 (a file name)
 LOCK_FILE = "password.lock"
 ENFORCE_E2EE_FILE = "enforceE2EEincoming"
+BLOCKED_FILE = "blocked"
 LOCK_TIMEOUT = 5.0
 # libxcrypt hashes at most CRYPT_MAX_PASSPHRASE_SIZE (512) bytes including the final NUL, and
 # Dovecot verifies with the same libcrypt: a longer password can never log in.
@@ -106,6 +108,20 @@ class Mailboxes:
     def password_path(self, addr: str) -> str:
         # a plain string: this is on the path of every login, and pathlib costs microseconds
         return f"{self._root_prefix}{addr}/{PASSWORD_FILE}"
+
+    def is_blocked(self, addr: str) -> bool:
+        """Whether the operator blocked `addr` (a name `address_error` accepted).
+
+        A stat that fails for another reason than a missing file (permissions) counts as
+        blocked: refusing a login or a message is the safe side of not knowing.
+        """
+        try:
+            os.stat(f"{self._root_prefix}{addr}/{BLOCKED_FILE}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return True
+        return True
 
     def password_hash(self, addr: str) -> str | None:
         """The stored hash, or None if the account does not exist (or has an empty hash)."""

@@ -136,6 +136,16 @@ def parse_https_url_or_empty(raw: str) -> str:
     return text
 
 
+REGISTRATION_MODES = ("open", "invite", "closed")
+
+
+def parse_registration(raw: str) -> str:
+    value = raw.strip()
+    if value not in REGISTRATION_MODES:
+        raise ValueError(", ".join(REGISTRATION_MODES[:-1]) + " or " + REGISTRATION_MODES[-1])
+    return value
+
+
 def parse_ip_list(raw: str) -> str:
     addresses = raw.split()
     try:
@@ -213,6 +223,26 @@ class Config:
     )
     password_min_length: int = _param(
         9, parse_count, "Shortest password allowed at creation; /new generates 3 more."
+    )
+    registration: str = _param(
+        "open",
+        parse_registration,
+        "Who may create an account: open (anyone), invite (only with an invite from "
+        "`cmdeploy invite`), closed (nobody). `cmdeploy registration` overrides it at run time "
+        "(doc/accounts.md).",
+    )
+    refuse_autorelay: bool = _param(
+        False,
+        parse_bool,
+        "Refuse first logins with a password of exactly 23 characters, the mark of accounts "
+        "Delta Chat creates on relays the user did not choose ('autorelay'), in any mode. "
+        "`cmdeploy registration` overrides it at run time.",
+    )
+    registration_dir: str = _param(
+        "/var/lib/chatmail/registration",
+        parse_text,
+        "Where the run-time registration state lives: the mode set by `cmdeploy registration`, "
+        "invites, and the addresses /new handed out for them.",
     )
     www_folder: str = _param(
         "",
@@ -354,6 +384,10 @@ class Config:
     def inner_message_size_limit(self) -> int:
         """The limit behind the public doors: max_message_size and HEADER_HEADROOM."""
         return self.max_message_size + HEADER_HEADROOM
+
+    @property
+    def registration_path(self) -> Path:
+        return Path(self.registration_dir)
 
     @property
     def mailboxes_path(self) -> Path:

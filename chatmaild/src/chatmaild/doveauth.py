@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from . import accounts, dictserver, metrics, resources
+from . import accounts, dictserver, metrics, registration, resources
 from .config import Config
 from .service import dict_service_parser, load_config_or_exit, setup_logging
 
@@ -49,7 +49,7 @@ SHORTAGE_REASONS = {
 class Refusal(NamedTuple):
     """Why an account is not created: `reason` is the metric's label, `text` the log's."""
 
-    reason: str  # nocreate, invalid, load, memory or disk
+    reason: str  # nocreate, closed, invite, autorelay, invalid, load, memory or disk
     text: str
 
 
@@ -89,11 +89,17 @@ class AuthDict:
         self.refused = registry.counter(
             "chatmail_account_creations_refused_total",
             "First logins that created no account, by reason "
-            "(nocreate, invalid, load, memory, disk).",
+            "(nocreate, closed, invite, autorelay, invalid, load, memory, disk).",
             ("reason",),
+        )
+        self.blocked = registry.counter(
+            "chatmail_logins_blocked_total",
+            "Logins refused because the operator blocked the account (doc/accounts.md).",
         )
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
         self.nocreate_file = nocreate_file
+        self.registration = registration.SettingsReader(config)
+        self.invites = registration.InviteStore(config.registration_path)
         self.take_readings = take_readings
         self._records: dict[str, tuple[tuple[int, int, int], str]] = {}
         # Creation hashes (GIL released) and fsyncs: two threads per core keep every core
@@ -158,6 +164,10 @@ class AuthDict:
     def userdb(self, addr: str) -> str | None:
         if accounts.address_error(addr, self.domain) is not None:
             return None
+        # LMTP asks the userdb before each delivery: a blocked account gets no mail even when
+        # a message passed the gate before the block
+        if self.mailboxes.is_blocked(addr):
+            return None
         return self.existing_record(addr)
 
     async def passdb(self, addr: str, password: str) -> str | None:
@@ -169,6 +179,12 @@ class AuthDict:
         reason = accounts.password_error(password)
         if reason is not None:
             log.warning("login refused: %s", reason)
+            return None
+        # Before the record: the marker is not part of the cached record, and a blocked
+        # account whose password is gone must not be created again either.
+        if self.mailboxes.is_blocked(addr):
+            log.warning("login refused: account %s is blocked", accounts.log_id(addr))
+            self.blocked.inc()
             return None
         existing = self.existing_record(addr)
         if existing is not None:
@@ -188,9 +204,18 @@ class AuthDict:
         return self.record(addr, new_hash)
 
     def refusal(self, addr: str, password: str) -> Refusal | None:
-        """Why a new account may not be created now, checked in the spec's order."""
+        """Why a new account may not be created now, checked in the spec's order, with the
+        operator's registration settings (doc/accounts.md) right after the nocreate file."""
         if self.nocreate_file.exists():
             return Refusal("nocreate", f"{self.nocreate_file} exists")
+        settings = self.registration.current()
+        if settings.mode == "closed":
+            return Refusal("closed", "registration is closed")
+        # in any mode: the operator keeps the relay for people who chose it
+        if settings.refuse_autorelay and registration.is_autorelay(password):
+            return Refusal("autorelay", "autorelay password length")
+        if settings.mode == "invite" and not self.invites.handed_out(addr):
+            return Refusal("invite", "registration by invite, and /new did not hand out this")
         reason = accounts.creation_error(addr, password, self.domain, self.name_limits)
         if reason is not None:
             return Refusal("invalid", reason)

@@ -4,7 +4,8 @@ A systemd timer runs `chatmail-expire <ini> -v --remove` as vmail every day. One
 every `*@*` directory in the mailboxes directory; for each mailbox:
 
 1. if the `password` mtime (the last login day, §2.3) is older than
-   `delete_inactive_users_after` days, the whole mailbox directory is removed;
+   `delete_inactive_users_after` days, the whole mailbox directory is removed, unless the
+   operator blocked the account (doc/accounts.md);
 2. a directory without a `password` file is removed only if it holds nothing but the stale
    leftovers of an account creation that died (see below), or nothing at all;
 3. every regular file in a `cur`, `new` or `tmp` directory at any folder depth is deleted if
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import fsutil, quota_expire
-from .accounts import ENFORCE_E2EE_FILE, LOCK_FILE, PASSWORD_FILE, log_id
+from .accounts import BLOCKED_FILE, ENFORCE_E2EE_FILE, LOCK_FILE, PASSWORD_FILE, log_id
 from .config import DEFAULT_INI_PATH, Config
 from .quota_expire import DAY, MAILDIR_SUBDIRS, QUOTA_SUBDIRS, OneLineArgumentParser
 from .service import load_config_or_exit, setup_logging
@@ -100,6 +101,7 @@ class MailboxFacts:
     is_empty: bool  # nothing in it but `leftovers`
     files: tuple[MailFile, ...]
     leftovers: tuple[Leftover, ...] = ()
+    blocked: bool = False  # the operator blocked it (doc/accounts.md)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ def decide(
     if facts.password_mtime is None:
         if facts.is_empty and len(stale) == len(facts.leftovers):
             return Verdict(remove_mailbox=True)
-    elif now - facts.password_mtime > policy.inactive_after:
+    elif now - facts.password_mtime > policy.inactive_after and not facts.blocked:
+        # a blocked account cannot log in, so it always looks inactive: removing it would
+        # free its address for anyone's first login, undoing the block
         return Verdict(remove_mailbox=True)
     expired = [f.relpath for f in facts.files if is_expired(f, policy, now)]
     gone = set(expired)
@@ -223,7 +227,8 @@ def scan_mailbox(home: Path) -> MailboxFacts:
         MailFile(relpath, st.st_mtime, st.st_size)
         for relpath, st in quota_expire.iter_maildir_files(home, MAILDIR_SUBDIRS)
     )
-    return MailboxFacts(password_mtime, is_empty, files, tuple(leftovers))
+    blocked = (home / BLOCKED_FILE).exists()
+    return MailboxFacts(password_mtime, is_empty, files, tuple(leftovers), blocked)
 
 
 def remove_leftovers(home: Path, names: Iterable[str]) -> bool:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import mailcheck, metrics, smtpreject
+from . import accounts, mailcheck, metrics, smtpreject
 from .addresses import AddressPolicy
 from .config import Config
 from .dkimcheck import DkimVerifier
@@ -83,6 +83,7 @@ class OutgoingGate:
         self.signing = signing
         self.local = local
         self.limiter = limiter
+        self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
 
     def check_sender(self, mail_from: str) -> str:
         sender = self.addresses.outgoing_sender(mail_from)
@@ -92,7 +93,11 @@ class OutgoingGate:
         return sender
 
     def check_recipient(self, rcpt: str) -> str:
-        return self.addresses.outgoing_recipient(rcpt)
+        address = self.addresses.outgoing_recipient(rcpt)
+        # a local recipient is in its canonical form, the name of its account directory
+        if self.addresses.local_address(address) == address and self.mailboxes.is_blocked(address):
+            raise smtpreject.recipient_blocked()
+        return address
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         kind = await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
@@ -123,13 +128,19 @@ class IncomingGate:
         self.enforces_e2ee = enforces_e2ee or functools.partial(
             mailcheck.mailbox_enforces_e2ee, config.mailboxes_path
         )
+        self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
 
     def check_sender(self, mail_from: str) -> str:
         # any sender, also the null sender <> of bounces; one in another spelling becomes <>
         return self.addresses.incoming_sender(mail_from)
 
     def check_recipient(self, rcpt: str) -> str:
-        return self.addresses.incoming_recipient(rcpt)
+        # canonical: the one spelling that names the account directory, so no other spelling
+        # of a blocked address gets past the marker
+        address = self.addresses.incoming_recipient(rcpt)
+        if self.mailboxes.is_blocked(address):
+            raise smtpreject.recipient_blocked()
+        return address
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         verdict = await _judge(

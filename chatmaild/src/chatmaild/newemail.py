@@ -2,16 +2,24 @@
 
 nginx passes `/new` (and the legacy `/cgi-bin/newemail.py`) to fcgiwrap, which runs this
 program once per request with the CGI environment; the ini comes from `CHATMAIL_INI` or the
-default path. Nothing is created or stored here: the program only draws a random address and
+default path. No account is created here: the program only draws a random address and
 password, and the account comes into being when Delta Chat first logs in with them (spec §2.2).
+
+Registration (doc/accounts.md): in `closed` mode every request gets `403` and a one-line text
+saying so; in `invite` mode only a request with `?token=` of a valid, unexpired, not used-up
+invite gets credentials, and the address handed out is recorded (`registration.InviteStore`),
+since doveauth then creates only such addresses. A GET in acme mode checks the token without
+spending a use and redirects to `DCACCOUNT:https://<domain>/new?token=...`. A refused token
+gets `403` with a text that says why (missing, not valid, expired, used up).
 
 - POST: `200`, JSON `{"email", "password"}`, plus `"dclogin_url"` in self-signed TLS mode.
 - GET in acme or external TLS mode: `301` to `DCACCOUNT:https://<domain>/new`; the app then
   POSTs. GET in self-signed mode: the same JSON as POST (the web page's `dclogin.js` uses GET).
 - HEAD is GET without the body; other methods get `405`.
 
-Every answer carries `Cache-Control: no-store`: credentials must never be cached. The program
-keeps no state, so concurrent requests cannot interfere, and it never logs credentials.
+Every answer carries `Cache-Control: no-store`: credentials must never be cached. In open
+mode the program keeps no state; in invite mode the invite's lock keeps concurrent requests
+from spending one use twice. It never logs credentials or tokens.
 """
 
 from __future__ import annotations
@@ -21,13 +29,17 @@ import os
 import secrets
 import string
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TextIO
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
+from . import registration
 from .config import DEFAULT_INI_PATH, Config, ConfigError, read_config
+from .registration import EXPIRED, INVALID, MISSING, USED_UP, InviteStore, Settings
 
 INI_ENV = "CHATMAIL_INI"
 ALLOWED_METHODS = "GET, POST"
@@ -43,6 +55,15 @@ EXTRA_PASSWORD_CHARS = 3  # spec §10.2: /new generates password_min_length + 3 
 NO_STORE = ("Cache-Control", "no-store")
 JSON_TYPE = ("Content-Type", "application/json")
 TEXT_TYPE = ("Content-Type", "text/plain; charset=utf-8")
+
+# what the app shows when /new hands out nothing (one line each)
+REFUSALS = {
+    "closed": "This relay does not create new accounts.",
+    MISSING: "This relay creates accounts by invitation only: use an invite from its operator.",
+    INVALID: "This invite is not valid: it was mistyped, or its operator revoked it.",
+    EXPIRED: "This invite has expired: ask the relay's operator for a new one.",
+    USED_UP: "This invite has been used up: ask the relay's operator for a new one.",
+}
 
 Choice = Callable[[Sequence[str]], str]
 Generator = Callable[[Config], tuple[str, str]]
@@ -65,6 +86,9 @@ def new_credentials(config: Config, choice: Choice = secrets.choice) -> tuple[st
     """A fresh (email, password) that passes doveauth's creation rules (spec §2.2)."""
     local = _random_text(LOCAL_PART_ALPHABET, config.username_max_length, choice)
     password_length = config.password_min_length + EXTRA_PASSWORD_CHARS
+    if password_length == registration.AUTORELAY_PASSWORD_LENGTH:
+        # never the autorelay mark: the operator may refuse those, and chose this relay's own
+        password_length += 1
     password = _random_text(PASSWORD_ALPHABET, password_length, choice)
     return f"{local}@{config.address_domain}", password
 
@@ -78,29 +102,68 @@ def dclogin_url(email: str, password: str, config: Config) -> str:
     return f"dclogin:{quote(email, safe='@[]')}?{'&'.join(params)}"
 
 
-def account_url(config: Config) -> str:
-    return f"DCACCOUNT:https://{config.mail_domain}/new"
+def account_url(config: Config, token: str | None = None) -> str:
+    """`DCACCOUNT:https://<domain>/new`, with `?token=` of an invite (URL-safe characters)."""
+    query = "" if token is None else f"?token={quote(token, safe='')}"
+    return f"DCACCOUNT:https://{config.mail_domain}/new{query}"
 
 
-def _credentials_response(config: Config, generate: Generator) -> Response:
-    email, password = generate(config)
+def _credentials(email: str, password: str, config: Config) -> Response:
     data = {"email": email, "password": password}
     if config.tls_mode == "self":
         data["dclogin_url"] = dclogin_url(email, password, config)
     return Response(200, [JSON_TYPE, NO_STORE], json.dumps(data).encode())
 
 
-def respond(method: str, config: Config, generate: Generator = new_credentials) -> Response:
-    """The answer to one request with HTTP `method` (spec §10.2)."""
-    if method == "POST":
-        return _credentials_response(config, generate)
-    if method not in ("GET", "HEAD"):
+def _no_credentials(config: Config, token: str | None) -> Response:
+    """The answer of a request that hands out nothing: in self-signed mode (a HEAD) the
+    headers of the credentials, else the redirect to the app."""
+    if config.tls_mode == "self":
+        return Response(200, [JSON_TYPE, NO_STORE], b"")
+    return Response(301, [("Location", account_url(config, token)), NO_STORE], b"")
+
+
+def refused(reason: str) -> Response:
+    return Response(403, [TEXT_TYPE, NO_STORE], REFUSALS[reason].encode() + b"\n")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the request needs of the registration state: settings, invites, the time."""
+
+    settings: Settings
+    invites: InviteStore
+    now: float
+
+
+def respond(
+    method: str,
+    config: Config,
+    generate: Generator = new_credentials,
+    token: str | None = None,
+    reg: Registration | None = None,
+) -> Response:
+    """The answer to one request with HTTP `method` (spec §10.2) and invite `token`."""
+    if method not in ("GET", "HEAD", "POST"):
         headers = [TEXT_TYPE, ("Allow", ALLOWED_METHODS), NO_STORE]
         return Response(405, headers, b"method not allowed\n")
-    if config.tls_mode == "self":
-        response = _credentials_response(config, generate)
+    mode = "open" if reg is None else reg.settings.mode
+    # a HEAD, or a GET in acme mode (a browser, a prober) hands out nothing, and so spends no
+    # use of an invite: the app POSTs after the redirect
+    hands_out = method == "POST" or (method == "GET" and config.tls_mode == "self")
+    if mode == "closed":
+        response = refused("closed")
+    elif reg is not None and mode == "invite":
+        if hands_out:
+            result = reg.invites.redeem(token, reg.now, lambda: generate(config))
+            response = refused(result) if isinstance(result, str) else _credentials(*result, config)
+        else:
+            reason = reg.invites.check(token, reg.now)
+            response = refused(reason) if reason else _no_credentials(config, token)
+    elif hands_out:
+        response = _credentials(*generate(config), config)
     else:
-        response = Response(301, [("Location", account_url(config)), NO_STORE], b"")
+        response = _no_credentials(config, None)
     return response._replace(body=b"") if method == "HEAD" else response
 
 
@@ -126,7 +189,15 @@ def handle(environ: Mapping[str, str], stderr: TextIO) -> Response:
     except ConfigError as e:
         print(f"newemail: error: {e}", file=stderr)
         return misconfigured()
-    return respond(environ.get("REQUEST_METHOD", ""), config)
+    tokens = parse_qs(environ.get("QUERY_STRING", "")).get("token", [])
+    reg = Registration(
+        registration.SettingsReader(config).current(),
+        InviteStore(config.registration_path),
+        time.time(),
+    )
+    return respond(
+        environ.get("REQUEST_METHOD", ""), config, token=tokens[0] if tokens else None, reg=reg
+    )
 
 
 def main(

@@ -132,3 +132,16 @@ def no_valid_dkim_signature() -> Reject:
         "no valid aligned DKIM signature",
         "invalid_dkim",
     )
+
+
+def recipient_blocked() -> Reject:
+    """A recipient account the operator blocked (doc/accounts.md): permanent, so the sender's
+    relay bounces at once instead of retrying. RFC 3463 X.2.1: mailbox disabled, not
+    accepting messages."""
+    return Reject(
+        550,
+        "5.2.1",
+        "Mailbox disabled, not accepting messages",
+        "recipient account is blocked",
+        "blocked_recipient",
+    )

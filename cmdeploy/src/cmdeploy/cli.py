@@ -2,7 +2,9 @@
 
 `init` writes a commented `chatmail.ini` generated from the config model and tells the
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or
-writes a zone file); `status` runs the relay's health check (doc/health.md). Every subcommand
+writes a zone file); `status` runs the relay's health check (doc/health.md); `accounts`
+manages accounts on the relay, `registration` and `invite` who may create one
+(doc/accounts.md). Every subcommand
 takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
 clear line and exit 2.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -147,6 +150,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render(report), end="")
     return 0 if report["ok"] else 1
+
+
+def _accounts_tool(
+    args: argparse.Namespace, tool_args: list[str]
+) -> tuple[Config, subprocess.CompletedProcess[str]]:
+    """`chatmail-accounts` on the relay, its output shown as this command's."""
+    from .accounts import run_tool
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    try:
+        result = run_tool(Layout(config), host, tool_args)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(result.stdout)
+    # its one-line errors, in cmdeploy's words
+    sys.stderr.write(re.sub(r"^(error: )?chatmail-accounts:? ", "cmdeploy: ", result.stderr))
+    return config, result
+
+
+def _run_accounts_tool(args: argparse.Namespace, tool_args: list[str]) -> int:
+    return _accounts_tool(args, tool_args)[1].returncode
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    action = args.accounts_command
+    tool_args = [action]
+    if action == "list" and args.addresses:
+        tool_args.append("--addresses")
+    if action in ("block", "unblock", "delete"):
+        tool_args.append(args.address)
+    if action == "delete":
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("delete asks first: give --yes when there is no terminal")
+            answer = input(f"Delete the account {args.address} and all its mail? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 0
+        tool_args.append("--yes")
+    return _run_accounts_tool(args, tool_args)
+
+
+def cmd_registration(args: argparse.Namespace) -> int:
+    tool_args = ["registration"]
+    if args.mode:
+        tool_args.append(args.mode)
+    if args.autorelay is not None:
+        tool_args.append("--refuse-autorelay" if args.autorelay else "--allow-autorelay")
+    return _run_accounts_tool(args, tool_args)
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    from .accounts import invite_from_output, write_invite_qr
+
+    if args.list:
+        return _run_accounts_tool(args, ["invite", "--list"])
+    if args.revoke is not None:
+        return _run_accounts_tool(args, ["invite", "--revoke", args.revoke])
+    tool_args = ["invite", "--uses", str(args.uses), "--expires", args.expires]
+    config, result = _accounts_tool(args, tool_args)
+    invite = invite_from_output(result.stdout) if result.returncode == 0 else None
+    if invite is None:
+        return result.returncode or 2
+    invite_id, url = invite
+    if config.tls_mode == "self":
+        print("no QR code: the app cannot fetch the DCACCOUNT URL from a self-signed relay")
+        return 0
+    qr = args.qr or Path(f"invite-{config.mail_domain}-{invite_id}.png")
+    write_invite_qr(url, qr)
+    print(f"QR code: {qr}")
+    return 0
 
 
 def cmd_webdev(args: argparse.Namespace) -> int:
@@ -311,6 +386,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
     p.add_argument("--json", action="store_true", help="machine-readable, for monitoring")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("accounts", parents=[common], help="count, list, block or delete accounts")
+    p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    accsub = p.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+    accsub.add_parser("count", help="the number of accounts")
+    ls = accsub.add_parser("list", help="account count and last-login histogram")
+    ls.add_argument("--addresses", action="store_true", help="also print every address")
+    for name, what in (
+        ("block", "no login, no incoming mail (refused permanently), data kept"),
+        ("unblock", "let a blocked account log in and receive mail again"),
+        ("delete", "delete the account and all its mail (asks first)"),
+    ):
+        action = accsub.add_parser(name, help=what)
+        action.add_argument("address")
+        if name == "delete":
+            action.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.set_defaults(func=cmd_accounts)
+
+    p = sub.add_parser("registration", parents=[common], help="show or set who may register")
+    p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    p.add_argument(
+        "mode",
+        nargs="?",
+        choices=("open", "invite", "closed", "reset"),
+        help="open, invite, closed; reset: back to chatmail.ini's setting",
+    )
+    autorelay = p.add_mutually_exclusive_group()
+    autorelay.add_argument(
+        "--refuse-autorelay",
+        dest="autorelay",
+        action="store_const",
+        const=True,
+        help="refuse first logins with a 23-character password (autorelay), in any mode",
+    )
+    autorelay.add_argument("--allow-autorelay", dest="autorelay", action="store_const", const=False)
+    p.set_defaults(func=cmd_registration)
+
+    p = sub.add_parser("invite", parents=[common], help="create, list or revoke invites")
+    p.add_argument("--ssh-host", help="relay to ask (default: mail_domain)")
+    p.add_argument("--uses", type=int, default=1, help="accounts it creates (default 1)")
+    p.add_argument("--expires", default="7d", help="lifetime: 12h, 7d, 2w... (default 7d)")
+    p.add_argument("--qr", type=Path, help="where to write the QR code PNG")
+    p.add_argument("--list", action="store_true", help="the invites and their uses")
+    p.add_argument("--revoke", metavar="ID", help="revoke the invite with this id")
+    p.set_defaults(func=cmd_invite)
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
     p.set_defaults(func=cmd_webdev)

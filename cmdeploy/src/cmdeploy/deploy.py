@@ -20,7 +20,7 @@ import os
 import secrets
 import shlex
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pyinfra import host  # type: ignore[attr-defined]  # set while a deploy runs
 from pyinfra.api.operation import OperationMeta
@@ -31,6 +31,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from chatmaild.config import read_config
+from chatmaild.registration import HANDED, INVITES, USES
 
 # absolute imports: pyinfra executes this file as a script, not as part of the package
 from cmdeploy import acme
@@ -315,6 +316,7 @@ class Chatmaild(Component):
             dest=str(layout.ini),
             mode="644",
         )
+        self.registration_dirs()
         secret, new = turn_secret(layout)
         if new:
             # generated once per relay, kept on it: later deploys read it back
@@ -333,6 +335,26 @@ class Chatmaild(Component):
         # systemd holds the postlog socket: a changed socket unit needs its own restart
         # (which restarts Postfix too, onto the new socket)
         self.socket_changed = [op for path, op in by_path.items() if path.endswith(".socket")]
+
+    def registration_dirs(self) -> None:
+        """The run-time registration state (chatmaild.registration, doc/accounts.md): root
+        writes the mode and the invites, /new (fcgiwrap, www-data) reads the invites and
+        records what it hands out, doveauth (vmail) and nginx only read."""
+        root = PurePosixPath(self.layout.config.registration_dir)
+        owners = [
+            (root, "root", "root", "755"),
+            (root / INVITES, "root", "www-data", "750"),
+            (root / USES, "www-data", "www-data", "755"),
+            (root / HANDED, "www-data", "www-data", "755"),
+        ]
+        for path, user, group, mode in owners:
+            files.directory(
+                name=f"Registration state: {path.name}",
+                path=str(path),
+                user=user,
+                group=group,
+                mode=mode,
+            )
 
     def activate(self) -> None:
         if self.socket_changed:

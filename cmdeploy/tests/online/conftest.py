@@ -309,13 +309,16 @@ def _pace_new() -> None:
         _new_tat = tat + _NEW_INTERVAL
 
 
-def post_new(relay: Relay, method: str = "POST") -> tuple[int, dict[str, str], bytes]:
-    """`https://<domain>/new` as the app calls it (certificate checks off on self-signed).
+def post_new(
+    relay: Relay, method: str = "POST", query: str = "", refusals: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    """`https://<domain>/new<query>` as the app calls it (certificate checks off on
+    self-signed). With `refusals`, a 4xx other than 429 is returned instead of raised.
 
     Calls are paced below the relay's rate limit for `/new`, and a 429 is retried for a few
     seconds, so the suite does not crowd out other clients of the same address.
     """
-    url = f"https://{relay.domain}/new"
+    url = f"https://{relay.domain}/new{query}"
     deadline = time.monotonic() + 15
     while True:
         _pace_new()
@@ -326,6 +329,9 @@ def post_new(relay: Relay, method: str = "POST") -> tuple[int, dict[str, str], b
             ) as response:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as e:
+            if refusals and e.code != 429:
+                with e:
+                    return e.code, dict(e.headers), e.read()
             e.close()
             if e.code != 429 or time.monotonic() > deadline:
                 raise
@@ -621,7 +627,7 @@ class ChatClients:
         self.new_credentials = new_credentials
         self.addresses: dict[int, str] = {}
 
-    def _online(self, account: Any, creds: Credentials) -> Any:
+    def online(self, account: Any, creds: Credentials) -> Any:
         self.addresses[account.id] = creds.addr
         account.start_io()
         self.wait_event(account, "ImapInboxIdle")
@@ -629,7 +635,10 @@ class ChatClients:
 
     def new_account(self, relay: Relay) -> Any:
         """Configured like the app after `/new`: add_or_update_transport, then online."""
-        creds = self.new_credentials(relay)
+        return self.account_with(relay, self.new_credentials(relay))
+
+    def account_with(self, relay: Relay, creds: Credentials) -> Any:
+        """An account configured with credentials the test got from `/new` itself."""
         account = self.deltachat.add_account()
         account.add_or_update_transport(
             {
@@ -644,12 +653,12 @@ class ChatClients:
                 "certificateChecks": relay.certificate_checks,
             }
         )
-        return self._online(account, creds)
+        return self.online(account, creds)
 
     def new_account_from_qr(self, relay: Relay, qr: str, creds: Credentials) -> Any:
         account = self.deltachat.add_account()
         account.add_transport_from_qr(qr)
-        return self._online(account, creds)
+        return self.online(account, creds)
 
     def addr(self, account: Any) -> str:
         return self.addresses[account.id]

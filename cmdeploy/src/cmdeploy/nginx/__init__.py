@@ -45,6 +45,7 @@ from pathlib import PurePosixPath
 from xml.sax.saxutils import escape
 
 from chatmaild.config import Config
+from chatmaild.registration import PUBLIC_FILE
 
 from ..layout import Layout
 from ..templates import render
@@ -189,5 +190,6 @@ def nginx_files(
         mxdeliv_upstream=_loopback(config.filtermail_http_port_incoming),
         mxdeliv_body_size=config.inner_message_size_limit,
         metrics_socket=sockets.metrics or layout.metrics_socket,
+        registration_public=PurePosixPath(config.registration_dir) / PUBLIC_FILE,
     )
     return {str(STREAM_CONF): stream, str(HTTP_CONF): http}
