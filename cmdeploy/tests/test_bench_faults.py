@@ -39,6 +39,17 @@ def test_a_copy_after_a_lost_reply_is_explained_and_any_other_is_not() -> None:
     }
     # a refusal before DATA cannot have left a copy behind
     assert faults.duplicate_cause(letter("c", BUSY, OK), 2).startswith("unexplained")
+    # a 4xx after DATA can: the filter died after Postfix had queued the message
+    deferred_after_data = Attempt(451, True)
+    assert faults.duplicate_cause(letter("d", deferred_after_data, OK), 2) == (
+        faults.DEFERRED_BUT_QUEUED
+    )
+    # two extra copies need two such attempts
+    assert faults.duplicate_cause(letter("e", LOST_REPLY, OK), 3) == faults.UNEXPLAINED
+    v = faults.verdict([letter("f", deferred_after_data, OK)], {"f": 2})
+    assert v["duplicate_examples"] == [
+        {"copies": 2, "stream": "relay1>relay1", "attempts": [[451, True], [250, True]]}
+    ]
 
 
 def test_what_the_relay_never_accepted_is_given_up_or_refused_not_lost() -> None:
@@ -91,11 +102,15 @@ def test_a_torn_password_file_is_counted(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_the_table_names_each_fault_and_its_duplicates() -> None:
+    letters = [letter("a", LOST_REPLY, OK), letter("b", OK)]
     phase = {
         "fault": "dovecot",
-        "verdict": faults.verdict([letter("a", LOST_REPLY, OK)], {"a": 2}),
+        "verdict": faults.verdict(letters, {"a": 2, "b": 1}),
+        "at_phase_end": faults.verdict(letters, {"a": 2}),  # b came with a retry
         "accounts": {"checked": 60, "intact": 60},
     }
     text = faults.table([phase])
     assert "dovecot" in text and "60/60 intact" in text
+    row = text.splitlines()[1].split()
+    assert row[:7] == ["dovecot", "2", "2", "1", "1", "0", "1"]  # accepted ... lost, resent
     assert "duplicates: 1 resent after a lost reply to DATA" in text

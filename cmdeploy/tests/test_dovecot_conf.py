@@ -103,7 +103,8 @@ def test_options(tmp_path: Path, name: str, setting: str, expected: str) -> None
 def test_systemd_starts_dovecot_again_when_it_dies() -> None:
     (drop_in,) = dovecot_unit_files().items()
     assert drop_in[0] == "/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"
-    assert "[Service]\nRestart=on-failure\nRestartSec=1\n" in drop_in[1]
+    assert "[Service]\nRestart=on-failure\nRestartSec=5\n" in drop_in[1]
+    assert "[Unit]\nStartLimitIntervalSec=0\n" in drop_in[1]
 
 
 DEBIAN_DOVECOT_UNIT = Path("/lib/systemd/system/dovecot.service")

@@ -183,6 +183,9 @@ def expected_parameters(rendered: Rendered) -> dict[str, str]:
         "message_size_limit": str(config.inner_message_size_limit),
         "smtpd_recipient_limit": "1000",
         "maximal_queue_lifetime": "2d",
+        # deferred mail is tried again after 30 s (chat speed), not 300 s
+        "queue_run_delay": "30s",
+        "minimal_backoff_time": "30s",
         "inet_protocols": "ipv4" if config.disable_ipv6 else "all",
         "smtpd_peername_lookup": "no",
         "smtpd_client_port_logging": "no",

@@ -11,7 +11,9 @@ Then the maildirs are read. For every message:
 - accepted: the relay said 250 to one of its attempts;
 - delivered: its Message-ID is in the recipient's maildir at least once;
 - duplicated: more than once, each with its cause (`duplicate_cause`);
-- lost: accepted but not delivered — the number that must be 0.
+- lost: accepted but not delivered — the number that must be 0. It is counted once the
+  relays' queues are empty after the last phase, since mail deferred by a fault waits there
+  for its retry; what arrived only then is shown as late.
 
 Messages the relay never accepted within the phase's deadline are counted apart ("given
 up"): the client still holds them, nothing the relay promised is missing.
@@ -91,14 +93,28 @@ class Letter:
         """Attempts whose end of DATA got no reply: the relay may have taken them."""
         return sum(1 for a in self.attempts if a.after_data and a.reply == 0)
 
+    @property
+    def deferred_after_data(self) -> int:
+        """Attempts whose end of DATA got a 4xx: a filter that dies after handing the message
+        on makes Postfix answer 4xx for a message that is already queued."""
+        return sum(1 for a in self.attempts if a.after_data and 400 <= a.reply < 500)
+
+
+LOST_REPLY = "resent after a lost reply to DATA"
+DEFERRED_BUT_QUEUED = "resent after a 4xx to DATA for a message already queued"
+UNEXPLAINED = "unexplained: delivered more often than the client could have caused"
+
 
 def duplicate_cause(letter: Letter, copies: int) -> str:
-    """Why a message is in the maildir `copies` (> 1) times."""
-    if letter.unanswered_after_data >= copies - 1:
-        # the relay took an earlier attempt, the reply never came, the client sent it again:
-        # at-least-once, as mail promises; Delta Chat drops the copy by its Message-ID
-        return "resent after a lost reply to DATA"
-    return "unexplained: delivered more often than the client could have caused"
+    """Why a message is in the maildir `copies` (> 1) times: each extra copy needs an
+    earlier attempt that ended after DATA without a 250, which the client then sent again
+    (at-least-once, as mail promises; Delta Chat drops the copy by its Message-ID)."""
+    extra = copies - 1
+    if letter.unanswered_after_data >= extra:
+        return LOST_REPLY
+    if letter.unanswered_after_data + letter.deferred_after_data >= extra:
+        return DEFERRED_BUT_QUEUED
+    return UNEXPLAINED
 
 
 def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
@@ -107,6 +123,7 @@ def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
     delivered = [letter for letter in accepted if copies.get(letter.msgid, 0) > 0]
     lost = [letter.msgid for letter in accepted if copies.get(letter.msgid, 0) == 0]
     causes: dict[str, int] = {}
+    examples: list[dict[str, Any]] = []
     duplicated = 0
     for letter in accepted:
         n = copies.get(letter.msgid, 0)
@@ -114,6 +131,9 @@ def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
             duplicated += 1
             cause = duplicate_cause(letter, n)
             causes[cause] = causes.get(cause, 0) + 1
+            if len(examples) < 10:
+                attempts = [[a.reply, a.after_data] for a in letter.attempts]
+                examples.append({"copies": n, "stream": letter.stream, "attempts": attempts})
     replies: dict[str, int] = {}
     for letter in letters:
         for attempt in letter.attempts:
@@ -128,6 +148,7 @@ def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
         "delivered": len(delivered),
         "duplicated": duplicated,
         "duplicate_causes": causes,
+        "duplicate_examples": examples,
         "lost": len(lost),
         "lost_examples": lost[:5],
         "refused": sum(1 for letter in letters if letter.refused and not letter.accepted),
@@ -141,17 +162,19 @@ def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
 def table(phases: list[dict[str, Any]]) -> str:
     """The fault run as a table: one line per fault."""
     head = (
-        f"{'fault':<22}{'accepted':>9}{'delivered':>10}{'dupl.':>6}{'lost':>6}"
+        f"{'fault':<22}{'accepted':>9}{'delivered':>10}{'late':>6}{'dupl.':>6}{'lost':>6}"
         f"{'resent':>8}{'given up':>9}  accounts"
     )
     lines = [head]
     for phase in phases:
         v = phase["verdict"]
+        # delivered only after the phase's end: waiting in a queue for a retry
+        late = v["delivered"] - phase.get("at_phase_end", v)["delivered"]
         intact = phase.get("accounts", {})
         accounts = f"{intact.get('intact', '?')}/{intact.get('checked', '?')} intact"
         lines.append(
-            f"{phase['fault']:<22}{v['accepted']:>9}{v['delivered']:>10}{v['duplicated']:>6}"
-            f"{v['lost']:>6}{v['resent']:>8}{v['given_up']:>9}  {accounts}"
+            f"{phase['fault']:<22}{v['accepted']:>9}{v['delivered']:>10}{late:>6}"
+            f"{v['duplicated']:>6}{v['lost']:>6}{v['resent']:>8}{v['given_up']:>9}  {accounts}"
         )
         for cause, n in v["duplicate_causes"].items():
             lines.append(f"{'':<22}duplicates: {n} {cause}")

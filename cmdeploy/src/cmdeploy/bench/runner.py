@@ -44,8 +44,11 @@ FAULT_SENDERS = 40
 FAULT_RECIPIENTS = 20
 FAULT_CONCURRENCY = 16
 FAULT_PHASE_DEADLINE = 300.0  # seconds for the load of one phase, a reboot included
-# longer than Postfix's first retry of deferred mail (minimal_backoff_time, queue_run_delay)
-FAULT_QUIET = 330.0
+# longer than the relay's first retry of deferred mail (minimal_backoff_time, queue_run_delay
+# in its main.cf: 30 s) and the run of the queue after a restart
+FAULT_QUIET = 90.0
+# for the queues to empty after the last phase: deferred mail waits up to 30 s * 2^n
+FAULT_SWEEP_DEADLINE = 1200.0
 
 
 @dataclass(frozen=True)
@@ -571,17 +574,31 @@ class Bench:
             pool1 = SenderPool(senders1, c1.max_user_send_per_minute, c1.max_user_send_burst_size)
             pool2 = SenderPool(senders2, c2.max_user_send_per_minute, c2.max_user_send_burst_size)
             body = MessageBody.of_size(self.w.small_size)
+            all_letters: list[dict[str, list[faults.Letter]]] = []
             for name in names:
                 fault = faults.fault_named(name)
                 self.say(f"fault {fault.name}: {per_fault} messages, relay1 hit mid-load")
                 letters = self.fault_letters(fault, per_fault, recipients1, recipients2)
+                all_letters.append(letters)
                 phase = self.fault_phase(fault, relay1, relay2, pool1, pool2, body, letters)
                 phase["accounts"] = relay1.accounts_intact([a.addr for a in senders1 + recipients1])
                 phases.append(phase)
                 v = phase["verdict"]
                 self.say(
-                    f"  accepted {v['accepted']}, delivered {v['delivered']}, lost {v['lost']},"
+                    f"  accepted {v['accepted']}, delivered {v['delivered']} by the phase's end,"
                     f" duplicated {v['duplicated']}, resent {v['resent']}"
+                )
+            # What a phase's end did not see may still be in a queue, waiting for its next
+            # retry (the waits double after each failure): the verdict is taken once both
+            # relays' queues are empty, or the sweep's deadline passed.
+            self.say("waiting for the relays' queues to empty, then counting again")
+            self.doc["faults"]["queues_empty_after_s"] = self.wait_for_empty_queues(
+                (relay1, relay2)
+            )
+            for phase, letters in zip(phases, all_letters, strict=True):
+                everything = [x for stream in letters.values() for x in stream]
+                phase["verdict"] = faults.verdict(
+                    everything, self.count_letters(relay1, relay2, letters)
                 )
         finally:
             with sigint_ignored():
@@ -671,21 +688,38 @@ class Bench:
             "load_seconds": round(load_seconds, 1),
             "delivery_wait_seconds": round(time.monotonic() - started - load_seconds, 1),
             "connect_errors": [e.as_dict() for e in errors],
+            # at the phase's end; the run replaces it after the queues emptied (`fault_run`)
             "verdict": faults.verdict(everything, copies),
+            "at_phase_end": faults.verdict(everything, copies),
             "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
         }
+
+    @staticmethod
+    def count_letters(
+        relay1: BenchHost, relay2: BenchHost, letters: dict[str, list[faults.Letter]]
+    ) -> dict[str, int]:
+        on1 = sorted({x.rcpt for s in ("relay1>relay1", "relay2>relay1") for x in letters[s]})
+        on2 = sorted({x.rcpt for x in letters["relay1>relay2"]})
+        return {**relay1.message_ids(on1), **relay2.message_ids(on2)}
+
+    def wait_for_empty_queues(self, hosts: tuple[BenchHost, ...]) -> float | None:
+        """Seconds until no relay holds mail; None if some is still queued at the deadline."""
+        started = time.monotonic()
+        while time.monotonic() - started < FAULT_SWEEP_DEADLINE:
+            if not any(sum(h.helper("queue")["messages"].values()) for h in hosts):
+                return round(time.monotonic() - started, 1)
+            time.sleep(5.0)
+        return None
 
     def wait_for_letters(
         self, relay1: BenchHost, relay2: BenchHost, letters: dict[str, list[faults.Letter]]
     ) -> dict[str, int]:
         """Read the recipients' maildirs until every accepted letter is there, or nothing new
         came for `FAULT_QUIET` seconds (which is longer than Postfix's retry of deferred mail)."""
-        on1 = sorted({x.rcpt for s in ("relay1>relay1", "relay2>relay1") for x in letters[s]})
-        on2 = sorted({x.rcpt for x in letters["relay1>relay2"]})
         wanted = {x.msgid for stream in letters.values() for x in stream if x.accepted}
         last, last_change = -1, time.monotonic()
         while True:
-            copies = {**relay1.message_ids(on1), **relay2.message_ids(on2)}
+            copies = self.count_letters(relay1, relay2, letters)
             found = sum(1 for msgid in wanted if copies.get(msgid))
             if found >= len(wanted):
                 return copies
