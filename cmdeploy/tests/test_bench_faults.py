@@ -62,7 +62,8 @@ def test_what_the_relay_never_accepted_is_given_up_or_refused_not_lost() -> None
 def test_every_fault_has_a_unique_name_and_unknown_names_are_refused() -> None:
     names = [f.name for f in faults.FAULTS]
     assert len(set(names)) == len(names) >= 9
-    assert faults.fault_named("dovecot").command.endswith("dovecot.service")
+    dovecot = faults.fault_named("dovecot")
+    assert dovecot.unit == "dovecot.service" and "kill -KILL" in dovecot.command
     with pytest.raises(ValueError, match="known: filtermail"):
         faults.fault_named("nginx")
 

@@ -28,28 +28,36 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# SIGKILL, so that nothing gets to clean up: what is on disk is all there is
-KILL_UNIT = "systemctl kill --signal=SIGKILL {unit}"
-KILL_MAIN = "systemctl kill --signal=SIGKILL --kill-who=main {unit}"
+# SIGKILL to the unit's main process, so that nothing gets to clean up: what is on disk is
+# all there is. By pid rather than `systemctl kill`, which fails in the lab's nspawn hosts
+# (their systemd cannot signal a control group) and would leave the service running.
+KILL_MAIN = (
+    'pid=$(systemctl show -p MainPID --value {unit}) && [ "$pid" -gt 0 ] && kill -KILL "$pid"'
+)
 KILL_POSTFIX_MASTER = "kill -KILL $(head -1 /var/spool/postfix/pid/master.pid)"
-REBOOT = "reboot"  # the lab boots the host again (`runner.Bench.reboot`)
+REBOOT = "reboot"  # the lab boots the host again (`hosts.BenchHost.reboot`)
 
 
 @dataclass(frozen=True)
 class Fault:
     name: str
     command: str  # run on relay1 as root, or REBOOT
+    unit: str | None = None  # whose restarts prove the kill happened
+
+
+def _kill(name: str, unit: str) -> Fault:
+    return Fault(name, KILL_MAIN.format(unit=unit), unit)
 
 
 FAULTS = (
-    Fault("filtermail", KILL_UNIT.format(unit="filtermail.service")),
-    Fault("filtermail-incoming", KILL_UNIT.format(unit="filtermail-incoming.service")),
-    Fault("filtermail-transport", KILL_UNIT.format(unit="filtermail-transport.service")),
-    Fault("doveauth", KILL_UNIT.format(unit="doveauth.service")),
-    Fault("chatmail-metadata", KILL_UNIT.format(unit="chatmail-metadata.service")),
-    Fault("dovecot", KILL_MAIN.format(unit="dovecot.service")),
-    Fault("postfix-master", KILL_POSTFIX_MASTER),
-    Fault("opendkim", KILL_MAIN.format(unit="opendkim.service")),
+    _kill("filtermail", "filtermail.service"),
+    _kill("filtermail-incoming", "filtermail-incoming.service"),
+    _kill("filtermail-transport", "filtermail-transport.service"),
+    _kill("doveauth", "doveauth.service"),
+    _kill("chatmail-metadata", "chatmail-metadata.service"),
+    _kill("dovecot", "dovecot.service"),
+    Fault("postfix-master", KILL_POSTFIX_MASTER, "postfix@-.service"),
+    _kill("opendkim", "opendkim.service"),
     Fault("reboot", REBOOT),
 )
 

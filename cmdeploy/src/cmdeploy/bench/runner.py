@@ -645,10 +645,14 @@ class Bench:
                 await asyncio.sleep(0.05)
             hit["at_accepted"] = sum(letter.accepted for letter in everything)
             started = time.monotonic()
-            if fault.command == faults.REBOOT:
-                hit["reboot_seconds"] = round(await asyncio.to_thread(relay1.reboot), 1)
-            else:
-                await asyncio.to_thread(relay1.ssh, fault.command)
+            try:
+                if fault.command == faults.REBOOT:
+                    hit["reboot_seconds"] = round(await asyncio.to_thread(relay1.reboot), 1)
+                else:
+                    await asyncio.to_thread(relay1.ssh, fault.command)
+            except BenchError as e:
+                hit["error"] = str(e)
+                self.say(f"  the fault could not be made: {e}")
             hit["seconds"] = round(time.monotonic() - started, 1)
 
         async def load() -> list[drivers.Errors]:
@@ -677,10 +681,14 @@ class Bench:
                     striking.cancel()
                 await asyncio.gather(striking, return_exceptions=True)
 
+        restarts_before = self.restarts(relay1, fault)
         started = time.monotonic()
         errors = asyncio.run(load())
         load_seconds = time.monotonic() - started
         copies = self.wait_for_letters(relay1, relay2, letters)
+        if fault.unit is not None:
+            # systemd counts the restarts a death caused: the proof that the kill happened
+            hit["restarts"] = self.restarts(relay1, fault) - restarts_before
         return {
             "fault": fault.name,
             "command": fault.command,
@@ -693,6 +701,13 @@ class Bench:
             "at_phase_end": faults.verdict(everything, copies),
             "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
         }
+
+    @staticmethod
+    def restarts(relay: BenchHost, fault: faults.Fault) -> int:
+        if fault.unit is None:
+            return 0
+        out = relay.ssh(f"systemctl show -p NRestarts --value {fault.unit}")
+        return int(out.strip() or 0)
 
     @staticmethod
     def count_letters(
