@@ -39,7 +39,8 @@ def record(pub: bytes = PUB_A) -> bytes:
 
 
 class FakeDns:
-    """A TXT zone in a dict; every lookup is recorded. A missing name is a failed lookup."""
+    """A TXT zone in a dict; every lookup is recorded. A missing name has no record; a name
+    mapped to None is a lookup that failed for now (a timeout)."""
 
     def __init__(self, zone: dict[str, list[bytes] | None] | None = None, *, key: bool = True):
         self.zone: dict[str, list[bytes] | None] = (
@@ -50,7 +51,7 @@ class FakeDns:
 
     def __call__(self, name: str) -> list[bytes] | None:
         self.calls.append(name)
-        return self.zone.get(name)
+        return self.zone.get(name, [])
 
 
 def message(from_domain: str = "example.org", body: bytes = b"Hello.\r\n") -> bytes:
@@ -162,23 +163,47 @@ def _os_error(name: str) -> list[bytes] | None:
 
 
 DNS_FAILURES: dict[str, Any] = {
-    "failed lookup (None)": FakeDns({"sel._domainkey.example.org": None}),
     "no such name": FakeDns(key=False),
     "no TXT record": FakeDns({"sel._domainkey.example.org": []}),
     "TXT without p=": FakeDns({"sel._domainkey.example.org": [b"v=spf1 -all"]}),
     "unparsable TXT": FakeDns({"sel._domainkey.example.org": [b"this is not a tag list"]}),
     "garbage key": FakeDns({"sel._domainkey.example.org": [b"p=AAAA"]}),
     "revoked key (empty p=)": FakeDns({"sel._domainkey.example.org": [b"v=DKIM1; p="]}),
+}
+# Lookups that failed for now: the key may exist, so the peer is asked to try again
+DNS_TEMPFAILS: dict[str, Any] = {
+    "failed lookup (None)": FakeDns({"sel._domainkey.example.org": None}),
     "resolver raises a DNS timeout": _timeout,
     "resolver raises OSError": _os_error,
 }
+TEMPFAIL = "451 4.4.3 Temporary failure looking up the DKIM key, try again later"
 
 
 @pytest.mark.parametrize("resolve", DNS_FAILURES.values(), ids=DNS_FAILURES.keys())
-def test_dns_failure_means_not_valid(resolve: Any) -> None:
+def test_no_usable_key_means_not_valid(resolve: Any) -> None:
     verifier = DkimVerifier(resolve)
     assert reply_of(verifier, sign(message())) == NO_VALID
     assert verifier.cached_names() == []
+
+
+@pytest.mark.parametrize("resolve", DNS_TEMPFAILS.values(), ids=DNS_TEMPFAILS.keys())
+def test_a_lookup_that_failed_for_now_is_a_temporary_refusal(resolve: Any) -> None:
+    verifier = DkimVerifier(resolve)
+    assert reply_of(verifier, sign(message())) == TEMPFAIL
+    assert verifier.cached_names() == []
+
+
+def test_a_valid_signature_beside_a_failed_lookup_passes() -> None:
+    zone = FakeDns({"other._domainkey.example.org": None})
+    data = sign(sign(message(), selector="sel"), selector="other")
+    assert reply_of(DkimVerifier(zone), data) == "250 OK"
+
+
+def test_a_bad_signature_beside_a_failed_lookup_is_still_temporary() -> None:
+    # the second signature may verify once its key can be looked up
+    zone = FakeDns({"other._domainkey.example.org": None})
+    data = sign(sign(message(), selector="sel", key=KEY_B), selector="other")
+    assert reply_of(DkimVerifier(zone), data) == TEMPFAIL
 
 
 def test_whitespace_in_record_and_no_version() -> None:
@@ -371,22 +396,32 @@ def test_default_resolver_joins_strings_and_uses_the_timeout(
 
 @pytest.mark.parametrize(
     "error",
+    [dns.resolver.NXDOMAIN(), dns.resolver.NoAnswer(), ValueError("bad name")],
+    ids=lambda e: type(e).__name__,
+)
+def test_default_resolver_no_key_means_not_valid(
+    fake_resolver: type[_FakeResolver], error: Exception
+) -> None:
+    fake_resolver.answers["sel._domainkey.example.org"] = error
+    assert DnsTxtResolver()("sel._domainkey.example.org") == []
+    assert reply_of(DkimVerifier(), sign(message())) == NO_VALID
+
+
+@pytest.mark.parametrize(
+    "error",
     [
-        dns.resolver.NXDOMAIN(),
-        dns.resolver.NoAnswer(),
         dns.resolver.NoNameservers(),
         dns.resolver.LifetimeTimeout(timeout=60.0, errors=[]),
         dns.resolver.NoResolverConfiguration(),
-        ValueError("bad name"),
     ],
     ids=lambda e: type(e).__name__,
 )
-def test_default_resolver_failures_mean_not_valid(
+def test_default_resolver_failures_for_now_are_temporary(
     fake_resolver: type[_FakeResolver], error: Exception
 ) -> None:
     fake_resolver.answers["sel._domainkey.example.org"] = error
     assert DnsTxtResolver()("sel._domainkey.example.org") is None
-    assert reply_of(DkimVerifier(), sign(message())) == NO_VALID
+    assert reply_of(DkimVerifier(), sign(message())) == TEMPFAIL
 
 
 def test_dkimpy_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:

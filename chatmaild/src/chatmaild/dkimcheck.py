@@ -53,7 +53,7 @@ from dkim.util import (  # type: ignore[import-untyped]
 )
 
 from .addresses import ip_literal
-from .smtpreject import no_dkim_signature, no_valid_dkim_signature
+from .smtpreject import dkim_key_unavailable, no_dkim_signature, no_valid_dkim_signature
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -68,9 +68,10 @@ __all__ = [
 
 ResolveTxt: TypeAlias = Callable[[str], list[bytes] | None]
 """Look up the TXT records of a name such as `sel._domainkey.example.org` (lowercase, no final
-dot). Returns one bytes value per record, its character-strings already joined, or None when
-the lookup failed for any reason (no such name, no TXT, timeout, no resolver). It should not
-raise; DNS and OS errors it does raise are treated as None."""
+dot). Returns one bytes value per record, its character-strings already joined; an empty list
+when the name or its TXT records do not exist (a permanent answer); None when the lookup
+failed for now (timeout, server failure, no resolver). It should not raise; DNS and OS errors
+it does raise count as None."""
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CACHE_SIZE = 1000
@@ -115,7 +116,9 @@ class DnsTxtResolver:
             if self._resolver is None:
                 self._resolver = dns.resolver.Resolver()
             answer = self._resolver.resolve(name, "TXT", lifetime=self.timeout, search=False)
-        except (dns.exception.DNSException, ValueError):
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, ValueError):
+            return []  # the zone says there is no key: that will not change by retrying
+        except dns.exception.DNSException:
             return None
         return [b"".join(rdata.strings) for rdata in answer]
 
@@ -209,14 +212,18 @@ class DkimVerifier:
             value for name, value in verifier.headers if name.lower() == b"dkim-signature"
         ]
         tried = 0
+        lookup_failed: list[str] = []
         for idx, value in enumerate(signatures):
             if not domain or _signing_domain(value) != domain:
                 continue
             if tried == MAX_ALIGNED_SIGNATURES:
                 break
             tried += 1
-            if self._verify_one(verifier, idx):
+            if self._verify_one(verifier, idx, lookup_failed):
                 return
+        if lookup_failed:
+            # the key may well be there: a 5xx would bounce mail a retry would let in
+            raise dkim_key_unavailable()
         raise no_valid_dkim_signature()
 
     def cached_names(self) -> list[str]:
@@ -224,7 +231,8 @@ class DkimVerifier:
         with self._lock:
             return list(self._cache)
 
-    def _verify_one(self, verifier: dkim.DKIM, idx: int) -> bool:
+    def _verify_one(self, verifier: dkim.DKIM, idx: int, lookup_failed: list[str]) -> bool:
+        """Verify signature `idx`; the names whose lookup failed for now go to `lookup_failed`."""
         used: list[str] = []
 
         def txt(name: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes | None:
@@ -232,7 +240,10 @@ class DkimVerifier:
             if key is None:
                 return None
             used.append(key)
-            return self._lookup(key)
+            record, failed = self._lookup(key)
+            if failed:
+                lookup_failed.append(key)
+            return record
 
         try:
             valid = bool(verifier.verify(idx=idx, dnsfunc=txt))
@@ -244,17 +255,20 @@ class DkimVerifier:
                     self._cache.pop(key, None)
         return valid
 
-    def _lookup(self, name: str) -> bytes | None:
+    def _lookup(self, name: str) -> tuple[bytes | None, bool]:
+        """The key record of `name`, and whether the lookup failed for now (not cached)."""
         with self._lock:
             record = self._cache.get(name)
             if record is not None:
                 self._cache.move_to_end(name)
-                return record
+                return record, False
         # Not under the lock: a lookup may take up to `timeout`, and other threads go on.
         try:
             records = self._resolve(name)
         except (dns.exception.DNSException, OSError):
             records = None
+        if records is None:
+            return None, True
         record = _pick_key_record(records) if records else None
         if record is not None and len(record) <= _MAX_CACHED_RECORD and self._cache_size > 0:
             with self._lock:
@@ -262,4 +276,4 @@ class DkimVerifier:
                 self._cache.move_to_end(name)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return record
+        return record, False

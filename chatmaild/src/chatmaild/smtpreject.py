@@ -145,3 +145,16 @@ def recipient_blocked() -> Reject:
         "recipient account is blocked",
         "blocked_recipient",
     )
+
+
+def dkim_key_unavailable() -> Reject:
+    """No aligned signature could be verified because the signer's key could not be looked
+    up just now (a DNS timeout or server failure): RFC 6376 §6.1.2 calls it a temporary
+    failure, so the peer keeps the message and tries again, instead of bouncing it."""
+    return Reject(
+        451,
+        "4.4.3",
+        "Temporary failure looking up the DKIM key, try again later",
+        "DKIM key lookup failed temporarily",
+        "dkim_tempfail",
+    )
