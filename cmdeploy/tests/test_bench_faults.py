@@ -44,6 +44,11 @@ def test_a_copy_after_a_lost_reply_is_explained_and_any_other_is_not() -> None:
     assert faults.duplicate_cause(letter("d", deferred_after_data, OK), 2) == (
         faults.DEFERRED_BUT_QUEUED
     )
+    # a copy the client cannot have caused: Postfix's own second delivery, where the fault
+    # can cut Dovecot's LMTP answer after the save; anywhere else it stays unexplained
+    assert faults.duplicate_cause(letter("g", OK), 2, "dovecot") == faults.REDELIVERED
+    assert faults.duplicate_cause(letter("g", OK), 2, "reboot") == faults.REDELIVERED
+    assert faults.duplicate_cause(letter("g", OK), 2, "doveauth") == faults.UNEXPLAINED
     # two extra copies need two such attempts
     assert faults.duplicate_cause(letter("e", LOST_REPLY, OK), 3) == faults.UNEXPLAINED
     v = faults.verdict([letter("f", deferred_after_data, OK)], {"f": 2})

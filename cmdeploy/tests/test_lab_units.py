@@ -71,3 +71,21 @@ def test_the_proxy_lets_lab_hosts_reach_debian_mirrors_only(lab_dir: Path) -> No
     assert "FilterDefaultDeny Yes" in conf  # a whitelist: everything else is refused
     assert f"Listen {net.GATEWAY}" in conf and f"Allow {net.SUBNET}" in conf
     assert services.ALLOWED_HOSTS == ("deb.debian.org", "security.debian.org")
+
+
+def test_a_tree_booted_again_keeps_the_resolver_its_deploy_set(tmp_path: Path) -> None:
+    from cmdeploy.lab import hosts as lab_hosts
+    from cmdeploy.lab.net import GATEWAY
+
+    base = tmp_path / "base"
+    for sub in ("etc/apt/apt.conf.d", "root"):
+        (base / sub).mkdir(parents=True)
+    key = tmp_path / "id_ed25519"
+    key.with_suffix(".pub").write_text("ssh-ed25519 AAAA lab\n")
+    tree = tmp_path / "relay1"
+    lab_hosts.prepare_tree(base, tree, "relay1", key)
+    resolv = tree / "etc" / "resolv.conf"
+    assert resolv.read_text() == f"nameserver {GATEWAY}\n"  # fresh: the lab's DNS
+    resolv.write_text("nameserver 127.0.0.1\n")  # what the deploy writes
+    lab_hosts.prepare_tree(base, tree, "relay1", key)  # a reboot
+    assert resolv.read_text() == "nameserver 127.0.0.1\n"

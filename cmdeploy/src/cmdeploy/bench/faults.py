@@ -110,22 +110,30 @@ class Letter:
 
 LOST_REPLY = "resent after a lost reply to DATA"
 DEFERRED_BUT_QUEUED = "resent after a 4xx to DATA for a message already queued"
+# Dovecot saves a message, then answers Postfix's LMTP; a fault between the two leaves
+# Postfix without the answer, so it delivers the message again after the restart.
+REDELIVERED = "delivered again by Postfix: the fault fell between Dovecot's save and its reply"
 UNEXPLAINED = "unexplained: delivered more often than the client could have caused"
+# the faults that can cut an LMTP delivery between the save and the reply
+INTERRUPTS_DELIVERY = frozenset({"dovecot", "reboot"})
 
 
-def duplicate_cause(letter: Letter, copies: int) -> str:
-    """Why a message is in the maildir `copies` (> 1) times: each extra copy needs an
-    earlier attempt that ended after DATA without a 250, which the client then sent again
-    (at-least-once, as mail promises; Delta Chat drops the copy by its Message-ID)."""
+def duplicate_cause(letter: Letter, copies: int, fault: str = "") -> str:
+    """Why a message is in the maildir `copies` (> 1) times. Client side: each extra copy
+    needs an earlier attempt that ended after DATA without a 250, which the client then
+    sent again. Relay side: a fault that cut a delivery after the save (`REDELIVERED`). Both
+    are at-least-once, as mail promises; Delta Chat drops a copy by its Message-ID."""
     extra = copies - 1
     if letter.unanswered_after_data >= extra:
         return LOST_REPLY
     if letter.unanswered_after_data + letter.deferred_after_data >= extra:
         return DEFERRED_BUT_QUEUED
+    if fault in INTERRUPTS_DELIVERY:
+        return REDELIVERED
     return UNEXPLAINED
 
 
-def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
+def verdict(letters: list[Letter], copies: Mapping[str, int], fault: str = "") -> dict[str, Any]:
     """Counts of one phase; `copies`: Message-ID -> files found in the recipients' maildirs."""
     accepted = [letter for letter in letters if letter.accepted]
     delivered = [letter for letter in accepted if copies.get(letter.msgid, 0) > 0]
@@ -137,7 +145,7 @@ def verdict(letters: list[Letter], copies: Mapping[str, int]) -> dict[str, Any]:
         n = copies.get(letter.msgid, 0)
         if n > 1:
             duplicated += 1
-            cause = duplicate_cause(letter, n)
+            cause = duplicate_cause(letter, n, fault)
             causes[cause] = causes.get(cause, 0) + 1
             if len(examples) < 10:
                 attempts = [[a.reply, a.after_data] for a in letter.attempts]

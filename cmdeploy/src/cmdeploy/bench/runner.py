@@ -598,7 +598,7 @@ class Bench:
             for phase, letters in zip(phases, all_letters, strict=True):
                 everything = [x for stream in letters.values() for x in stream]
                 phase["verdict"] = faults.verdict(
-                    everything, self.count_letters(relay1, relay2, letters)
+                    everything, self.count_letters(relay1, relay2, letters), phase["fault"]
                 )
         finally:
             with sigint_ignored():
@@ -697,8 +697,8 @@ class Bench:
             "delivery_wait_seconds": round(time.monotonic() - started - load_seconds, 1),
             "connect_errors": [e.as_dict() for e in errors],
             # at the phase's end; the run replaces it after the queues emptied (`fault_run`)
-            "verdict": faults.verdict(everything, copies),
-            "at_phase_end": faults.verdict(everything, copies),
+            "verdict": faults.verdict(everything, copies, fault.name),
+            "at_phase_end": faults.verdict(everything, copies, fault.name),
             "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
         }
 

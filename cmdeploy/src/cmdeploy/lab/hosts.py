@@ -64,7 +64,8 @@ def ensure_ssh_key(lab: Path) -> Path:
 
 
 def prepare_tree(base: Path, tree: Path, hostname: str, key: Path) -> None:
-    if not (tree / ".complete").exists():
+    fresh = not (tree / ".complete").exists()
+    if fresh:
         shutil.rmtree(tree, ignore_errors=True)
         subprocess.run(["cp", "-a", str(base), str(tree)], check=True)
         (tree / ".complete").touch()
@@ -76,9 +77,12 @@ def prepare_tree(base: Path, tree: Path, hostname: str, key: Path) -> None:
     (tree / "etc" / "apt" / "apt.conf.d" / "90chatmail-lab-proxy").write_text(
         f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
     )
-    resolv = tree / "etc" / "resolv.conf"
-    resolv.unlink(missing_ok=True)
-    resolv.write_text(f"nameserver {GATEWAY}\n")
+    if fresh:
+        # the lab's DNS until the deploy points the relay at its own unbound; a tree booted
+        # again (a reboot) keeps what the deploy wrote, as a server's disk does
+        resolv = tree / "etc" / "resolv.conf"
+        resolv.unlink(missing_ok=True)
+        resolv.write_text(f"nameserver {GATEWAY}\n")
 
 
 def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
@@ -95,6 +99,9 @@ def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
                 f"--network-namespace-path=/run/netns/{ns.name}",
                 f"--machine={name}",
                 "--console=passive",
+                # the host's resolv.conf is not the lab's: without this nspawn copies it in at
+                # every boot, and a rebooted relay lost its own resolver (its unbound)
+                "--resolv-conf=off",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
