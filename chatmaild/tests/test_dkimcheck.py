@@ -430,3 +430,21 @@ def test_dkimpy_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     reply_of(DkimVerifier(FakeDns()), sign(message()).replace(b"Hello", b"Hullo"))
     assert caplog.records == []
     assert dkimcheck._DKIMPY_LOG.disabled
+
+
+def test_after_a_failure_for_now_the_resolver_configuration_is_read_again(
+    fake_resolver: type[_FakeResolver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[object] = []
+
+    def counting_init(self: _FakeResolver) -> None:
+        made.append(self)
+
+    monkeypatch.setattr(fake_resolver, "__init__", counting_init)
+    resolve = DnsTxtResolver()
+    fake_resolver.answers["sel._domainkey.example.org"] = dns.resolver.NoNameservers()
+    assert resolve("sel._domainkey.example.org") is None
+    fake_resolver.answers["sel._domainkey.example.org"] = [_Txt(b"v=DKIM1; p=", PUB_A)]
+    assert resolve("sel._domainkey.example.org") == [b"v=DKIM1; p=" + PUB_A]
+    assert len(made) == 2  # made anew after the failure
+    assert resolve("sel._domainkey.example.org") is not None and len(made) == 2

@@ -119,6 +119,9 @@ class DnsTxtResolver:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, ValueError):
             return []  # the zone says there is no key: that will not change by retrying
         except dns.exception.DNSException:
+            # read /etc/resolv.conf again next time: a fixed one then takes effect at once
+            # (the lab saw a relay boot with a resolver it could not reach)
+            self._resolver = None
             return None
         return [b"".join(rdata.strings) for rdata in answer]
 
