@@ -624,6 +624,15 @@ def test_the_gate_counts_what_it_lets_in_and_what_it_refuses_by_reason(gate: Por
     assert counts(gate.registry, "chatmail_mxdeliv_requests_total") == {("200",): 1, ("413",): 1}
 
 
+def test_a_message_the_reinjection_defers_is_not_counted_as_let_in(gate: Ports) -> None:
+    gate.sink.reply = "451 4.3.0 try again"
+    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)[0] == 451
+    assert counts(gate.registry, "chatmail_gate_accepted_total") == {}
+    gate.sink.reply = "250 OK"
+    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)[0] == 250
+    assert counts(gate.registry, "chatmail_gate_accepted_total") == {("outgoing", "encrypted"): 1}
+
+
 def test_an_oversized_message_over_smtp_is_counted_as_too_large(gate: Ports) -> None:
     with RawClient(gate.outgoing) as client:
         client.command("HELO client.example")

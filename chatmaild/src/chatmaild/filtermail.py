@@ -106,7 +106,8 @@ class OutgoingGate:
         reinjector = self.local if only_local else self.signing
         reply = await reinjector.deliver(mail_from, rcpts, data)
         log.info("outgoing message passed the gate: %s", reply[:3])
-        self.counters.accepted(kind)
+        if reply.startswith("2"):  # a 4xx of the re-injection: the client sends it again
+            self.counters.accepted(kind)
         return reply
 
 
@@ -150,7 +151,8 @@ class IncomingGate:
         await asyncio.to_thread(self.verifier.check, data, verdict.from_domain)
         reply = await self.reinjector.deliver(verdict.envelope_sender, rcpts, data)
         log.info("incoming message passed the gate: %s", reply[:3])
-        self.counters.accepted(verdict.kind)
+        if reply.startswith("2"):
+            self.counters.accepted(verdict.kind)
         return reply
 
 

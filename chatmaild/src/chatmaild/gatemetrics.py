@@ -16,7 +16,8 @@ class GateCounters:
         self.direction = direction
         self._accepted = registry.counter(
             "chatmail_gate_accepted_total",
-            "Messages the encryption gate let through, by direction and what let them in.",
+            "Messages the encryption gate let through and Postfix queued, by direction and "
+            "what let them in.",
             ("direction", "kind"),
         )
         self._refused = registry.counter(
