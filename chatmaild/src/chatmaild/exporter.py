@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import ssl
@@ -30,7 +29,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from . import accounts, dictserver, metrics
+from . import accounts, dictserver, health, metrics
 from .config import Config
 from .service import dict_service_parser, load_config_or_exit, setup_logging
 
@@ -51,21 +50,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def postfix_queue_counts(
     run: Callable[[list[str]], str | None] | None = None,
 ) -> dict[str, int] | None:
-    """Messages per Postfix queue, from `postqueue -j` (one JSON object per message)."""
+    """Messages per Postfix queue, from `postqueue -j` read as the health check reads it."""
     output = (run or _run)(["postqueue", "-j"])
     if output is None:
         return None
-    counts = dict.fromkeys(POSTFIX_QUEUES, 0)
-    for line in output.splitlines():
-        if not line.strip():
-            continue
-        try:
-            queue = json.loads(line).get("queue_name")
-        except (ValueError, AttributeError):
-            return None
-        if queue in counts:
-            counts[queue] += 1
-    return counts
+    try:
+        found, _deferred = health.group_queue(output)
+    except health.QueueUnreadable:
+        return None
+    return {queue: found.get(queue, 0) for queue in POSTFIX_QUEUES}
 
 
 def established_connections(ports: tuple[int, ...], proc: Path = Path("/proc")) -> int | None:

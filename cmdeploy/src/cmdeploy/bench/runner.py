@@ -686,6 +686,7 @@ class Bench:
         errors = asyncio.run(load())
         load_seconds = time.monotonic() - started
         copies = self.wait_for_letters(relay1, relay2, letters)
+        at_end = faults.verdict(everything, copies, fault.name)
         if fault.unit is not None:
             # systemd counts the restarts a death caused: the proof that the kill happened
             hit["restarts"] = self.restarts(relay1, fault) - restarts_before
@@ -697,8 +698,8 @@ class Bench:
             "delivery_wait_seconds": round(time.monotonic() - started - load_seconds, 1),
             "connect_errors": [e.as_dict() for e in errors],
             # at the phase's end; the run replaces it after the queues emptied (`fault_run`)
-            "verdict": faults.verdict(everything, copies, fault.name),
-            "at_phase_end": faults.verdict(everything, copies, fault.name),
+            "verdict": at_end,
+            "at_phase_end": at_end,
             "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
         }
 
