@@ -3,8 +3,11 @@ the relay's maildirs and account files."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from chatmaild.pwhash import hash_password
 from cmdeploy.bench import faults, remote_helper
 from cmdeploy.bench.faults import Attempt, Letter
+from cmdeploy.bench.protocol import IMAPClient
 
 OK, LOST_REPLY, BUSY = Attempt(250, True), Attempt(0, True), Attempt(451, False)
 
@@ -120,3 +124,92 @@ def test_the_table_names_each_fault_and_its_duplicates() -> None:
     row = text.splitlines()[1].split()
     assert row[:7] == ["dovecot", "2", "2", "1", "1", "0", "1"]  # accepted ... lost, resent
     assert "duplicates: 1 resent after a lost reply to DATA" in text
+
+
+def full_disk_hit(**changes: object) -> dict[str, object]:
+    probe = {"free": 0, "existing": {"ok": True, "read_bytes": 2400}, "created": False}
+    hit: dict[str, object] = {"before": {"created": True}, "while_full": [probe, dict(probe)]}
+    hit.update(changes)
+    return hit
+
+
+def test_a_full_disk_where_users_read_and_newcomers_are_refused_has_no_findings() -> None:
+    assert faults.disk_full_findings(full_disk_hit()) == []
+    phase = {"fault": "disk-full", "verdict": faults.verdict([], {}), "hit": full_disk_hit()}
+    assert "disk full: users read their mail, new accounts were refused" in faults.table([phase])
+
+
+@pytest.mark.parametrize(
+    ("probe", "finding"),
+    [
+        ({"free": 4096}, "the disk was not full at a probe: 4096 bytes free"),
+        ({"existing": {"ok": False, "error": "IMAP LOGIN: NO"}}, "could not read their mail"),
+        ({"created": True}, "a new account was created while the disk was full"),
+    ],
+)
+def test_each_broken_promise_of_a_full_disk_is_named(
+    probe: dict[str, object], finding: str
+) -> None:
+    good = {"free": 0, "existing": {"ok": True}, "created": False}
+    hit = full_disk_hit(while_full=[good, {**good, **probe}])
+    findings = faults.disk_full_findings(hit)
+    assert len(findings) == 1 and finding in findings[0]
+    phase = {"fault": "disk-full", "verdict": faults.verdict([], {}), "hit": hit}
+    assert finding in faults.table([phase])
+
+
+def test_full_disk_probes_prove_nothing_without_a_successful_control() -> None:
+    # a relay refusing every creation anyway would look like one that refuses at a full disk
+    assert faults.disk_full_findings(full_disk_hit(before={"created": False})) == [
+        "the control creation before the fill failed: the probes prove nothing"
+    ]
+    assert faults.disk_full_findings(full_disk_hit(while_full=[])) == [
+        "no probe ran while the disk was full"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_the_ballast_fills_a_real_tmpfs_to_the_last_byte_and_frees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "mail").mkdir()
+        (disk / "mail" / "kept").write_bytes(b"x" * 100_000)
+        monkeypatch.setattr(remote_helper, "SMALL_MAIL", str(disk / "mail"))
+        monkeypatch.setattr(remote_helper, "BALLAST", str(disk / "ballast"))
+        filled = remote_helper.disk_fill()
+        assert filled["free"] == 0 and filled["ballast"] > 2_000_000
+        with pytest.raises(OSError, match="No space left"):
+            (disk / "mail" / "new-file").write_bytes(b"y" * 4096)
+        assert remote_helper.disk_fill()["free"] == 0  # again: idempotent
+        assert remote_helper.disk_free()["free"] > 2_000_000
+        assert not (disk / "ballast").exists() and (disk / "mail" / "kept").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def test_a_message_text_that_looks_like_the_tagged_reply_is_read_as_text() -> None:
+    async def fetch() -> tuple[int, bytes]:
+        text = b"b1 OK this line is inside the message\r\n"
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"* 1 FETCH (BODY[] {%d}\r\n" % len(text) + text + b")\r\n")
+        reader.feed_data(b"b1 OK Fetch completed.\r\n")
+        writer = _Writer()
+        client = IMAPClient(reader, writer)  # type: ignore[arg-type]
+        size = await client.read_message(1)
+        return size, writer.sent
+
+    size, sent = asyncio.run(fetch())
+    assert size == len(b"b1 OK this line is inside the message\r\n")
+    assert sent == b"b1 FETCH 1 (BODY.PEEK[])\r\n"

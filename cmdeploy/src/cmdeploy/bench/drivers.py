@@ -98,6 +98,22 @@ async def login_all(
     return LoginResult(ok, time.monotonic() - start, errors)
 
 
+async def open_and_read(endpoint: Endpoint, account: Account) -> dict[str, object]:
+    """What a user's app does when it opens: log in, select the inbox, read the newest
+    message whole. `ok` with the counts, or the first failure's text."""
+    try:
+        client = await IMAPClient.connect(endpoint, endpoint.tls_context())
+        try:
+            await client.login(account.addr, account.password)
+            messages = await client.select_inbox()
+            read = await client.read_message(messages) if messages else 0
+        finally:
+            await client.logout()
+    except NET_ERRORS as e:
+        return {"ok": False, "error": str(e)[:300] or type(e).__name__}
+    return {"ok": bool(read), "messages": messages, "read_bytes": read}
+
+
 class SenderPool:
     """Hands out senders that still have budget under the relay's rate limit.
 

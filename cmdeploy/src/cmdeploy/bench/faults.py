@@ -36,6 +36,11 @@ KILL_MAIN = (
 )
 KILL_POSTFIX_MASTER = "kill -KILL $(head -1 /var/spool/postfix/pid/master.pid)"
 REBOOT = "reboot"  # the lab boots the host again (`hosts.BenchHost.reboot`)
+# The mailboxes' filesystem filled to the last byte and held full for `DISK_FULL_HOLD`
+# seconds (`runner.Bench.fill_disk`): meanwhile existing users must still log in and read
+# their mail, and new accounts must be refused.
+DISK_FULL = "disk-full"
+DISK_FULL_HOLD = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ FAULTS = (
     _kill("dovecot", "dovecot.service"),
     Fault("postfix-master", KILL_POSTFIX_MASTER, "postfix@-.service"),
     _kill("opendkim", "opendkim.service"),
+    Fault("disk-full", DISK_FULL),
     Fault("reboot", REBOOT),
 )
 
@@ -175,6 +181,29 @@ def verdict(letters: list[Letter], copies: Mapping[str, int], fault: str = "") -
     }
 
 
+def disk_full_findings(hit: Mapping[str, Any]) -> list[str]:
+    """What went wrong with the users' side of a full disk; empty when all was as promised.
+
+    `hit` holds the probes: `before` (a new account created before the fill, the control
+    that shows a probe can succeed at all) and `while_full` (each: bytes free, an existing
+    user opening the app and reading, a new account's first login)."""
+    findings = []
+    if not hit.get("before", {}).get("created"):
+        findings.append("the control creation before the fill failed: the probes prove nothing")
+    probes = hit.get("while_full", [])
+    if not probes:
+        findings.append("no probe ran while the disk was full")
+    for probe in probes:
+        if probe["free"] != 0:
+            findings.append(f"the disk was not full at a probe: {probe['free']} bytes free")
+        if not probe["existing"]["ok"]:
+            reason = probe["existing"].get("error", "no message read")
+            findings.append(f"an existing user could not read their mail: {reason}")
+        if probe["created"]:
+            findings.append("a new account was created while the disk was full")
+    return findings
+
+
 def table(phases: list[dict[str, Any]]) -> str:
     """The fault run as a table: one line per fault."""
     head = (
@@ -194,4 +223,8 @@ def table(phases: list[dict[str, Any]]) -> str:
         )
         for cause, n in v["duplicate_causes"].items():
             lines.append(f"{'':<22}duplicates: {n} {cause}")
+        if phase["fault"] == DISK_FULL:
+            findings = disk_full_findings(phase.get("hit", {}))
+            for finding in findings or ["users read their mail, new accounts were refused"]:
+                lines.append(f"{'':<22}disk full: {finding}")
     return "\n".join(lines)

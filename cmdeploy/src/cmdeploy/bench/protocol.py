@@ -22,6 +22,7 @@ from .workload import dot_stuffed
 
 NET_TIMEOUT = 30.0
 _EXISTS = re.compile(rb"^\* (\d+) EXISTS")
+_LITERAL = re.compile(rb"\{(\d+)\}$")  # a line announcing N bytes of literal data
 
 
 class ProtocolError(Exception):
@@ -198,18 +199,25 @@ class IMAPClient:
         if match:
             self.exists = int(match.group(1))
 
-    async def command(self, text: str, what: str) -> None:
+    async def command(self, text: str, what: str) -> int:
+        """Send one command and read until its tagged OK; the bytes of literals received."""
         self.tag += 1
         tag = f"b{self.tag}".encode()
         self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        literal_bytes = 0
         while True:
             line = await self.line()
             self._note(line)
-            if line.startswith(tag + b" "):
+            literal = _LITERAL.search(line)
+            if literal:  # a message's text follows: read it whole, it may hold any line
+                size = int(literal.group(1))
+                await asyncio.wait_for(self.reader.readexactly(size), NET_TIMEOUT)
+                literal_bytes += size
+            elif line.startswith(tag + b" "):
                 if not line.startswith(tag + b" OK"):
                     reply = line[len(tag) + 1 :].decode(errors="replace")
                     raise ProtocolError(f"IMAP {what}: {reply}")
-                return
+                return literal_bytes
 
     async def login(self, addr: str, password: str) -> None:
         # local parts and passwords of the bench are [a-zA-Z0-9]: quoting cannot break
@@ -218,6 +226,10 @@ class IMAPClient:
     async def select_inbox(self) -> int:
         await self.command("SELECT INBOX", "SELECT")
         return self.exists
+
+    async def read_message(self, seq: int) -> int:
+        """Fetch message `seq` of the selected mailbox as a client shows it; its size."""
+        return await self.command(f"FETCH {seq} (BODY.PEEK[])", "FETCH")
 
     async def idle(self) -> None:
         self.tag += 1

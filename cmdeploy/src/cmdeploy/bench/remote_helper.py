@@ -11,6 +11,9 @@ like an address: nothing here follows a name with `/` or `..`.
     load                        the 1-minute load average (doveauth refuses creations above a limit)
     remove ROOT                 delete the named mailboxes (the bench's own accounts)
     journal SINCE               the mail path's log lines since a moment: time, source, text
+    disk_small ROOT BYTES       move the mailboxes onto a tmpfs of their own (the disk-full fault)
+    disk_fill / disk_free       fill that tmpfs to the last byte / empty it again
+    disk_restore ROOT           the mailboxes back onto the relay's disk, the tmpfs gone
 """
 
 import contextlib
@@ -329,6 +332,101 @@ def journal(since: float) -> dict[str, Any]:
     return {"lines": lines}
 
 
+# --- the disk-full fault (issue 13) ----------------------------------------------------------
+# Filling the relay's own disk would fill this machine's, which holds the lab. So for the
+# phase the mailboxes live on a tmpfs of their own, its size the mail there plus a margin;
+# filling that tmpfs is the full mail disk, felt by every process that writes a mailbox.
+SMALL_DISK = "/run/chatmail-bench-disk"
+SMALL_MAIL = SMALL_DISK + "/mail"  # bound over the mailboxes directory
+BALLAST = SMALL_DISK + "/ballast"  # outside what the relay sees, so no service trips on it
+# what writes into the mailboxes directory, stopped while it changes filesystem
+MAILBOX_UNITS = (
+    "dovecot.service",
+    "doveauth.service",
+    "chatmail-lastlogin.service",
+    "chatmail-metadata.service",
+)
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: {result.stderr.strip() or result.returncode}")
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def _tree_bytes(root: str) -> int:
+    total = 0
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+    return total
+
+
+def disk_small(root: str, margin: int) -> dict[str, Any]:
+    """The mailboxes onto a tmpfs of (their size + `margin`) bytes, services stopped meanwhile."""
+    if _mounted(root):
+        raise SystemExit(f"{root} is already a mount point: an earlier disk fault left it so")
+    size = _tree_bytes(root) + margin
+    _run("systemctl", "stop", *MAILBOX_UNITS)
+    try:
+        os.makedirs(SMALL_DISK, exist_ok=True)
+        _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", SMALL_DISK)
+        # cp -a keeps owners, modes and times: Dovecot and doveauth see the same tree
+        _run("cp", "-a", root, SMALL_MAIL)
+        _run("mount", "--bind", SMALL_MAIL, root)
+    finally:
+        _run("systemctl", "start", *MAILBOX_UNITS)
+    return {"size": size, "free": _free_bytes(root)}
+
+
+def disk_fill() -> dict[str, Any]:
+    """Write the ballast until the tmpfs has no byte left (again if something was freed)."""
+    chunk = b"\0" * (1 << 20)
+    with open(BALLAST, "ab", buffering=0) as f:
+        for size in (len(chunk), 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes
+                while True:
+                    f.write(chunk[:size])
+    return {"free": _free_bytes(SMALL_MAIL), "ballast": os.path.getsize(BALLAST)}
+
+
+def disk_free() -> dict[str, Any]:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(BALLAST)
+    return {"free": _free_bytes(SMALL_MAIL)}
+
+
+def disk_restore(root: str) -> dict[str, Any]:
+    """Copy what the tmpfs holds back onto the disk and swap it in for the old directory."""
+    if not _mounted(root):
+        return {"restored": False}
+    staging, old = root + ".bench-restore", root + ".bench-old"
+    for path in (staging, old):
+        shutil.rmtree(path, ignore_errors=True)
+    _run("systemctl", "stop", *MAILBOX_UNITS)
+    try:
+        _run("cp", "-a", SMALL_MAIL, staging)
+        _run("umount", root)
+        _run("umount", SMALL_DISK)
+        os.rename(root, old)
+        os.rename(staging, root)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _run("systemctl", "start", *MAILBOX_UNITS)
+    return {"restored": True}
+
+
 def main() -> None:
     action, args = sys.argv[1], sys.argv[2:]
     if action == "facts":
@@ -351,6 +449,14 @@ def main() -> None:
         result = accounts_intact(args[0])
     elif action == "journal":
         result = journal(float(args[0]))
+    elif action == "disk_small":
+        result = disk_small(args[0], int(args[1]))
+    elif action == "disk_fill":
+        result = disk_fill()
+    elif action == "disk_free":
+        result = disk_free()
+    elif action == "disk_restore":
+        result = disk_restore(args[0])
     else:
         raise SystemExit(f"unknown action {action}")
     print(json.dumps(result))

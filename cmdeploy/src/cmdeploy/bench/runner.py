@@ -51,6 +51,19 @@ FAULT_QUIET = 90.0
 FAULT_SWEEP_DEADLINE = 1200.0
 
 
+# the disk-full fault's tmpfs: this much above the free-space gate of account creation
+DISK_MARGIN = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class FaultUsers:
+    """The people the disk-full fault asks about: one user with mail, and new accounts
+    (the first is the control, created before the fill)."""
+
+    reader: Account
+    newcomers: list[Account]
+
+
 @dataclass(frozen=True)
 class Workload:
     """Every knob of a run; all of it goes into the JSON."""
@@ -580,7 +593,9 @@ class Bench:
                 self.say(f"fault {fault.name}: {per_fault} messages, relay1 hit mid-load")
                 letters = self.fault_letters(fault, per_fault, recipients1, recipients2)
                 all_letters.append(letters)
-                phase = self.fault_phase(fault, relay1, relay2, pool1, pool2, body, letters)
+                users = FaultUsers(recipients1[0], f1.make(1 + 2))
+                self.registry.add(relay1, users.newcomers)
+                phase = self.fault_phase(fault, relay1, relay2, pool1, pool2, body, letters, users)
                 phase["accounts"] = relay1.accounts_intact([a.addr for a in senders1 + recipients1])
                 phases.append(phase)
                 v = phase["verdict"]
@@ -635,9 +650,15 @@ class Bench:
         pool2: SenderPool,
         body: MessageBody,
         letters: dict[str, list[faults.Letter]],
+        users: FaultUsers,
     ) -> dict[str, Any]:
         everything = [letter for stream in letters.values() for letter in stream]
         hit: dict[str, Any] = {}
+        if fault.command == faults.DISK_FULL:
+            # room for the phase's mail and above doveauth's free-space gate, so that the
+            # control creation before the fill can succeed
+            margin = relay1.chatmail_config().min_free_disk_space + DISK_MARGIN
+            hit["disk"] = relay1.helper("disk_small", relay1.mailboxes, str(margin))
 
         async def strike() -> None:
             # once a third of the phase is accepted: the relay is busy with all three streams
@@ -648,6 +669,8 @@ class Bench:
             try:
                 if fault.command == faults.REBOOT:
                     hit["reboot_seconds"] = round(await asyncio.to_thread(relay1.reboot), 1)
+                elif fault.command == faults.DISK_FULL:
+                    hit.update(await self.fill_disk(relay1, users))
                 else:
                     await asyncio.to_thread(relay1.ssh, fault.command)
             except BenchError as e:
@@ -675,17 +698,26 @@ class Bench:
                     )
                 )
             finally:
-                # the strike ends by itself once a third is accepted; if the load gave up
-                # before that, the fault never happened and the phase says so
-                if not striking.done():
+                # The strike ends by itself once a third is accepted; if the load gave up
+                # before that, the fault never happened and the phase says so. A strike
+                # under way is waited for: a full disk is held beyond the load's end.
+                if not striking.done() and "at_accepted" not in hit:
                     striking.cancel()
                 await asyncio.gather(striking, return_exceptions=True)
 
         restarts_before = self.restarts(relay1, fault)
         started = time.monotonic()
-        errors = asyncio.run(load())
-        load_seconds = time.monotonic() - started
-        copies = self.wait_for_letters(relay1, relay2, letters)
+        try:
+            errors = asyncio.run(load())
+            load_seconds = time.monotonic() - started
+            copies = self.wait_for_letters(relay1, relay2, letters)
+        finally:
+            if fault.command == faults.DISK_FULL:
+                # never leave the ballast or the tmpfs behind: later phases (a reboot
+                # would empty a tmpfs) and the relay's users need the real disk
+                with sigint_ignored():
+                    relay1.helper("disk_free")
+                    hit["restored"] = relay1.helper("disk_restore", relay1.mailboxes)
         at_end = faults.verdict(everything, copies, fault.name)
         if fault.unit is not None:
             # systemd counts the restarts a death caused: the proof that the kill happened
@@ -702,6 +734,36 @@ class Bench:
             "at_phase_end": at_end,
             "queues": {h.label: h.helper("queue") for h in (relay1, relay2)},
         }
+
+    async def fill_disk(self, relay: BenchHost, users: FaultUsers) -> dict[str, Any]:
+        """Fill the mailboxes' tmpfs and hold it full while the load goes on; probe what
+        users see at the start and the end of the hold, then free it (`faults.DISK_FULL`)."""
+        control, *probes = users.newcomers
+        found: dict[str, Any] = {"before": await self.first_login(relay, control)}
+        found["filled"] = await asyncio.to_thread(relay.helper, "disk_fill")
+        found["while_full"] = []
+        for i, newcomer in enumerate(probes):
+            if i:
+                await asyncio.sleep(faults.DISK_FULL_HOLD)  # the fault is a duration
+            # what Dovecot removed since (temporary files) would be room again
+            filled = await asyncio.to_thread(relay.helper, "disk_fill")
+            found["while_full"].append(
+                {
+                    "free": filled["free"],
+                    "existing": await drivers.open_and_read(relay.endpoint, users.reader),
+                    **await self.first_login(relay, newcomer),
+                    # mail Postfix holds for a retry instead of bouncing it
+                    "queued": (await asyncio.to_thread(relay.helper, "queue"))["messages"],
+                }
+            )
+        found["freed"] = await asyncio.to_thread(relay.helper, "disk_free")
+        return found
+
+    @staticmethod
+    async def first_login(relay: BenchHost, account: Account) -> dict[str, Any]:
+        """A new account's first login: created, or the relay's answer (no address in it)."""
+        result = await drivers.login_all(relay.endpoint, [account], 1, time.monotonic() + 60)
+        return {"created": result.ok == 1, "reply": result.errors.first()}
 
     @staticmethod
     def restarts(relay: BenchHost, fault: faults.Fault) -> int:
