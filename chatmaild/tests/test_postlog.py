@@ -260,6 +260,50 @@ def test_hostile_lines(line: str, expected: str) -> None:
     assert redact(line) == expected
 
 
+# Dovecot's lines as a lab relay logged them on a full disk (made-up names, same shape)
+DOVECOT_LINES = [
+    (
+        "lmtp<yJaDGJdbFWu4KgAAOLdaHA:T9>: Error: lmtp-server: conn unix:pid=9946,uid=106 [4]:"
+        " rcpt bmu10001c@relay1.test: Mailbox INBOX: Saving mail: write(/home/vmail/mail/"
+        "relay1.test/bmu10001c@relay1.test/tmp/1796561815.M1P2.relay1) failed:"
+        " No space left on device",
+        "lmtp<yJaDGJdbFWu4KgAAOLdaHA:T9>: Error: lmtp-server: conn unix:pid=9946,uid=106 [4]:"
+        " rcpt …@relay1.test: Mailbox INBOX: Saving mail: write(…@relay1.test/tmp/"
+        "1796561815.M1P2.relay1) failed: No space left on device",
+    ),
+    (
+        "lmtp<rcKHataFWvJgAAOLdaHA:T3>: msgid=<Mr.abc.def@example.org>: saved mail to INBOX",
+        "lmtp<rcKHataFWvJgAAOLdaHA:T3>: msgid=<…@example.org>: saved mail to INBOX",
+    ),
+    (
+        "imap-login: Login: method=PLAIN, TLS, session=<nTtR0dKXpuF/AAAB>",
+        "imap-login: Login: method=PLAIN, TLS, session=<nTtR0dKXpuF/AAAB>",
+    ),
+    ("imap<nTtR0dKXpuF/AAAB>: Disconnected: Logged out in=52", None),
+    ("lmtp(10666): Disconnect from local: Connection closed (state=READY)", None),
+    # where else a session-shaped word stands, it may be a login name: it goes
+    ("auth: Error: user=<Abcdefghijklmnop1234>: unknown", "auth: Error: user=<…>: unknown"),
+    (
+        "imap-login: Aborted login: user=<alice@x.test>, rip=192.0.2.7, session=<Abcdefghij"
+        "klmnop>x",
+        "imap-login: Aborted login: user=<…@x.test>, rip=IP, session=<Abcdefghijklmnop>x",
+    ),
+    ("lmtp<short>: rcpt bob@x.test", "lmtp<…>: rcpt …@x.test"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), DOVECOT_LINES)
+def test_dovecot_lines_lose_accounts_and_keep_their_session_ids(
+    line: str, expected: str | None
+) -> None:
+    assert redact(line, dovecot=True) == (line if expected is None else expected)
+
+
+def test_a_session_shaped_word_in_a_postfix_line_is_hidden() -> None:
+    line = "imap-login: Login: session=<nTtR0dKXpuF/AAAB>"
+    assert redact(line) == "imap-login: Login: session=<…>"
+
+
 def test_header_text_goes_up_to_the_last_client_part_it_could_mimic() -> None:
     line = (
         "0123ABC: replace: header Subject: a from evil[192.0.2.9]; b from x[y]; c"
@@ -475,6 +519,13 @@ def test_a_journal_entry_keeps_priority_identifier_and_pid() -> None:
 
 def test_scrub_redacts_the_message_and_never_raises() -> None:
     assert journal_fields(scrub(GLIBC_DATAGRAM))["MESSAGE"] == "connect from unknown[IP]"
+
+
+def test_scrub_reads_dovecot_s_lines_as_dovecot_s() -> None:
+    line = b"imap-login: Login: method=PLAIN, TLS, session=<nTtR0dKXpuF/AAAB>"
+    for ident, kept in ((b"dovecot", True), (b"postfix/smtpd", False)):
+        fields = journal_fields(scrub(b"<22>Dec  6 12:56:55 " + ident + b"[10866]: " + line))
+        assert ("<nTtR0dKXpuF/AAAB>" in fields["MESSAGE"]) is kept
 
 
 @derandomized()

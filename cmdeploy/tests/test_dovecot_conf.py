@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from chatmaild.config import Config
+from cmdeploy.chatmaild import chatmaild_files
 from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
 from cmdeploy.layout import Layout
 
@@ -101,10 +102,17 @@ def test_options(tmp_path: Path, name: str, setting: str, expected: str) -> None
 
 
 def test_systemd_starts_dovecot_again_when_it_dies() -> None:
-    (drop_in,) = dovecot_unit_files().items()
-    assert drop_in[0] == "/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"
-    assert "[Service]\nRestart=on-failure\nRestartSec=5\n" in drop_in[1]
-    assert "[Unit]\nStartLimitIntervalSec=0\n" in drop_in[1]
+    drop_in = dovecot_unit_files()["/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"]
+    assert "[Service]\nRestart=on-failure\nRestartSec=5\n" in drop_in
+    assert "[Unit]\nStartLimitIntervalSec=0\n" in drop_in
+
+
+def test_dovecot_logs_into_the_scrubber_socket(tmp_path: Path) -> None:
+    drop_in = dovecot_unit_files()["/etc/systemd/system/dovecot.service.d/chatmail-postlog.conf"]
+    assert "BindPaths=/run/chatmail-postlog/dev-log:/run/systemd/journal/dev-log\n" in drop_in
+    assert "Requires=chatmail-postlog.socket\n" in drop_in
+    # the bind reaches Dovecot's lines only while its log process writes them to syslog(3)
+    assert value(render(tmp_path, CONFIGS["acme"]), "log_path") == "syslog"
 
 
 DEBIAN_DOVECOT_UNIT = Path("/lib/systemd/system/dovecot.service")
@@ -118,8 +126,13 @@ def test_systemd_analyze_verifies_dovecot_with_the_drop_in(tmp_path: Path) -> No
     shutil.copy(DEBIAN_DOVECOT_UNIT, tmp_path)
     for path, text in dovecot_unit_files().items():
         drop_in = tmp_path / "dovecot.service.d" / Path(path).name
-        drop_in.parent.mkdir()
+        drop_in.parent.mkdir(exist_ok=True)
         drop_in.write_text(text)
+    # the log socket's units, which the drop-in requires
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    for path, text in chatmaild_files(layout).items():
+        if "chatmail-postlog" in path:
+            (tmp_path / PurePosixPath(path).name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(tmp_path / "dovecot.service")],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""chatmail-postlog: Postfix's syslog socket, scrubbed before anything reaches the journal.
+"""chatmail-postlog: Postfix's and Dovecot's syslog socket, scrubbed before the journal.
 
 The relay's rule (README "Architecture"): no log line holds an address, password,
 token, client IP or message text. Postfix logs envelope addresses, client and peer IPs, HELO
@@ -6,8 +6,12 @@ names, SASL logins, message-ids and, for `header_checks` REPLACE, the original h
 keeps logging with syslog(3), but in the mount namespace of its systemd unit `/dev/log`
 (`/run/systemd/journal/dev-log`) is bind-mounted to this service's socket, which systemd
 holds (socket activation, fd 3), so lines wait in the socket while this process restarts.
+Dovecot's unit gets the same socket: its lines name no account in normal operation, but its
+errors do (a delivery that fails names the recipient and the maildir's path, e.g. on a full
+disk), and its error texts are not ours to choose.
 
-Where it sits: Postfix daemons --syslog datagram--> here --native journal entry--> journald.
+Where it sits: Postfix's and Dovecot's daemons --syslog datagram--> here --native journal
+entry--> journald.
 
 - Input, one syslog datagram per line, as glibc 2.36 sends it (seen on Debian 12):
   `<PRI>Mmm dd hh:mm:ss ident[pid]: message` (RFC 3164 without a host name); the RFC 5424
@@ -83,8 +87,18 @@ _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _IP_TEXT_MAX = 128
 
 
-def redact(message: str) -> str:
-    """`message` (one Postfix log message, without the syslog header) with nothing private."""
+# Dovecot's session id: random base64, with `:T<n>` for one LMTP transaction; what follows a
+# connection through the log. Kept only where the relay's Dovecot config puts it: the prefix
+# of a mail process's lines (`mail_log_prefix`) and `session=<...>` of a login line. Anywhere
+# else a bracketed word of that shape could be a login name, so it goes like any other.
+_SESSION = r"[A-Za-z0-9+/]{16,24}(?::T[0-9]{1,6})?"
+_DOVECOT_PREFIX = re.compile(rf"[a-z][a-z-]{{0,30}}<{_SESSION}>: ")
+_DOVECOT_SESSION = re.compile(rf"session=<{_SESSION}>")
+
+
+def redact(message: str, dovecot: bool = False) -> str:
+    """`message` (one log message, without the syslog header) with nothing private.
+    `dovecot`: the line is Dovecot's, whose bracketed session ids stay."""
     if len(message) > MESSAGE_MAX:
         message = message[:MESSAGE_MAX]
     if len(message) >= POSTFIX_RECORD_MAX:
@@ -93,13 +107,16 @@ def redact(message: str) -> str:
     message = _CLIENT_TEXT.sub(lambda m: m[1] + HIDDEN, message)
     message = _SASL.sub(lambda m: m[1] + HIDDEN, message)
     message = _HELO.sub(lambda m: m[1] + HIDDEN + ">", message)
-    message = _BRACKETED.sub(_hide_bracketed, message)
+    prefix = ""
+    if dovecot and (kept := _DOVECOT_PREFIX.match(message)):
+        prefix, message = kept[0], message[kept.end() :]
+    message = _BRACKETED.sub(_hide_bracketed_session if dovecot else _hide_bracketed, message)
     message = _UNCLOSED.sub("<" + HIDDEN, message)
     message = _LOCAL_PART.sub(HIDDEN, message)
     message = _IPV6.sub(_hide_ipv6, message)
     message = _IPV4.sub(IP, message)
     # an address that was next to "@" ("::@") leaves a placeholder that reads as a local part
-    return _LOCAL_PART.sub(HIDDEN, message)
+    return prefix + _LOCAL_PART.sub(HIDDEN, message)
 
 
 def _hide_content(message: str) -> str:
@@ -120,6 +137,13 @@ def _hide_bracketed(match: re.Match[str]) -> str:
         return match[0]
     at = inner.rfind("@")
     return f"<{HIDDEN}{inner[at:] if at >= 0 else ''}>"
+
+
+def _hide_bracketed_session(match: re.Match[str]) -> str:
+    start = match.start() - len("session=")
+    if start >= 0 and _DOVECOT_SESSION.fullmatch(match.string, start, match.end()):
+        return match[0]
+    return _hide_bracketed(match)
 
 
 def _hide_ipv6(match: re.Match[str]) -> str:
@@ -155,6 +179,7 @@ _TAG = re.compile(rf"({_IDENT})(?:\[([0-9]{{1,10}})\])?: ")
 _RFC5424 = re.compile(rf"1 \S+ \S+ ({_IDENT}|-) ([0-9]{{1,10}}|-) \S+ (?:- )?")
 # control characters would make journald store the message as a blob
 _CONTROLS = {c: "?" for c in range(32) if chr(c) != "\t"} | {127: "?"}
+DOVECOT_IDENT = "dovecot"  # every Dovecot process logs through its log process, as "dovecot"
 DEFAULT_PRI = 13  # user.notice, as RFC 3164 §4.3.3 assumes for a datagram without PRI
 
 
@@ -207,9 +232,8 @@ def scrub(data: bytes) -> bytes:
     should redaction ever fail, the line is replaced, not passed on."""
     try:
         record = parse_syslog(data)
-        record = Record(
-            record.severity, record.facility, record.ident, record.pid, redact(record.message)
-        )
+        message = redact(record.message, dovecot=record.ident == DOVECOT_IDENT)
+        record = Record(record.severity, record.facility, record.ident, record.pid, message)
     except Exception as e:  # noqa: BLE001 -- a boundary: one line must not stop the others
         record = Record(3, 2, "chatmail-postlog", None, f"line dropped: {type(e).__name__}")
     return journal_entry(record)

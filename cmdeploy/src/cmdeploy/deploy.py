@@ -37,6 +37,7 @@ from chatmaild.registration import HANDED, INVITES, USES
 from cmdeploy import acme
 from cmdeploy.chatmaild import (
     HEALTH_UNIT,
+    JOURNAL_DEV_LOG,
     METRICS_TMPFILES,
     POSTLOG_SOCKET,
     POSTLOG_UNIT,
@@ -44,6 +45,7 @@ from cmdeploy.chatmaild import (
     services,
 )
 from cmdeploy.coturn import turnserver_conf
+from cmdeploy.dovecot import MASTER_PID_FILE as DOVECOT_MASTER_PID_FILE
 from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
 from cmdeploy.dovecot import plugin as dovecot_plugin
 from cmdeploy.health import expectations
@@ -51,6 +53,7 @@ from cmdeploy.journald import journald_files
 from cmdeploy.layout import Layout
 from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
+from cmdeploy.postfix import MASTER_PID_FILE as POSTFIX_MASTER_PID_FILE
 from cmdeploy.postfix import postfix_files, postmap_needed
 from cmdeploy.unbound import unbound_files
 
@@ -69,13 +72,24 @@ SYSCTL = (
     "fs.inotify.max_user_instances = 65536\n"
     "fs.inotify.max_user_watches = 1048576\n"
 )
-# Compares the log socket in the running Postfix master's mount namespace with the current one.
-STALE_LOG_SOCKET = (
-    f"m=$(tr -d ' ' < /var/spool/postfix/pid/master.pid 2>/dev/null); "
-    f'[ -n "$m" ] && [ -S {POSTLOG_SOCKET} ] && '
-    f'[ "$(stat -Lc %i /proc/$m/root/run/systemd/journal/dev-log 2>/dev/null)" '
-    f'!= "$(stat -c %i {POSTLOG_SOCKET})" ] && echo stale || true'
-)
+
+
+def stale_log_socket(pid_file: str) -> str:
+    """A command that prints "stale" when the log socket in the mount namespace of the master
+    whose pid `pid_file` holds is no longer the scrubber's current one."""
+    return (
+        f"m=$(head -1 {pid_file} 2>/dev/null | tr -d ' '); "
+        f'[ -n "$m" ] && [ -S {POSTLOG_SOCKET} ] && '
+        f'[ "$(stat -Lc %i /proc/$m/root{JOURNAL_DEV_LOG} 2>/dev/null)" '
+        f'!= "$(stat -c %i {POSTLOG_SOCKET})" ] && echo stale || true'
+    )
+
+
+def logs_nowhere(pid_file: str) -> bool:
+    """Whether a running daemon still holds a log socket that chatmail-postlog no longer
+    serves (its socket unit was started anew, e.g. after failing, but the daemon was not):
+    its lines would be lost until it restarts onto the current socket."""
+    return "stale" in (host.get_fact(Command, stale_log_socket(pid_file)) or "")
 
 
 def put(
@@ -431,7 +445,12 @@ class Dovecot(Component):
         )
 
     def activate(self) -> None:
-        restart("dovecot", self.changed, check="doveconf -n >/dev/null")
+        restart(
+            "dovecot",
+            self.changed,
+            check="doveconf -n >/dev/null",
+            force=logs_nowhere(DOVECOT_MASTER_PID_FILE),
+        )
 
 
 class Postfix(Component):
@@ -467,15 +486,7 @@ class Postfix(Component):
     def activate(self) -> None:
         # any warning from postconf fails the deploy (spec §9)
         check = 'test -z "$(postconf -n 2>&1 >/dev/null)"'
-        restart("postfix", self.changed, check=check, force=self.logs_nowhere())
-
-    @staticmethod
-    def logs_nowhere() -> bool:
-        """Whether the running Postfix still holds a log socket that chatmail-postlog no longer
-        serves (its socket unit was started anew, e.g. after failing, but Postfix was not):
-        its lines would be lost until Postfix restarts onto the current socket."""
-        found = host.get_fact(Command, STALE_LOG_SOCKET) or ""
-        return "stale" in found
+        restart("postfix", self.changed, check=check, force=logs_nowhere(POSTFIX_MASTER_PID_FILE))
 
 
 class Nginx(Component):

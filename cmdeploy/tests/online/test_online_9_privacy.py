@@ -1,8 +1,10 @@
 """What the relays remember: their journals, after the suite (runs last, by its name).
 
 Passwords and push tokens must appear nowhere in a relay's journal. Addresses must not appear
-in what chatmail's own services and Dovecot log. Postfix's lines (every journal entry whose
-syslog identifier starts with `postfix`, whichever process wrote it) pass through
+in what chatmail's own services and Dovecot log, not even in Dovecot's error for a delivery it
+failed (which names the recipient; its lines pass through chatmail-postlog too). Postfix's
+lines (every journal entry whose syslog identifier starts with `postfix`, whichever process
+wrote it) pass through
 chatmail-postlog, so they must hold no test address, not even its local part,
 and no IP address literal at all: not the test client's, and not the relays' own either,
 since the scrubber replaces every one. Other units may name IPs (sshd logs the address the
@@ -15,11 +17,14 @@ from __future__ import annotations
 import imaplib
 import ipaddress
 import re
+import shlex
 import socket
+import time
 
 import pytest
 from chatmail_online import (
     REPORT,
+    Credentials,
     Factory,
     Registry,
     Relay,
@@ -37,6 +42,8 @@ pytestmark = pytest.mark.timeout(180)
 # Units of chatmail's own services (globs as journalctl -u takes them), and Dovecot.
 OWN_UNITS = ["doveauth*", "chatmail-*", "filtermail*", "dovecot*", "fcgiwrap*", "nginx*"]
 CLOCK_MARGIN = 60  # seconds: journal entries are selected from suite start minus this
+# Dovecot's error when it cannot write a message into the maildir's tmp/
+DOVECOT_SAVE_FAILED = "Permission denied"
 # "2026-11-26T03:43:53+0000 relay2 postfix/qmgr[9862]: ..." (journalctl -o short-iso)
 POSTFIX_LINE = re.compile(r"^\S+ \S+ postfix[^\s\[:]*(?:\[\d+\])?: ")
 IPV4_LITERAL = re.compile(r"(?<![0-9])[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9])")
@@ -98,6 +105,29 @@ def exercised(
             assert transact(smtp, sender.addr, [rcpt], data).code == 250
     wait_for_message_id(recipient, msgid)
     wait_for_message_id(sender, msgid)  # the bounce for `nobody`
+    failed_delivery(relay1, sender, make_account(relay1))
+
+
+def failed_delivery(relay: Relay, sender: Credentials, recipient: Credentials) -> None:
+    """A delivery Dovecot fails, as on a full disk: its error names the recipient and the
+    maildir's path. Its tmp/ made read-only makes Dovecot fail to save the message; Postfix
+    keeps it (a 4xx) and delivers it once tmp/ is writable again."""
+    tmp = shlex.quote(relay.mailbox_dir(recipient.addr) + "/tmp")
+    relay.ssh(f"install -d -o vmail -g vmail -m 0500 {tmp} && chmod 0500 {tmp}")
+    msgid = message_id(relay)
+    try:
+        with sender.smtp() as smtp:
+            data = encrypted_message(sender.addr, recipient.addr, msgid)
+            assert transact(smtp, sender.addr, [recipient.addr], data).code == 250
+        sent, deadline = time.time(), time.monotonic() + 60
+        # the scrubber writes Dovecot's lines, so they are in its unit's journal
+        while DOVECOT_SAVE_FAILED not in journal(relay, sent, ["chatmail-postlog*"]):
+            assert time.monotonic() < deadline, "Dovecot logged no failed delivery"
+            time.sleep(1)
+    finally:
+        relay.ssh(f"chmod 0700 {tmp}")
+    relay.ssh("postqueue -f")  # instead of waiting for Postfix's next retry
+    wait_for_message_id(recipient, msgid)
 
 
 def test_journals_hold_no_secrets(exercised: None, relays: list[Relay], registry: Registry) -> None:
@@ -134,5 +164,7 @@ def test_journals_hold_no_secrets(exercised: None, relays: list[Relay], registry
                 problems.append(f"{relay.domain}: Postfix logged an IP address: {line}")
         if not any("status=sent" in line for line in postfix):
             problems.append(f"{relay.domain}: no Postfix delivery line in the journal")
+        if relay is relays[0] and DOVECOT_SAVE_FAILED not in own:
+            problems.append(f"{relay.domain}: Dovecot's failed delivery is not in the journal")
         REPORT.append(f"{relay.domain}: {len(postfix)} Postfix journal lines checked")
     assert not problems, "\n".join(problems)

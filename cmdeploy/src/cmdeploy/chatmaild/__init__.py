@@ -3,9 +3,10 @@
 Every service runs from the venv at `layout.venv` and restarts on failure. The mail services
 run as vmail and see the filesystem read-only but for the mailboxes; the dict services get
 their socket directory from systemd (`RuntimeDirectory`), so a stale socket never survives a
-reboot. chatmail-postlog, the scrubber of Postfix's log lines (spec §9), owns nothing: it runs
-as a user of its own (`DynamicUser`) on a socket systemd holds (`chatmail-postlog.socket`),
-which Postfix's unit binds over its /dev/log (see `cmdeploy.postfix`).
+reboot. chatmail-postlog, the scrubber of Postfix's and Dovecot's log lines (spec §9), owns
+nothing: it runs as a user of its own (`DynamicUser`) on a socket systemd holds
+(`chatmail-postlog.socket`), which both daemons' units bind over their /dev/log
+(`scrubbed_log_drop_in`).
 
 Each service may open as many descriptors (`LimitNOFILE`) as the connections Postfix and
 Dovecot may hold to it at once, from the configured counts, plus `FD_HEADROOM`: systemd's
@@ -29,8 +30,27 @@ METRICS_UNIT = "chatmail-metrics"
 METRICS_TMPFILES = "/etc/tmpfiles.d/chatmail-metrics.conf"
 POSTLOG_UNIT = "chatmail-postlog"
 HEALTH_UNIT = "chatmail-health"
-# Postfix's syslog socket; a directory of its own, which systemd creates for the socket unit
+# Postfix's and Dovecot's syslog socket; a directory of its own, which systemd creates for the
+# socket unit
 POSTLOG_SOCKET = PurePosixPath("/run/chatmail-postlog/dev-log")
+# glibc's syslog(3) writes to /dev/log, which Debian's systemd makes a symlink to this socket.
+JOURNAL_DEV_LOG = PurePosixPath("/run/systemd/journal/dev-log")
+# the drop-in's name in the `<unit>.service.d/` of each daemon that logs through the scrubber
+SCRUBBED_LOG_DROP_IN = "chatmail-postlog.conf"
+
+
+def scrubbed_log_drop_in(daemon: str, why_all: str) -> str:
+    """The drop-in that binds the scrubber's socket over /dev/log in `daemon`'s unit;
+    `why_all` says why every process of the daemon logs through that namespace."""
+    return render(
+        "chatmaild",
+        "scrubbed-log.conf.j2",
+        daemon=daemon,
+        why_all=why_all,
+        socket=POSTLOG_SOCKET,
+        socket_unit=f"{POSTLOG_UNIT}.socket",
+        journal_dev_log=JOURNAL_DEV_LOG,
+    )
 
 
 # The process's own descriptors (stdio, epoll, listeners, the resolver's and worker threads'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
 from ..templates import render
 
@@ -40,12 +41,21 @@ def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **override
     return render("dovecot", "chatmail.conf.j2", **variables)
 
 
-RESTART_DROP_IN = "/etc/systemd/system/dovecot.service.d/chatmail-restart.conf"
+DROP_IN_DIR = PurePosixPath(UNIT_DIR) / "dovecot.service.d"
+RESTART_DROP_IN = str(DROP_IN_DIR / "chatmail-restart.conf")
+# Debian's; the stale-log-socket check of the deploy looks into this process's namespace
+MASTER_PID_FILE = "/run/dovecot/master.pid"
 
 
 def dovecot_unit_files() -> dict[str, str]:
-    """{remote path: content}: Dovecot's unit restarts it when it dies."""
-    return {RESTART_DROP_IN: render("dovecot", "restart.conf.j2")}
+    """{remote path: content}: Dovecot's unit restarts it when it dies, and its log lines go
+    through chatmail-postlog: its errors name accounts and maildir paths."""
+    return {
+        RESTART_DROP_IN: render("dovecot", "restart.conf.j2"),
+        str(DROP_IN_DIR / SCRUBBED_LOG_DROP_IN): scrubbed_log_drop_in(
+            "Dovecot", "every Dovecot process logs through its log process, never chrooted"
+        ),
+    }
 
 
 def dovecot_files(layout: Layout, conf_dir: PurePosixPath = CONF_DIR) -> dict[str, str]:

@@ -23,7 +23,7 @@ import ipaddress
 import re
 from pathlib import PurePosixPath
 
-from ..chatmaild import POSTLOG_SOCKET, POSTLOG_UNIT, UNIT_DIR
+from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
 from ..templates import render
 
@@ -38,10 +38,8 @@ QUEUE_DIRECTORY = PurePosixPath("/var/spool/postfix")
 TABLES = ("submission_header_cleanup", "lmtp_header_cleanup", "login_map", "tls_policy")
 POSTMAP_NEEDED: frozenset[str] = frozenset()
 
-# glibc's syslog(3) writes to /dev/log, which Debian's systemd makes a symlink to this socket.
-JOURNAL_DEV_LOG = PurePosixPath("/run/systemd/journal/dev-log")
 # for every instance of Debian's template; "postfix@-.service" is the one that runs
-POSTLOG_DROP_IN = "postfix@.service.d/chatmail-postlog.conf"
+POSTLOG_DROP_IN = f"postfix@.service.d/{SCRUBBED_LOG_DROP_IN}"
 RESTART_DROP_IN = "postfix@.service.d/chatmail-restart.conf"
 MASTER_PID_FILE = "/var/spool/postfix/pid/master.pid"
 
@@ -128,12 +126,8 @@ def postfix_files(
     }
     for name, path in tables.items():
         files[str(path)] = render("postfix", f"{name}.j2")
-    files[str(unit_dir / POSTLOG_DROP_IN)] = render(
-        "postfix",
-        "postlog.conf.j2",
-        socket=POSTLOG_SOCKET,
-        socket_unit=f"{POSTLOG_UNIT}.socket",
-        journal_dev_log=JOURNAL_DEV_LOG,
+    files[str(unit_dir / POSTLOG_DROP_IN)] = scrubbed_log_drop_in(
+        "Postfix", "none of its daemons runs chrooted, see master.cf"
     )
     files[str(unit_dir / RESTART_DROP_IN)] = render(
         "postfix", "restart.conf.j2", pid_file=MASTER_PID_FILE
