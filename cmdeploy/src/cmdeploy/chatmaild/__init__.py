@@ -3,9 +3,10 @@
 Every service runs from the venv at `layout.venv` and restarts on failure. The mail services
 run as vmail and see the filesystem read-only but for the mailboxes; the dict services get
 their socket directory from systemd (`RuntimeDirectory`), so a stale socket never survives a
-reboot. chatmail-postlog, the scrubber of Postfix's log lines (spec §9), owns nothing: it runs
-as a user of its own (`DynamicUser`) on a socket systemd holds (`chatmail-postlog.socket`),
-which Postfix's unit binds over its /dev/log (see `cmdeploy.postfix`).
+reboot. chatmail-postlog, the scrubber of Postfix's log lines (doc/contract.md §12), owns
+nothing: it runs as a user of its own (`DynamicUser`) on a socket systemd holds
+(`chatmail-postlog.socket`), which Postfix's unit binds over its /dev/log (see
+`cmdeploy.postfix`).
 
 Each service may open as many descriptors (`LimitNOFILE`) as the connections Postfix and
 Dovecot may hold to it at once, from the configured counts, plus `FD_HEADROOM`: systemd's
