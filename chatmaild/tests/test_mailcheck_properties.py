@@ -294,7 +294,8 @@ CONTROL_BODIES = [
 
 
 def _corpus_armors() -> list[bytes]:
-    """Every armored block of the corpus (valid or not), and variants §4.2 step 3 cares about."""
+    """Every armored block of the corpus (valid or not), and variants doc/encryption-gate.md §2.3
+    cares about."""
     pattern = re.compile(rb"(?is)-----begin pgp[^\r\n]*.*?-----end pgp[^\r\n]*-----")
     found = sorted({m.group(0) for seed in SEEDS for m in pattern.finditer(seed)})
     armors = [BOB_ARMOR] + [a for a in found if b"_" not in a and a != BOB_ARMOR]
@@ -377,8 +378,8 @@ def _extra_parts(draw: st.DrawFn) -> list[Node]:
 
 @st.composite
 def near_valid_trees(draw: st.DrawFn) -> Node:
-    """The shape of §4.2, each piece of it kept or changed at random: the valid case and its
-    near misses are then common, where random trees would almost never be valid."""
+    """The shape of doc/encryption-gate.md §2.2, each piece kept or changed at random: the valid
+    case and its near misses are then common, where random trees would almost never be valid."""
     leaf_params = st.sampled_from(LEAF_PARAMS)
     control = Leaf(
         draw(st.sampled_from(["application/pgp-encrypted", "Application/PGP-Encrypted"])),

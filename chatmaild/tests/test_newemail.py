@@ -1,4 +1,5 @@
-"""Tests for the `/new` CGI program (spec §10.2): credentials, dclogin URLs, answers, CGI I/O."""
+"""Tests for the `/new` CGI program (doc/contract.md §8.2): credentials, dclogin URLs, answers,
+CGI I/O."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Quota through a real Dovecot: the 75 % warning prunes the oldest mail (spec §6, §7)."""
+"""Quota through a real Dovecot: the 75 % warning prunes the oldest mail (doc/contract.md §5.4)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Accounts on disk, and the rules for creating one.
 
 An account is the directory `<mailboxes_dir>/<addr>/` holding `password` (the
-`{SHA512-CRYPT}` hash; its mtime is the last login day, §2.3) and `enforceE2EEincoming`, and
-`blocked` while the operator has blocked it (doc/accounts.md): no login, no incoming mail.
-Every path is built from an address that `address_error` accepted first, so an address with
-`/`, `..`, NUL or a second `@` never touches the filesystem.
+`{SHA512-CRYPT}` hash; its mtime is the last login day, doc/contract.md §2.3) and
+`enforceE2EEincoming`, and `blocked` while the operator has blocked it (doc/accounts.md): no
+login, no incoming mail. Every path is built from an address that `address_error` accepted
+first, so an address with `/`, `..`, NUL or a second `@` never touches the filesystem.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def password_error(password: str) -> str | None:
 
 
 def creation_error(addr: str, password: str, address_domain: str, limits: NameLimits) -> str | None:
-    """Why a new account may not be created with these credentials (spec §2.2, 3.2-3.5)."""
+    """Why a new account may not be created with these credentials (doc/contract.md §2.2)."""
     if len(password) < limits.password_min_length:
         return "password too short"
     if addr.count("@") != 1:

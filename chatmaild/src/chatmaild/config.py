@@ -373,7 +373,7 @@ class Config:
 
     @property
     def tls_mode(self) -> str:
-        """`external`, `self` or `acme`: the first rule of spec §8 that matches."""
+        """`external`, `self` or `acme`: the first rule of doc/contract.md §6.1 that applies."""
         if self.tls_external_cert_and_key:
             return "external"
         if self.mail_domain.startswith("_") or self.is_ipv4:

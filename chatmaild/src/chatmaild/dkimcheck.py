@@ -9,20 +9,24 @@ literal (`[a.b.c.d]`, `[IPv6:...]`) is not checked at all.
 
 Replies (`smtpreject`): no `DKIM-Signature` header at all gives
 `554 5.7.1 No DKIM signature found`; none that verifies and aligns gives
-`554 5.7.1 No valid DKIM signature found`. No copy of a refused message is kept anywhere
-(it would hold someone's mail on disk), and there is no switch that turns the check off:
-tests pass the verifier a resolver of their own instead. This module only decides.
+`554 5.7.1 No valid DKIM signature found`, unless a signer's key could not be looked up just
+now (a DNS timeout or server failure): then `451 4.4.3` (RFC 6376 §6.1.2), and the peer tries
+again. No copy of a refused message is kept anywhere (it would hold someone's mail on disk),
+and there is no switch that turns the check off: tests pass the verifier a resolver of their
+own instead. This module only decides.
 
 Key lookup: a DNS TXT query for `<selector>._domainkey.<d>` with a 60 s timeout, and an
 in-memory LRU cache of 1000 selector records; an entry is dropped when a verification with it
 fails. Whitespace in the record is tolerated and `v=` is optional (dkimpy's tag parser and key
-decoding already do both). A failed lookup of any kind means "not valid", never an exception.
+decoding already do both). A failed lookup never raises out of the check: a key that does not
+exist means "not valid", one that could not be looked up for now is not cached and leads to the
+`451` above.
 The resolver is a parameter: tests pass a fake and never touch the network.
 
 `check` is synchronous (RSA and DNS take time): an asyncio front end runs it in a thread, and
 one verifier may serve several threads at once.
 
-Choices beyond the spec:
+Choices of our own:
 
 - Only signatures whose `d=` aligns are verified, so no key of an unrelated domain is ever
   fetched, and at most `MAX_ALIGNED_SIGNATURES` of them per message: a message cannot hold a

@@ -1,4 +1,4 @@
-"""doveauth: Dovecot's passdb and userdb, with accounts created on first login (spec §2.2).
+"""doveauth: Dovecot's passdb and userdb, accounts created on first login (doc/contract.md §2.2).
 
 Dovecot 2.3 asks this service over the dict protocol (`passdb`/`userdb` `driver = dict`,
 `proxy:<socket>:auth`). Keys:
@@ -204,8 +204,9 @@ class AuthDict:
         return self.record(addr, new_hash)
 
     def refusal(self, addr: str, password: str) -> Refusal | None:
-        """Why a new account may not be created now, checked in the spec's order, with the
-        operator's registration settings (doc/accounts.md) right after the nocreate file."""
+        """Why a new account may not be created now, checked in the order of
+        doc/contract.md §2.2: the operator's registration settings (doc/accounts.md) right after
+        the nocreate file, then the rules for names and passwords, then the resources."""
         if self.nocreate_file.exists():
             return Refusal("nocreate", f"{self.nocreate_file} exists")
         settings = self.registration.current()

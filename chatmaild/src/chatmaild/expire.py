@@ -3,7 +3,7 @@
 A systemd timer runs `chatmail-expire <ini> -v --remove` as vmail every day. One pass over
 every `*@*` directory in the mailboxes directory; for each mailbox:
 
-1. if the `password` mtime (the last login day, §2.3) is older than
+1. if the `password` mtime (the last login day, doc/contract.md §2.3) is older than
    `delete_inactive_users_after` days, the whole mailbox directory is removed, unless the
    operator blocked the account (doc/accounts.md);
 2. a directory without a `password` file is removed only if it holds nothing but the stale
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="evaluate as if the date were N days ago (spec §7), so less expires; "
+        help="evaluate as if the date were N days ago, so less expires; "
         "a negative N pretends -N days have passed, e.g. --days -40 shows what will "
         "expire 40 days from now",
     )

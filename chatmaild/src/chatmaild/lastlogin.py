@@ -1,4 +1,4 @@
-"""lastlogin: records the day of each IMAP login, for expiry of inactive accounts (spec §2.3).
+"""lastlogin: the day of each IMAP login, for expiry of inactive accounts (doc/contract.md §2.3).
 
 Dovecot's `last_login` plugin writes `shared/last-login/<addr>` = unix time through this dict
 service (`proxy:<socket>:lastlogin`). Only the day is kept: the time is rounded down to a

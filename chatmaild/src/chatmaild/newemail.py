@@ -1,9 +1,10 @@
-"""newemail: the CGI program behind `https://<domain>/new`; it hands out credentials (spec §10.2).
+"""newemail: the CGI program behind `https://<domain>/new`, handing out credentials.
 
 nginx passes `/new` (and the legacy `/cgi-bin/newemail.py`) to fcgiwrap, which runs this
 program once per request with the CGI environment; the ini comes from `CHATMAIL_INI` or the
 default path. No account is created here: the program only draws a random address and
-password, and the account comes into being when Delta Chat first logs in with them (spec §2.2).
+password, and the account comes into being when Delta Chat first logs in with them
+(doc/contract.md §2.2). What it answers: doc/contract.md §8.2 and §4.4.
 
 Registration (doc/accounts.md): in `closed` mode every request gets `403` and a one-line text
 saying so; in `invite` mode only a request with `?token=` of a valid, unexpired, not used-up
@@ -50,7 +51,7 @@ LOCAL_PART_ALPHABET = string.ascii_lowercase + string.digits
 _TROUBLESOME = "\"'\\%` "
 PASSWORD_PUNCTUATION = "".join(c for c in string.punctuation if c not in _TROUBLESOME)
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_PUNCTUATION
-EXTRA_PASSWORD_CHARS = 3  # spec §10.2: /new generates password_min_length + 3 characters
+EXTRA_PASSWORD_CHARS = 3  # /new generates password_min_length + 3 characters (doc/config.md)
 
 NO_STORE = ("Cache-Control", "no-store")
 JSON_TYPE = ("Content-Type", "application/json")
@@ -83,7 +84,7 @@ def _random_text(alphabet: str, length: int, choice: Choice) -> str:
 
 
 def new_credentials(config: Config, choice: Choice = secrets.choice) -> tuple[str, str]:
-    """A fresh (email, password) that passes doveauth's creation rules (spec §2.2)."""
+    """A fresh (email, password) that passes doveauth's creation rules (doc/contract.md §2.2)."""
     local = _random_text(LOCAL_PART_ALPHABET, config.username_max_length, choice)
     password_length = config.password_min_length + EXTRA_PASSWORD_CHARS
     if password_length == registration.AUTORELAY_PASSWORD_LENGTH:
@@ -94,7 +95,7 @@ def new_credentials(config: Config, choice: Choice = secrets.choice) -> tuple[st
 
 
 def dclogin_url(email: str, password: str, config: Config) -> str:
-    """`dclogin:<email>?p=<pw>&v=1[&ih=<ip>&sh=<ip>]&ic=3` (spec §10.2)."""
+    """`dclogin:<email>?p=<pw>&v=1[&ih=<ip>&sh=<ip>]&ic=3` (doc/contract.md §8.3)."""
     params = [f"p={quote(password, safe='')}", "v=1"]
     if config.is_ipv4:
         params += [f"ih={config.mail_domain}", f"sh={config.mail_domain}"]
@@ -143,7 +144,7 @@ def respond(
     token: str | None = None,
     reg: Registration | None = None,
 ) -> Response:
-    """The answer to one request with HTTP `method` (spec §10.2) and invite `token`."""
+    """The answer to one request with HTTP `method` and invite `token` (doc/contract.md §4.4)."""
     if method not in ("GET", "HEAD", "POST"):
         headers = [TEXT_TYPE, ("Allow", ALLOWED_METHODS), NO_STORE]
         return Response(405, headers, b"method not allowed\n")

@@ -1,8 +1,8 @@
-"""Sends one push notification: an HTTP(S) POST of the raw token to the push endpoint (§3).
+"""Sends one push notification: an HTTP(S) POST of the raw token to the push endpoint.
 
 Each worker thread keeps its own keep-alive connection to the endpoint and reopens it after
-any error. The endpoint is the `push_endpoint` setting: the Delta Chat notification service
-on a relay, a local fake in tests and in the lab.
+any error (doc/contract.md §5.7). The endpoint is the `push_endpoint` setting: the Delta Chat
+notification service on a relay, a local fake in tests and in the lab.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Password hashes in the `{SHA512-CRYPT}` scheme that Dovecot verifies itself (spec §2.2).
+"""Password hashes in the `{SHA512-CRYPT}` scheme that Dovecot verifies (doc/contract.md §2.2).
 
 Hashing calls libcrypt's `crypt_r` through ctypes rather than Python's `crypt` module: the module
 is deprecated (and gone in Python 3.13), and a ctypes call releases the GIL, so several first

@@ -1,4 +1,4 @@
-"""The per-sender send rate limit of the outgoing gate (doc/encryption-gate.md).
+"""The per-sender send rate limit of the outgoing gate (doc/contract.md §3.2).
 
 Filtermail's outgoing front end asks `RateLimiter.check` at every MAIL FROM. It is a GCRA
 (generic cell rate algorithm) keyed by the envelope sender: one unit every
@@ -8,13 +8,13 @@ recipients and whatever happens to the message afterwards. Over the limit the re
 `450 4.7.1: Too much mail from <addr>, rate limited until ...` (`smtpreject.too_much_mail`,
 built by `RateLimiter.enforce`) and the front end closes the connection.
 
-The state lives in memory, per process, and is lost on restart, as in the reference. Pure: the
-clock is a parameter, and nothing here does I/O.
+The state lives in memory, per process, and is lost on restart, as on the reference relay.
+Pure: the clock is a parameter, and nothing here does I/O.
 
-Choices the spec leaves open:
+Choices of our own:
 
 - `per_minute == 0` means *no limit*: a relay where nobody can send would be useless, so 0 is
-  how an operator turns the limit off (e.g. for benchmarks, spec §13). Nothing is stored then.
+  how an operator turns the limit off (e.g. for benchmarks). Nothing is stored then.
 - `burst` below 1 acts as 1; otherwise not even the first message could ever pass.
 - Keys are compared ignoring case (Postfix ties MAIL FROM to the login ignoring case, so
   `A@x` and `a@x` are one sender) and stored as a 16-byte BLAKE2b digest: every entry has the
@@ -97,7 +97,7 @@ class RateLimiter:
     def from_config(
         cls, config: Config, clock: Callable[[], float] = time.monotonic
     ) -> RateLimiter:
-        """The limiter of §4.4.2 for `max_user_send_per_minute` / `max_user_send_burst_size`."""
+        """The limiter for `max_user_send_per_minute` / `max_user_send_burst_size`."""
         return cls(config.max_user_send_per_minute, config.max_user_send_burst_size, clock)
 
     @property
@@ -129,7 +129,7 @@ class RateLimiter:
             return None
 
     def enforce(self, mail_from: str, now_wall: float) -> None:
-        """`check(mail_from)`, raising the §4.4.2 `Reject` (450) when over the limit.
+        """`check(mail_from)`, raising the 450 `Reject` (doc/contract.md §4.1) when over the limit.
 
         `now_wall` is the current Unix time, for the "rate limited until" text only.
         """

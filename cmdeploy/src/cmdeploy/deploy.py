@@ -114,8 +114,9 @@ def restart(unit: str, changed: Ops, check: str | None = None, force: bool = Fal
 
     A change leaves a marker on the relay until the restart succeeded: a deploy that failed
     in between restarts the unit on the next run although its files no longer change.
-    With `--disable-mail` (a migration step, spec §9) Postfix and Dovecot stay configured
-    but stopped and disabled. `force` restarts it in any case (a fact showed it needs one)."""
+    With `--disable-mail` (a migration step, doc/contract.md §10) Postfix and Dovecot stay
+    configured but stopped and disabled. `force` restarts it in any case (a fact showed it
+    needs one)."""
     if unit in MAIL_UNITS and os.environ.get("CHATMAIL_DISABLE_MAIL"):
         systemd.service(name=f"Stop {unit}", service=unit, running=False, enabled=False)
         return
@@ -231,7 +232,7 @@ class Unbound(Component):
 
 
 class Tls(Component):
-    """The certificate and key every TLS listener reads (spec §8): generated once here for
+    """The certificate and key every TLS listener reads (doc/contract.md §6.1): generated once for
     self-signed relays, and as a placeholder for ACME relays until certbot replaced it."""
 
     def configure(self) -> None:
@@ -417,7 +418,7 @@ class OpenDkim(Component):
         self.changed = put(opendkim_files(layout))
 
     def activate(self) -> None:
-        if not self.layout.config.is_ipv4:  # IPv4 relays sign nothing (spec §5)
+        if not self.layout.config.is_ipv4:  # IPv4 relays sign nothing (doc/contract.md §6.3)
             restart("opendkim", self.changed, check="opendkim -n")
 
 
@@ -472,8 +473,8 @@ class Postfix(Component):
             )
 
     def reverse_name(self) -> str | None:
-        """An IPv4 relay's name for itself: the PTR name of its address (spec §5), as the
-        relay's resolver sees it; None (the host's own name) when there is none."""
+        """An IPv4 relay's name for itself (doc/contract.md §6.3): the PTR name of its
+        address as the relay's resolver sees it; None (the host's own name) when there is none."""
         config = self.layout.config
         if not config.is_ipv4:
             return None
@@ -484,7 +485,7 @@ class Postfix(Component):
         return None
 
     def activate(self) -> None:
-        # any warning from postconf fails the deploy (spec §9)
+        # any warning from postconf fails the deploy (doc/contract.md §10)
         check = 'test -z "$(postconf -n 2>&1 >/dev/null)"'
         restart("postfix", self.changed, check=check, force=logs_nowhere(POSTFIX_MASTER_PID_FILE))
 
@@ -494,8 +495,8 @@ class Nginx(Component):
 
     def configure(self) -> None:
         self.changed = put(nginx_files(self.layout))
-        # The one line of Debian's nginx.conf we change (spec §10.1): 768 connections would
-        # serve only ~380 clients through the 443 multiplexer (two connections each).
+        # The one line of Debian's nginx.conf we change (doc/contract.md §11.2): 768
+        # connections would serve only ~380 clients through the 443 multiplexer (two each).
         self.changed.append(
             files.line(
                 name="nginx worker_connections",

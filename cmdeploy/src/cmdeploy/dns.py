@@ -1,10 +1,11 @@
 """The relay's DNS records: generate them, write a zone file, check them.
 
-`cmdeploy dns` (spec §9) builds the records from the config and `RelayFacts` (the addresses,
-DKIM key, ACME account and MTA-STS id found on the relay), then either writes them as a BIND
-zone file or checks each one against the zone's authoritative nameservers, queried directly so
-that no cache hides a fresh change. Generation is pure; every network access goes through the
-resolver and nameserver addressing passed in, and every wait is bounded by `timeout`.
+`cmdeploy dns` (doc/contract.md §7) builds the records from the config and `RelayFacts` (the
+addresses, DKIM key, ACME account and MTA-STS id found on the relay), then either writes them
+as a BIND zone file or checks each one against the zone's authoritative nameservers, queried
+directly so that no cache hides a fresh change. Generation is pure; every network access goes
+through the resolver and nameserver addressing passed in, and every wait is bounded by
+`timeout`.
 
 An IPv4 relay has no DNS name, so it has no records at all.
 """
@@ -44,7 +45,7 @@ DEFAULT_TIMEOUT = 3.0  # seconds for each network wait
 
 @dataclass(frozen=True)
 class RelayFacts:
-    """What the records depend on besides the config, as found on the relay (spec §11)."""
+    """What the records depend on besides the config, found on the relay (doc/contract.md §7.1)."""
 
     ipv4: str | None
     ipv6: str | None
@@ -102,7 +103,7 @@ def unsplit_dkim(records: Iterable[Record]) -> str | None:
 
 
 def zone_records(config: Config, facts: RelayFacts, now: datetime) -> list[Record]:
-    """Every record of spec §11 that can be built from the config and facts, required first.
+    """Every record of doc/contract.md §7.1 that config and facts can build, required first.
 
     Records whose data is unknown are left out: A/AAAA without an address, DKIM without the
     key, CAA without the ACME account. An IPv4 relay gets none (it has no DNS name).
@@ -388,7 +389,7 @@ def existing_sts_id(
     port: int = 53,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> str | None:
-    """The id of the `_mta-sts` record the zone already has, if any (spec §11: it is kept)."""
+    """The id of the zone's `_mta-sts` record, if any: it is kept (doc/contract.md §7.1)."""
     checker = _Checker(resolver, nameservers, port, timeout)
     try:
         values, _, _ = checker.query(f"_mta-sts.{mail_domain}.", "TXT")

@@ -16,7 +16,7 @@ from chatmaild.config import Config
 
 @dataclass(frozen=True)
 class Tls:
-    """The certificate and key every TLS listener uses (spec §8, derived TLS mode)."""
+    """The certificate and key every TLS listener uses (the TLS mode of doc/contract.md §6.1)."""
 
     mode: str  # "acme", "self" or "external"
     cert: PurePosixPath

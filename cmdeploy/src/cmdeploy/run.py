@@ -60,7 +60,7 @@ def checkout_version() -> str:
 
 
 def build_website(config: Config, dest: Path) -> Path | None:
-    """The relay's pages, built here (spec §8 `www_folder`): the bundled ones when it is
+    """The relay's pages, built here (`www_folder`, doc/config.md): the bundled ones when it is
     empty, the operator's when it names a directory (built first if it holds `src/`),
     none when it names a path that does not exist."""
     from .www import build_site

@@ -4,13 +4,13 @@
 `www/src/` (style sheet, logo, `dclogin.js`, `robots.txt`) is copied unchanged. Each page is
 rendered with Jinja2 repeatedly until the output stops changing, so page text may use
 `{{ config.<key> }}` and the helpers of `page_variables`. In acme and external TLS mode the build
-adds `qr-chatmail-invite-<domain>.png`, a QR code of `DCACCOUNT:https://<domain>/new` (§10.2);
-in self-signed mode the home page loads `dclogin.js` instead, which asks `/new` for a
-`dclogin:` link and draws its QR code in the browser. The home page's "Join" section holds a
-part for each registration mode (doc/accounts.md); `style.css` shows the one named by the
-section's `data-mode`, which is chatmail.ini's `registration` and which `registration.js`
-updates from `/registration.json` when `cmdeploy registration` changed it at run time. So
-an invite-only or closed relay shows no QR code that cannot work.
+adds `qr-chatmail-invite-<domain>.png`, a QR code of `DCACCOUNT:https://<domain>/new`
+(doc/contract.md §8.3); in self-signed mode the home page loads `dclogin.js` instead, which
+asks `/new` for a `dclogin:` link and draws its QR code in the browser. The home page's
+"Join" section holds a part for each registration mode (doc/accounts.md); `style.css` shows
+the one named by the section's `data-mode`, which is chatmail.ini's `registration` and which
+`registration.js` updates from `/registration.json` when `cmdeploy registration` changed it at
+run time. So an invite-only or closed relay shows no QR code that cannot work.
 
 The deploy uploads the built folder; `cmdeploy webdev` uses `watch_and_rebuild` and
 `open_browser` to show the pages locally while they are edited.

@@ -60,7 +60,8 @@ def test_outgoing_cleartext_refused(
 
 
 def autocrypt_setup_message(from_addr: str, to_addr: str, msgid: str) -> bytes:
-    """A cleartext Autocrypt Setup Message: multipart/mixed, its fixed Subject (§4.4.6)."""
+    """A cleartext Autocrypt Setup Message: multipart/mixed, its fixed Subject
+    (doc/encryption-gate.md §2.4)."""
     head = [
         f"From: {from_addr}",
         f"To: {to_addr}",

@@ -83,7 +83,7 @@ def test_sub_names_answer_with_a_valid_certificate(relays: list[Relay]) -> None:
 
 
 def test_new_on_get_sends_the_app_to_dcaccount(relays: list[Relay]) -> None:
-    """A browser (or a scanned link) GETting /new is sent to the app (spec §10.2)."""
+    """A browser (or a scanned link) GETting /new is sent to the app (doc/contract.md §8.2)."""
     for relay in acme_relays(relays):
         status, headers, _ = https(relay, relay.domain, "/new")
         assert status == 301

@@ -1,8 +1,9 @@
-"""ACME: the relay's certificate from Let's Encrypt (or the lab's pebble) by certbot (spec §8, §9).
+"""ACME: the relay's certificate from Let's Encrypt (or the lab's pebble) by certbot.
 
-Debian's certbot obtains one ECDSA P-256 certificate for `<d>`, `www.<d>` and `mta-sts.<d>`
-from `acme_directory_url`, answering HTTP-01 challenges through its webroot plugin: nginx's
-port-80 server serves `Layout.acme_webroot` under `/.well-known/acme-challenge/`.
+The TLS modes are in doc/contract.md §6.1. Debian's certbot obtains one ECDSA P-256
+certificate for `<d>`, `www.<d>` and `mta-sts.<d>` from `acme_directory_url`, answering
+HTTP-01 challenges through its webroot plugin: nginx's port-80 server serves
+`Layout.acme_webroot` under `/.well-known/acme-challenge/`.
 
 Postfix, Dovecot and nginx never read certbot's files. They read the stable pair at
 `Layout.tls`, which the deploy fills with a self-signed placeholder the first time. So every
@@ -78,7 +79,7 @@ def certbot_command(layout: Layout) -> list[str]:
 
 
 def placeholder_command(layout: Layout, days: int, names: list[str]) -> str:
-    """A self-signed certificate at `Layout.tls` (spec §8's self-signed profile)."""
+    """A self-signed certificate at `Layout.tls` (the `self` profile of doc/contract.md §6.1)."""
     tls = layout.tls
     san = ",".join(names)
     return (
@@ -92,7 +93,7 @@ def placeholder_command(layout: Layout, days: int, names: list[str]) -> str:
 
 
 def external_reload_files(layout: Layout) -> dict[str, tuple[str, str]]:
-    """External certificates (spec §8): a path unit reloads Dovecot and nginx when the
+    """External certificates (doc/contract.md §6.1): a path unit reloads Dovecot and nginx when the
     operator's certificate or key changes; Postfix reads them at each new connection."""
     tls = layout.tls
     path = render(COMPONENT, "tls-cert-reload.path.j2", watched=[tls.cert, tls.key])

@@ -73,7 +73,8 @@ async def login_all(
 ) -> LoginResult:
     """IMAP connect + LOGIN + LOGOUT for each account, `concurrency` at a time.
 
-    For accounts that do not exist yet this is the relay's first-login creation (§2.2)."""
+    For accounts that do not exist yet this is the relay's first-login creation
+    (doc/contract.md §2.2)."""
     ctx = endpoint.tls_context()
     queue = list(reversed(accounts))
     errors = Errors()

@@ -75,7 +75,8 @@ def delivery_span(first_submission: float, delivery_times: Sequence[float]) -> f
 @dataclass
 class SendBudget:
     """The client-side twin of the relay's GCRA per sender: one unit every `interval` seconds,
-    up to `burst` at once. `per_minute == 0` means the relay does not limit (§4.4)."""
+    up to `burst` at once. `per_minute == 0` means the relay does not limit
+    (doc/contract.md §3.2)."""
 
     per_minute: int
     burst: int

@@ -123,7 +123,8 @@ class MessageBody:
 
 
 def message(body: MessageBody, from_addr: str, to_addr: str, message_id: str) -> bytes:
-    """A whole message: From equals the authenticated sender, as the gate demands (§4.4)."""
+    """A whole message: From equals the authenticated sender, as the gate demands
+    (doc/contract.md §3.1)."""
     head = (
         f"From: <{from_addr}>\r\n"
         f"To: <{to_addr}>\r\n"

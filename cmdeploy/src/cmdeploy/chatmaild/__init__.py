@@ -3,9 +3,9 @@
 Every service runs from the venv at `layout.venv` and restarts on failure. The mail services
 run as vmail and see the filesystem read-only but for the mailboxes; the dict services get
 their socket directory from systemd (`RuntimeDirectory`), so a stale socket never survives a
-reboot. chatmail-postlog, the scrubber of Postfix's and Dovecot's log lines (spec §9), owns
-nothing: it runs as a user of its own (`DynamicUser`) on a socket systemd holds
-(`chatmail-postlog.socket`), which both daemons' units bind over their /dev/log
+reboot. chatmail-postlog, the scrubber of Postfix's and Dovecot's log lines
+(doc/contract.md §12), owns nothing: it runs as a user of its own (`DynamicUser`) on a socket
+systemd holds (`chatmail-postlog.socket`), which both daemons' units bind over their /dev/log
 (`scrubbed_log_drop_in`).
 
 Each service may open as many descriptors (`LimitNOFILE`) as the connections Postfix and

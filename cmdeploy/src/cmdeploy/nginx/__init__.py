@@ -1,10 +1,10 @@
 """nginx: the relay's port 443 multiplexer, its web pages and HTTPS endpoints.
 
-Clients and peers reach the relay's web side through nginx (spec §1.1):
+Clients and peers reach the relay's web side through nginx (doc/contract.md §1.2, §8.1):
 
 - 443: a `stream` server reads the ALPN of the ClientHello and passes the still encrypted
   connection on: `imap` to Dovecot (993), `smtp` to Postfix (465), anything else to the
-  HTTPS server on 127.0.0.1:8443 (§10.1).
+  HTTPS server on 127.0.0.1:8443.
 - 127.0.0.1:8443: the web pages from `Layout.www_root`, the autoconfig XML and `mta-sts.txt`
   (answered by nginx itself, so they survive a disabled website), `/new` through fcgiwrap,
   `/mxdeliv` to filtermail's HTTP listener; `www.<d>` gets a 301 to `<d>`.
@@ -24,18 +24,19 @@ nginx.conf includes two directories that are enough:
 A limit of that choice, caught by `nginx -t` before any reload: nginx accepts one `stream {}`
 block, so an operator's own stream block conflicts with ours. And Debian's
 `worker_connections 768` can only be raised in nginx.conf: the deploy edits that one line to
-2048 (spec §10.1) and nothing else there.
+2048 (doc/contract.md §11.2) and nothing else there.
 
 Privacy: each of our servers has exactly one access log, in a format without client address,
 query string or user agent; it replaces Debian's http-level `access_log`. The HTTPS server only
 ever sees 127.0.0.1 (no realip), so neither its error lines nor the CGI (`REMOTE_ADDR`) learn
 client addresses; the servers that do see them (443 stream, port 80) log critical errors only.
 
-Self-signed relays limit `/new` per client address (spec §10.2). The multiplexer then sends a
-PROXY protocol header to 8443 so that `limit_req` can key on `$proxy_protocol_addr`, and IMAP
-and SMTP pass through two loopback hops (8993, 8465) that drop the header again, since Dovecot
-and Postfix expect plain TLS. Other relays skip the hops: without a per-client limit the
-address is of no use, and each hop costs nginx two more connections.
+Self-signed relays limit `/new` per client address (doc/contract.md §8.2). The multiplexer
+then sends a PROXY protocol header to 8443 so that `limit_req` can key on
+`$proxy_protocol_addr`, and IMAP and SMTP pass through two loopback hops (8993, 8465) that drop
+the header again, since Dovecot and Postfix expect plain TLS. Other relays skip the hops:
+without a per-client limit the address is of no use, and each hop costs nginx two more
+connections.
 """
 
 from __future__ import annotations
@@ -55,15 +56,16 @@ COMPONENT = "nginx"
 STREAM_CONF = PurePosixPath("/etc/nginx/modules-enabled/99-chatmail-stream.conf")
 HTTP_CONF = PurePosixPath("/etc/nginx/conf.d/chatmail.conf")
 
-# journald's syslog socket: logs stay in the volatile journal (spec §10.1)
+# journald's syslog socket: logs stay in the volatile journal (doc/contract.md §12)
 SYSLOG = "syslog:server=unix:/dev/log,nohostname"
 
 AUTOCONFIG_PATH = "/.well-known/autoconfig/mail/config-v1.1.xml"
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
-MTA_STS_MAX_AGE = 2419200  # 28 days (spec §10.1)
+MTA_STS_MAX_AGE = 2419200  # 28 days (doc/contract.md §8.4)
 ROBOTS_TXT = "User-agent: *\nDisallow: /\n"
 
-# What Delta Chat is told to try (spec §10.1): the public ports, whatever nginx listens on.
+# What Delta Chat is told to try (doc/contract.md §8.4): the public ports, whatever nginx
+# listens on.
 IMAP_SERVERS = ((993, "SSL"), (143, "STARTTLS"), (443, "SSL"))
 SMTP_SERVERS = ((465, "SSL"), (587, "STARTTLS"), (443, "SSL"))
 
@@ -86,7 +88,7 @@ class Sockets:
 
 
 def autoconfig_xml(config: Config) -> str:
-    """The Mozilla autoconfig document for the relay (spec §10.1)."""
+    """The Mozilla autoconfig document for the relay (doc/contract.md §8.4)."""
     return render(
         COMPONENT,
         "autoconfig.xml.j2",
@@ -97,7 +99,7 @@ def autoconfig_xml(config: Config) -> str:
 
 
 def mta_sts_txt(config: Config) -> str:
-    """The MTA-STS policy (RFC 8461, spec §10.1): TLS is required to reach the relay's MX."""
+    """The MTA-STS policy (RFC 8461, doc/contract.md §8.4): TLS required to reach the relay's MX."""
     return render(COMPONENT, "mta-sts.txt.j2", mx=config.mail_domain, max_age=MTA_STS_MAX_AGE)
 
 

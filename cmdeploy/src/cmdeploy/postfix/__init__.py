@@ -2,16 +2,18 @@
 
 Peers deliver on 25 (STARTTLS mandatory), Delta Chat submits on 587 (STARTTLS) and 465
 (implicit TLS) after a Dovecot SASL login. Each of these smtpd listeners hands the live SMTP
-dialogue to filtermail (before-queue `smtpd_proxy_filter`, spec §4.1), which re-injects what it
-accepts into one of two loopback listeners: outgoing mail gets its headers cleaned and its
-DKIM signature there, incoming mail goes on to Dovecot over LMTP. Remote delivery is Postfix's
-own SMTP client with verified TLS (spec §1.3 policy exceptions), not the reference relay's
-filtermail transport.
+dialogue to filtermail (before-queue `smtpd_proxy_filter`, doc/contract.md §1.4), which
+re-injects what it accepts into a loopback listener: outgoing mail gets its headers cleaned and
+its DKIM signature there (mail for local users only: no signature), incoming mail goes on to
+Dovecot over LMTP. Mail for other domains goes over LMTP to filtermail's transport, which
+POSTs it to the peer's /mxdeliv or hands it back on another loopback listener to Postfix's own
+SMTP client, with verified TLS but for the exceptions of doc/contract.md §1.5
+(doc/transport.md).
 
-Postfix's log lines reach the journal only through chatmail-postlog (spec §9: no address or
-IP in any log line): a drop-in for Debian's `postfix@.service`, the unit that runs the master
-(`postfix.service` only starts and stops it), binds the scrubber's socket over journald's
-syslog socket in Postfix's mount namespace.
+Postfix's log lines reach the journal only through chatmail-postlog (doc/contract.md §12: no
+address or IP in any log line): a drop-in for Debian's `postfix@.service`, the unit that runs
+the master (`postfix.service` only starts and stops it), binds the scrubber's socket over
+journald's syslog socket in Postfix's mount namespace.
 
 `postfix_files` renders every file the deploy installs; it is pure, so tests render it into a
 temp directory and check it with Debian's `postconf` and `postmap`.
@@ -65,8 +67,8 @@ def postfix_files(
 
     `myhostname`: the name Postfix gives itself in its greeting, HELO and Received headers.
     By default the mail domain. An IPv4 relay has no domain: pass the reverse-pointer name of
-    its address (a fact of the host, spec §5); without one, Postfix takes the host's own name,
-    since it refuses a numeric myhostname.
+    its address (a fact of the host, doc/contract.md §6.3); without one, Postfix takes the host's
+    own name, since it refuses a numeric myhostname.
     """
     config = layout.config
     if myhostname is not None:
@@ -76,7 +78,7 @@ def postfix_files(
     if myhostname is None and not config.is_ipv4:
         myhostname = config.mail_domain
     tables = {name: config_dir / name for name in TABLES}
-    # IPv4 relays have no DKIM key (spec §5): peers cannot look one up for an IP address
+    # IPv4 relays have no DKIM key (doc/contract.md §6.3): peers cannot look one up for an IP
     milter = None if config.is_ipv4 else f"unix:{_in_spool(layout.opendkim_socket)}"
     networks = ["127.0.0.0/8"] if config.disable_ipv6 else ["127.0.0.0/8", "[::1]/128"]
     reinject_host = _ip(config.postfix_host, "postfix_host")
