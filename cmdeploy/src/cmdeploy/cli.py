@@ -4,7 +4,8 @@
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or
 writes a zone file); `status` runs the relay's health check (doc/health.md); `accounts`
 manages accounts on the relay, `registration` and `invite` who may create one
-(doc/accounts.md). Every subcommand
+(doc/accounts.md); `backup`, `restore` and `migrate` carry a relay's data to a file and onto
+another host (doc/backup.md). Every subcommand
 takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
 clear line and exit 2.
 """
