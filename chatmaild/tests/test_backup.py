@@ -8,6 +8,7 @@ create and restore run as processes, streaming through a pipe as over SSH.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -323,6 +324,7 @@ def refused(target: Relay, archive: bytes, why: str, *flags: str) -> None:
         ("etc/passwd", "outside every area"),
         ("mailboxes/x@evil.example/password", "not an account of this domain"),
         ("registration/.state.json.1.2.tmp", "a temporary file"),
+        (f"mailboxes/{ALICE}", "an account or the push queue that is not a directory"),
     ],
 )
 def test_a_member_outside_its_place_is_refused(
@@ -412,6 +414,15 @@ def test_a_member_after_the_manifest_is_refused(target: Relay) -> None:
 
 def test_garbage_is_refused(target: Relay) -> None:
     refused(target, b"PK\x03\x04 not a tar at all" * 100, "not a tar archive")
+
+
+def test_one_restore_at_a_time(source: Relay, target: Relay) -> None:
+    fd = os.open(target.mailboxes, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a restore running now holds it
+        refused(target, archive_of(source), "another restore is running on this relay")
+    finally:
+        os.close(fd)
 
 
 # --- accounts that exist on the target -----------------------------------------------------

@@ -187,6 +187,8 @@ def member_error(path: str, kind: str, address_domain: str) -> str | None:
         return "a temporary file"
     if area == MAILBOXES and first != SPOOL_DIR and address_error(first, address_domain):
         return "a mailbox that is not an account of this domain"
+    if area == MAILBOXES and rest == first and kind != "dir":
+        return "an account or the push queue that is not a directory"
     return None
 
 

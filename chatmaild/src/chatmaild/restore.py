@@ -33,6 +33,7 @@ No output names an address or holds a secret: counts and areas only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -258,6 +259,24 @@ def _replace_data(target: Path, data: bytes, mode: int) -> None:
     os.chown(target, st.st_uid, st.st_gid)
 
 
+@contextlib.contextmanager
+def _only_restore(mailboxes: Path) -> Iterator[None]:
+    """One restore at a time (a second would remove the first one's staging directories):
+    an flock on the mailboxes directory itself, which leaves no file behind."""
+    try:
+        fd = os.open(mailboxes, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise ArchiveError(f"{mailboxes} is missing: deploy this relay first") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveError("another restore is running on this relay") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
     for top, dirs, files in os.walk(root):
         dirs.sort()
@@ -274,13 +293,14 @@ class Restore:
     replace_accounts: bool = False  # replace accounts that exist here with another password
 
     def run(self, stream: BinaryIO, progress: Progress | None = None) -> Report:
-        staging = Staging(self.paths)
-        try:
-            expect = None if self.other_domain else self.mail_domain
-            read_archive(stream, staging, expect, progress)
-            return self.apply(staging)
-        finally:
-            staging.cleanup()
+        with _only_restore(self.paths.mailboxes):
+            staging = Staging(self.paths)
+            try:
+                expect = None if self.other_domain else self.mail_domain
+                read_archive(stream, staging, expect, progress)
+                return self.apply(staging)
+            finally:
+                staging.cleanup()
 
     def apply(self, staging: Staging) -> Report:
         report = Report()
