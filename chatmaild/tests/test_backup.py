@@ -168,6 +168,8 @@ def archive_of(relay: Relay) -> bytes:
 def test_a_restored_relay_carries_on_where_the_old_one_stopped(
     source: Relay, target: Relay
 ) -> None:
+    registration.write_state(target.registration, "closed", False)  # the archive's wins
+    target_ini = target.ini.read_text()
     # streamed from one process into the other through a pipe, as over SSH
     with subprocess.Popen(source.tool("create"), stdout=subprocess.PIPE) as create:
         restore = subprocess.run(
@@ -206,6 +208,9 @@ def test_a_restored_relay_carries_on_where_the_old_one_stopped(
     assert InviteStore(target.registration).handed_out("carol0001@example.org")
     assert restore.stdout.startswith("restore: ")
     assert "accounts: 2 added, 0 replaced" in restore.stdout
+    # chatmail.ini stays the relay's own (cmdeploy run installs the operator's): reported
+    assert target.ini.read_text() == target_ini
+    assert "chatmail.ini differs from the archive's: this relay keeps its own" in restore.stdout
     # nothing staged is left behind
     assert not list(target.root.rglob(".chatmail-restore"))
 
@@ -496,6 +501,27 @@ def test_restore_stops_mail_while_it_puts_mail_in_place_and_restarts_what_change
     units.calls.clear()
     assert not restore.run(io.BytesIO(archive)).changed
     assert units.calls == []
+
+
+def test_an_external_certificate_is_restored_and_its_readers_restarted(
+    tmp_path: Path,
+) -> None:
+    relays = []
+    for name in ("old", "new"):
+        relay = Relay(tmp_path / name)
+        cert, key = relay.root / "cert.pem", relay.root / "key.pem"
+        cert.write_text(f"{name} certificate\n")
+        key.write_text(f"{name} key\n")
+        with relay.ini.open("a") as f:
+            f.write(f"tls_external_cert_and_key = {cert} {key}\n")
+        relay.config = read_config(relay.ini)
+        relays.append(relay)
+    old, new = relays
+    units = Units()
+    Restore(source_paths(new), DOMAIN, units).run(io.BytesIO(archive_of(old)))
+    assert (new.root / "cert.pem").read_text() == "old certificate\n"
+    assert (new.root / "key.pem").read_text() == "old key\n"
+    assert ("restart", ["coturn", "dovecot", "nginx", "opendkim", "postfix"]) in units.calls
 
 
 def test_a_failed_restore_starts_the_mail_services_again(
