@@ -7,7 +7,9 @@ tmp_path (without touching services), so the archive really streams through pipe
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import shlex
 import stat
 import sys
@@ -309,3 +311,23 @@ def test_migrate_moves_the_accounts_through_the_real_backup_and_restore(
     ).password_hash(ALICE)
     assert "chat.example.org. A: 192.0.2.1 -> 192.0.2.2" in out
     assert archive.exists()
+
+
+def test_a_relay_that_refuses_early_ends_the_upload(
+    ssh: FakeSsh, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    ini = str(tmp_path / "chatmail.ini")
+    assert cli.main(["init", "chat.example.org", "--config", ini]) == 0
+    home = ssh.relays["chat.example.org"].mailboxes / ALICE
+    (home / "cur").mkdir()
+    (home / "cur" / "1700000000.M1P1.relay:2,S").write_bytes(os.urandom(4 << 20))
+    archive = tmp_path / "relay.tar"
+    assert cli.main(["backup", "--config", ini, "--output", str(archive)]) == 0
+    # the relay stops reading at once: another restore holds its lock
+    fd = os.open(ssh.relays[NEW].mailboxes, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert cli.main(["restore", str(archive), "--config", ini, "--ssh-host", NEW]) == 1
+    finally:
+        os.close(fd)
+    assert "another restore is running on this relay" in capfd.readouterr().err

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             counts = backup.write(sys.stdout.buffer, time.time(), progress)
             sys.stdout.flush()
             expunged = f" ({counts.expunged} expunged while reading)" if counts.expunged else ""
+            if counts.changed:  # only a file written in place can shrink; none should be
+                expunged += f" ({counts.changed} shrank while read: padded with NUL)"
             print(
                 f"backup: {counts.accounts} accounts, {counts.messages} messages{expunged}, "
                 f"{counts.files} files, {megabytes(counts.bytes)}",
