@@ -87,6 +87,8 @@ class Staging:
 
     def directory(self, path: str, mode: int) -> None:
         target = self._path(path)
+        if target in [self.dir(area) for area in self.roots]:
+            return  # an area's own directory: the staging directory stays 0700, root's
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(target, mode | 0o700, follow_symlinks=False)
 
