@@ -4,7 +4,8 @@
 operator which DNS records to create first; `run` deploys; `dns` checks the records (or
 writes a zone file); `status` runs the relay's health check (doc/health.md); `accounts`
 manages accounts on the relay, `registration` and `invite` who may create one
-(doc/accounts.md). Every subcommand
+(doc/accounts.md); `backup`, `restore` and `migrate` carry a relay's data to a file and onto
+another host (doc/backup.md). Every subcommand
 takes `--config` (default `$CHATMAIL_INI` or `./chatmail.ini`) and `-v`. Errors are one
 clear line and exit 2.
 """
@@ -19,12 +20,16 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatmaild.config import Config, ConfigError, parse_mail_domain, read_config, render_ini
 
 from .health import write_dns_expectations
 from .layout import Layout
 from .remote import RelayState, RemoteError, read_state
+
+if TYPE_CHECKING:
+    from .migrate import Hosts
 
 
 class UsageError(Exception):
@@ -221,6 +226,114 @@ def cmd_invite(args: argparse.Namespace) -> int:
     qr = args.qr or Path(f"invite-{config.mail_domain}-{invite_id}.png")
     write_invite_qr(url, qr)
     print(f"QR code: {qr}")
+    return 0
+
+
+def default_archive(domain: str) -> Path:
+    return Path(f"chatmail-backup-{domain}-{datetime.now(UTC):%Y%m%d-%H%M%S}.tar")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """The relay's archive, streamed here over SSH and checked (doc/backup.md)."""
+    from .backup import backup_to
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    path = args.output or default_archive(config.mail_domain)
+    try:
+        size = backup_to(Layout(config), host, path)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {path}: {size / 1e6:.1f} MB, manifest and checksums verified")
+    return 0
+
+
+def restore_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--other-domain"] if args.other_domain else []
+    return flags + (["--replace-accounts"] if args.replace_accounts else [])
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """An archive onto the relay: checked here, sent over SSH, checked and applied there."""
+    from .backup import check, send
+
+    config = read_config(args.config)
+    host = args.ssh_host or config.mail_domain
+    if not args.archive.is_file():
+        raise UsageError(f"{args.archive}: no such file")
+    try:
+        check(args.archive, None if args.other_domain else config.mail_domain)
+        result = send(Layout(config), host, args.archive, restore_flags(args))
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(result.stdout)
+    return result.returncode
+
+
+def migration_hosts(args: argparse.Namespace, config: Config) -> Hosts:
+    """The real steps of `cmdeploy migrate` (cmdeploy.migrate.Hosts)."""
+    from . import dns as relay_dns
+    from .backup import backup_to, send
+    from .migrate import Hosts, MigrationError
+    from .remote import run_script, unreachable
+    from .run import DeployError, run_deploy
+
+    layout = Layout(config)
+
+    def records(host: str, now: datetime) -> list[relay_dns.Record]:
+        facts = relay_dns.facts_from_state(read_state(layout, host))
+        return relay_dns.zone_records(config, facts, now)
+
+    def deploy(host: str) -> None:
+        try:
+            code = run_deploy(config, args.config, host, dns_check=False)
+        except DeployError as e:
+            raise MigrationError(str(e)) from None
+        if code != 0:
+            raise MigrationError(f"cmdeploy run onto {host} failed")
+
+    def run(host: str, script: str) -> None:
+        result = run_script(host, script)
+        if result.returncode != 0:
+            raise unreachable(host, f"`{script}` failed on {host}", result)
+
+    def restore(host: str, path: Path) -> str:
+        result = send(layout, host, path, restore_flags(args))
+        if result.returncode != 0:
+            raise MigrationError(f"the restore onto {host} failed (exit {result.returncode})")
+        return result.stdout
+
+    return Hosts(
+        records=records,
+        deploy=deploy,
+        run=run,
+        backup=lambda host, path: backup_to(layout, host, path),
+        restore=restore,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Backup, deploy and restore onto NEWHOST; the old relay stops taking mail meanwhile."""
+    from .migrate import Migration, MigrationError, advice
+
+    config = read_config(args.config)
+    old = args.ssh_host or config.mail_domain
+    if args.to == old:
+        raise UsageError("--to names the relay's own host: migrate moves it to another")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("migrate asks first: give --yes when there is no terminal")
+        answer = input(f"Stop mail on {old} and move the relay to {args.to}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 0
+    hosts = migration_hosts(args, config)
+    archive = args.output or default_archive(config.mail_domain)
+    try:
+        changes = Migration(old, args.to, archive, hosts, sys.stdout).run()
+    except (MigrationError, RemoteError) as e:
+        raise UsageError(str(e)) from None
+    print(advice(old, args.to, changes), end="")
     return 0
 
 
@@ -431,6 +544,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="the invites and their uses")
     p.add_argument("--revoke", metavar="ID", help="revoke the invite with this id")
     p.set_defaults(func=cmd_invite)
+
+    p = sub.add_parser("backup", parents=[common], help="the relay's data as one archive file")
+    p.add_argument("--ssh-host", help="relay to back up (default: mail_domain)")
+    p.add_argument("--output", type=Path, help="archive to write (default: dated name here)")
+    p.set_defaults(func=cmd_backup)
+
+    restore_options = argparse.ArgumentParser(add_help=False)
+    restore_options.add_argument(
+        "--other-domain", action="store_true", help="restore an archive of another mail domain"
+    )
+    restore_options.add_argument(
+        "--replace-accounts",
+        action="store_true",
+        help="replace accounts that exist on the relay with another password",
+    )
+    p = sub.add_parser(
+        "restore", parents=[common, restore_options], help="put an archive onto a relay"
+    )
+    p.add_argument("archive", type=Path, help="file written by `cmdeploy backup`")
+    p.add_argument("--ssh-host", help="relay to restore onto (default: mail_domain)")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "migrate", parents=[common, restore_options], help="move the relay to another host"
+    )
+    p.add_argument("--to", required=True, metavar="NEWHOST", help="the host to move to")
+    p.add_argument("--ssh-host", help="the relay's current host (default: mail_domain)")
+    p.add_argument("--output", type=Path, help="where to keep the archive")
+    p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("webdev", parents=[common], help="build the web pages, rebuild on change")
     p.set_defaults(func=cmd_webdev)
