@@ -294,6 +294,49 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
     return state
 
 
+# A host with no relay on it, booted from the base image: where the migration check moves a
+# relay to (`cmdeploy migrate --to`), as an operator's freshly rented server.
+SPARE = "spare"
+SPARE_NETNS = "cmlab-spare"
+SPARE_IP = str(net.SUBNET[20])
+
+
+def boot_spare(state: State) -> str:
+    """Boot the spare host (again from the base image when it was stopped); its address."""
+    key = hosts.ensure_ssh_key(LAB)
+    ns = net.Namespace(SPARE_NETNS, SPARE_IP)
+    ns.ensure()
+    if SPARE_NETNS not in state.netns:
+        state.netns.append(SPARE_NETNS)
+    if not hosts.alive(state.pids.get(SPARE, 0)):
+        say(f"booting the spare host ({SPARE_IP})")
+        base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")
+        hosts.prepare_tree(base, LAB / SPARE, SPARE, key)
+        state.pids[SPARE] = hosts.boot(LAB / SPARE, ns, SPARE, LAB / f"{SPARE}.console.log")
+        state.save()
+    hosts.wait_ready(key, SPARE_IP)
+    trust_on_relay(Relay(SPARE, "", SPARE_IP, SPARE_NETNS, ""), key)
+    return SPARE_IP
+
+
+def remove_spare(state: State) -> None:
+    """Stop the spare host and forget it, tree and host key included."""
+    hosts.stop_process(state.pids.pop(SPARE, 0))
+    shutil.rmtree(LAB / SPARE, ignore_errors=True)
+    (LAB / f"{SPARE}.console.log").unlink(missing_ok=True)
+    known = LAB / "known_hosts"
+    if known.exists():  # a new tree has new host keys
+        subprocess.run(["ssh-keygen", "-q", "-R", SPARE_IP, "-f", str(known)], check=False)
+    state.save()
+
+
+def serve_zone(state: State, relay: Relay, zone: str) -> None:
+    """The lab DNS answers for `relay` with the records of `zone` from now on (a DNS change
+    the operator makes at their provider)."""
+    (LAB / f"{relay.name}.zone").write_text(zone)
+    restart_dns(state)
+
+
 def start_prometheus(state: State) -> None:
     """(Re)start the lab's Prometheus on the first relay: its CA bundle may be new."""
     relay = state.relays[0]
@@ -397,6 +440,7 @@ def forget_relays(state: State) -> None:
 def down() -> None:
     state = State.load()
     forget_relays(state)
+    remove_spare(state)
     for pid in state.pids.values():
         hosts.stop_process(pid, timeout=10)
     for name in state.netns:

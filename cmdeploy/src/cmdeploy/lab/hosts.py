@@ -85,6 +85,11 @@ def prepare_tree(base: Path, tree: Path, hostname: str, key: Path) -> None:
         resolv.write_text(f"nameserver {GATEWAY}\n")
 
 
+# The hosts this process booted: they outlive it (the lab records their pids), and a Popen
+# collected while its process runs would warn about it.
+_BOOTED: list[subprocess.Popen[bytes]] = []
+
+
 def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
     """Start the host; its nspawn process id (the lab records it to stop it later)."""
     with open(log, "ab") as out:
@@ -108,6 +113,7 @@ def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _BOOTED.append(proc)
     return proc.pid
 
 

@@ -70,6 +70,11 @@ class ServiceError(Exception):
     pass
 
 
+# The services this process started: they outlive it (the lab records their pids), and a
+# Popen collected while its process runs would warn about it.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
 def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -80,6 +85,7 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
             start_new_session=True,
             env=env,
         )
+    _STARTED.append(proc)
     return proc.pid
 
 

@@ -1,0 +1,252 @@
+"""Moving a relay to a new server with `cmdeploy migrate` (doc/backup.md), in the lab.
+
+relay1 (the ACME relay) moves to the lab's spare host, a fresh Debian host with nothing on
+it, exactly as an operator would: `cmdeploy migrate --to`, then the DNS change it prints,
+then `cmdeploy run` again for the certificate. Its users keep their passwords, mail (same
+UIDs) and push token, its DKIM key is the same (relay2 still verifies its mail), and mail
+relay2 sent while the relay was moving waits in relay2's queue and arrives afterwards.
+
+Afterwards the lab is put back as it was (DNS names the old host again, which takes mail
+again; the spare host is removed), so the online suite that follows runs on the lab it
+expects. Runs when `CHATMAIL_LAB` is set, like the other lab checks.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import re
+import secrets
+import smtplib
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_lab_relays import LAB, cmdeploy, wheels  # noqa: F401 (a fixture)
+
+from cmdeploy import lab
+from cmdeploy.bench.workload import MessageBody, message
+from cmdeploy.lab import hosts
+
+pytestmark = [
+    pytest.mark.skipif(LAB is None, reason="needs a lab: cmdeploy lab up"),
+    pytest.mark.timeout(1800),
+]
+KEY = Path(LAB["ssh_key"]) if LAB else Path()
+WAIT = 180.0  # seconds for mail between relays (a deferred message waits for a retry)
+
+
+@dataclass(frozen=True)
+class User:
+    addr: str
+    password: str
+
+
+def new_user(ip: str, domain: str) -> User:
+    """Credentials from the relay's `/new`, as Delta Chat gets them; the account exists once
+    it first logs in."""
+    request = urllib.request.Request(f"https://{ip}/new", method="POST", headers={"Host": domain})
+    with urllib.request.urlopen(request, context=tls(), timeout=30) as answer:  # noqa: S310
+        data = json.loads(answer.read())
+    return User(data["email"], data["password"])
+
+
+def ssh(ip: str, command: str) -> str:
+    result = hosts.ssh(KEY, ip, command, timeout=300)
+    assert result.returncode == 0, f"{ip}: {command}: {result.stderr[-2000:]}"
+    return str(result.stdout)
+
+
+def tls() -> ssl.SSLContext:
+    # the lab's hosts are reached by address here; what the certificate is, is not the point
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def imap(ip: str, user: User) -> imaplib.IMAP4_SSL:
+    conn = imaplib.IMAP4_SSL(ip, 993, ssl_context=tls(), timeout=30)
+    conn.login(user.addr, user.password)  # the first login creates the account
+    return conn
+
+
+def inbox(ip: str, user: User) -> dict[str, Any]:
+    """UIDVALIDITY and {Message-ID: UID} of the user's INBOX on the host at `ip`."""
+    conn = imap(ip, user)
+    try:
+        conn.select("INBOX", readonly=True)
+        validity = conn.response("UIDVALIDITY")[1][0]
+        _, data = conn.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    finally:
+        conn.logout()
+    found = {}
+    for item in data:
+        if isinstance(item, tuple):
+            uid = item[0].split(b"UID ")[1].split()[0].decode()
+            msgid = item[1].decode().split(":", 1)[1].strip()
+            found[msgid] = uid
+    return {"uidvalidity": validity, "messages": found}
+
+
+def send(ip: str, sender: User, rcpt: User) -> str:
+    """An encrypted message from `sender`, submitted at the relay at `ip`; its Message-ID."""
+    msgid = f"<{secrets.token_hex(8)}@migrate.test>"
+    data = message(MessageBody.of_size(2048), sender.addr, rcpt.addr, msgid[1:-1])
+    with smtplib.SMTP_SSL(ip, 465, context=tls(), timeout=60) as smtp:
+        smtp.login(sender.addr, sender.password)
+        smtp.sendmail(sender.addr, [rcpt.addr], data)
+    return msgid
+
+
+def wait_for(ip: str, user: User, msgid: str, flush: str | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        box = inbox(ip, user)
+        if msgid in box["messages"]:
+            return box
+        assert time.monotonic() < deadline, f"{msgid} did not reach {user.addr} at {ip}"
+        if flush:  # instead of waiting for the peer's next retry
+            ssh(flush, "postqueue -f")
+        time.sleep(2)
+
+
+def deferred_for(ip: str, user: User) -> bool:
+    """Whether the relay at `ip` holds mail for `user` in its deferred queue."""
+    for line in ssh(ip, "postqueue -j").splitlines():
+        entry = json.loads(line)
+        rcpts = [r.get("address") for r in entry.get("recipients", [])]
+        if entry.get("queue_name") == "deferred" and user.addr in rcpts:
+            return True
+    return False
+
+
+def forget_cached_names(ip: str) -> None:
+    """The peer's resolver forgets what it cached: what the records' TTL does in time."""
+    ssh(
+        ip,
+        "unbound-control -c /etc/unbound/unbound.conf flush_zone test && "
+        "unbound-control -c /etc/unbound/unbound.conf flush_infra all",
+    )
+
+
+@pytest.fixture
+def moved_back() -> Iterator[lab.State]:
+    """The lab as it was afterwards, whatever happened: relay1's zone and old host, no spare."""
+    state = lab.State.load()
+    relay = state.relays[0]
+    zone = (lab.LAB / f"{relay.name}.zone").read_text()
+    try:
+        yield state
+    finally:
+        state = lab.State.load()
+        lab.serve_zone(state, relay, zone)
+        hosts.ssh(
+            KEY,
+            relay.ip,
+            "systemctl start postfix dovecot filtermail-incoming; " "rm -f /etc/chatmail-nocreate",
+        )
+        for other in state.relays[1:]:
+            hosts.ssh(
+                KEY,
+                other.ip,
+                "unbound-control -c /etc/unbound/unbound.conf " "flush_zone test; postqueue -f",
+            )
+        lab.remove_spare(state)
+
+
+def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
+    moved_back: lab.State,
+    wheels: Path,  # noqa: F811 (the fixture)
+) -> None:
+    state = moved_back
+    old, peer = state.relays[0], state.relays[1]
+    assert old.domain == "relay1.test" and peer.domain.startswith("_")
+    alice, bob = new_user(old.ip, old.domain), new_user(old.ip, old.domain)
+    carol = new_user(peer.ip, peer.domain)
+    for ip, user in ((old.ip, alice), (old.ip, bob), (peer.ip, carol)):
+        imap(ip, user).logout()
+    token = f"migrate-{secrets.token_hex(6)}"
+    conn = imap(old.ip, alice)
+    typ, _ = conn.xatom("SETMETADATA", f'INBOX (/private/devicetoken "{token}")')
+    conn.logout()
+    assert typ == "OK"
+    before = send(peer.ip, carol, alice)
+    on_old = wait_for(old.ip, alice, before)
+    dkim_key = "sha256sum /etc/dkimkeys/*.private | cut -d' ' -f1"
+    old_key = ssh(old.ip, dkim_key)
+    made = cmdeploy("invite", "--uses", "3", "--ssh-host", old.ip, "--config", old.config)
+    assert made.returncode == 0, made.stdout + made.stderr
+    invites = cmdeploy("invite", "--list", "--ssh-host", old.ip, "--config", old.config).stdout
+    assert "No invites" not in invites
+
+    new_ip = lab.boot_spare(state)
+    config = old.config
+    result = cmdeploy(
+        "migrate", "--to", new_ip, "--ssh-host", old.ip, "--config", config, "--yes",
+        wheels=wheels, timeout=1500,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert f"{old.domain}. A: {old.ip} -> {new_ip}" in out or f"A: {old.ip} -> {new_ip}" in out
+    # While DNS still names the old host, which takes no mail: relay2 keeps its mail queued.
+    during = send(peer.ip, carol, alice)
+    deadline = time.monotonic() + WAIT
+    while not deferred_for(peer.ip, alice):
+        assert time.monotonic() < deadline, "relay2 did not keep the message for later"
+        time.sleep(1)
+
+    # The DNS change the migration printed, then `cmdeploy run` again for the certificate.
+    zone = lab.LAB / "migrated.zone"
+    result = cmdeploy(
+        "dns", "--ssh-host", new_ip, "--zonefile", str(zone), "--config", config, wheels=wheels
+    )
+    assert zone.exists(), (result.stdout + result.stderr)[-2000:]
+    lab.serve_zone(state, old, zone.read_text())
+    forget_cached_names(peer.ip)
+    result = cmdeploy("run", "--ssh-host", new_ip, "--config", config, wheels=wheels)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    # Same passwords, same mail with the same UIDs: a client carries on without a new setup.
+    on_new = wait_for(new_ip, alice, during, flush=peer.ip)
+    assert on_new["uidvalidity"] == on_old["uidvalidity"]
+    assert on_new["messages"][before] == on_old["messages"][before]
+    imap(new_ip, bob).logout()
+    # The same DKIM key: relay2 verifies mail from the new host against the old DNS record.
+    assert ssh(new_ip, dkim_key) == old_key
+    reply = send(new_ip, alice, carol)
+    wait_for(peer.ip, carol, reply)
+    # The push token came along: mail for alice on the new host notifies her device.
+    tokens = Path(LAB["push_tokens"])
+    seen = tokens.read_text() if tokens.exists() else ""
+    send(peer.ip, carol, alice)
+    deadline = time.monotonic() + WAIT
+    while (tokens.read_text() if tokens.exists() else "")[len(seen) :].count(token) == 0:
+        assert time.monotonic() < deadline, "no push for the migrated token"
+        time.sleep(1)
+    # The invites came along.
+    listed = cmdeploy("invite", "--list", "--ssh-host", new_ip, "--config", config).stdout
+    assert listed == invites
+    # No new accounts on the old host any more; it is left as the fallback.
+    assert "chatmail-nocreate" in ssh(old.ip, "ls /etc")
+    status = json.loads(cmdeploy("status", "--ssh-host", new_ip, "--config", config,
+                                 "--json").stdout or "{}")  # fmt: skip
+    assert status, "cmdeploy status --json printed nothing for the new host"
+
+
+def test_the_lab_is_back_as_it_was() -> None:
+    """relay1's old host takes mail again and DNS names it (for the online suite)."""
+    state = lab.State.load()
+    relay = state.relays[0]
+    assert lab.SPARE not in state.pids
+    zone = (lab.LAB / f"{relay.name}.zone").read_text()
+    assert re.search(rf"IN A\s+{re.escape(relay.ip)}\n", zone), zone
+    assert "active" in ssh(relay.ip, "systemctl is-active postfix dovecot filtermail-incoming")
+    assert "nocreate" not in ssh(relay.ip, "ls /etc")
+    assert os.path.exists(lab.LAB / "state.json")
