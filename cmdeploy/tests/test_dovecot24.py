@@ -30,9 +30,23 @@ def relay() -> Iterator[Relay24]:
     params = "registration_dir = {base}/registration\n"
     with running_relay24(root, params) as r:
         yield r
-    # nothing Dovecot logged as an error: not the Lua scripts, the dicts, the plugins
-    log = r.dovecot_log()
+        assert_clean_logs(r)
+
+
+def assert_clean_logs(relay: Relay24) -> None:
+    """After a module's tests: nothing logged as an error by Dovecot (the Lua scripts, the
+    dicts, the plugins), and the services understood every request of 2.4's dict client."""
+    # Dovecot logs whatever a script service writes to stderr as an error, on 2.3 too: the
+    # quota warning's own INFO lines are no failure
+    log = "".join(
+        line
+        for line in relay.dovecot_log().splitlines(keepends=True)
+        if "quota-warning: Error: quota_expire: INFO:" not in line
+    )
     assert "Error" not in log and "Fatal" not in log and "Panic" not in log, log
+    for name in ("doveauth", "lastlogin", "metadata"):
+        service_log = relay.service_log(name)
+        assert "ERROR" not in service_log and "malformed" not in service_log, service_log
 
 
 def test_first_login_creates_account_and_maildir(relay: Relay24) -> None:
@@ -272,8 +286,7 @@ def small_relay() -> Iterator[Relay24]:
     """A second instance whose mailboxes hold 1 MiB."""
     with running_relay24(trixie_root(), "max_mailbox_size = 1M\n") as r:
         yield r
-    log = r.dovecot_log()
-    assert "Error" not in log and "Fatal" not in log and "Panic" not in log, log
+        assert_clean_logs(r)
 
 
 def test_quota_warning_prunes_the_oldest_mail(small_relay: Relay24) -> None:
