@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from free_ports import free_port
@@ -88,6 +88,10 @@ class Relay24:
     imap_port: int
     vmail: tuple[int, int]
     push: FakePushServer
+    # the running processes: the services by name, and "dovecot"
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # lines of Dovecot's log that a test caused on purpose, e.g. while a service was away
+    expected_log_lines: list[str] = field(default_factory=list)
 
     def host(self, path: PurePosixPath | str) -> Path:
         return self.root / str(path).lstrip("/")
@@ -120,6 +124,40 @@ class Relay24:
 
     def service_log(self, name: str) -> str:
         return self.host(self.base / f"{name}.log").read_text(errors="replace")
+
+    def stop_service(self, name: str) -> None:
+        """SIGTERM, as systemd stops it; it must end by itself, open connections or not."""
+        assert _stop(self.procs.pop(name)), f"{name} ignored SIGTERM"
+
+    def start_service(self, name: str) -> None:
+        """Start a service of `SERVICES` (again); returns once its socket answers."""
+        module, extra = SERVICES[name]
+        argv = [
+            *service_command(self.base, module),
+            str(self.socket(name)),
+            str(self.base / "chatmail.ini"),
+            *(arg.format(nocreate=self.base / "nocreate") for arg in extra),
+        ]
+        uid, gid = self.vmail
+        chroot_argv = ["chroot", f"--userspec={uid}:{gid}", f"--groups={gid}", str(self.root)]
+        with self.host(self.base / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [*chroot_argv, *argv], stdout=log, stderr=subprocess.STDOUT
+            )
+        path = self.host(self.socket(name))
+        wait_for(functools.partial(can_connect_unix, path), what=name)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
+    """End the process; whether SIGTERM did it (within 15 s) or SIGKILL had to."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+    return True
 
 
 def _vmail_ids(root: Path) -> tuple[int, int]:
@@ -176,7 +214,7 @@ def running_relay24(root: Path, extra_params: str = "") -> Iterator[Relay24]:
     (root / "tmp").mkdir(exist_ok=True)
     host_base = Path(tempfile.mkdtemp(prefix="chatmail-dovecot24-", dir=root / "tmp"))
     host_base.chmod(0o755)
-    procs: list[subprocess.Popen[bytes]] = []
+    relay: Relay24 | None = None
     try:
         with running_fake_push() as push:
             relay = Relay24(
@@ -187,24 +225,19 @@ def running_relay24(root: Path, extra_params: str = "") -> Iterator[Relay24]:
                 push=push,
             )
             _prepare(relay, extra_params)
-            procs.extend(_start_services(relay))
-            procs.append(
-                subprocess.Popen(
-                    ["chroot", str(root), "dovecot", "-F", "-c", str(relay.base / "dovecot.conf")]
-                )
+            for name in SERVICES:
+                relay.start_service(name)
+            conf = str(relay.base / "dovecot.conf")
+            relay.procs["dovecot"] = subprocess.Popen(
+                ["chroot", str(root), "dovecot", "-F", "-c", conf]
             )
             port = relay.imap_port
             wait_for(lambda: can_connect_tcp(port), what="Dovecot 2.4's IMAP port")
             yield relay
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        # Dovecot first: it would log the services' absence as errors
+        for proc in reversed(list(relay.procs.values()) if relay else []):
+            _stop(proc)
         shutil.rmtree(host_base, ignore_errors=True)
 
 
@@ -230,21 +263,3 @@ def _prepare(relay: Relay24, extra_params: str) -> None:
     shutil.copytree(Path(chatmaild.__file__).parent, relay.host(relay.base / "lib/chatmaild"))
     _build_plugins(relay)
     _write_config(relay)
-
-
-def _start_services(relay: Relay24) -> Iterator[subprocess.Popen[bytes]]:
-    """doveauth, lastlogin and chatmail-metadata as vmail, each once its socket answers."""
-    uid, gid = relay.vmail
-    for name, (module, extra) in SERVICES.items():
-        argv = [
-            *service_command(relay.base, module),
-            str(relay.socket(name)),
-            str(relay.base / "chatmail.ini"),
-            *(arg.format(nocreate=relay.base / "nocreate") for arg in extra),
-        ]
-        chroot_argv = ["chroot", f"--userspec={uid}:{gid}", f"--groups={gid}", str(relay.root)]
-        with relay.host(relay.base / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen([*chroot_argv, *argv], stdout=log, stderr=subprocess.STDOUT)
-        yield proc
-        path = relay.host(relay.socket(name))
-        wait_for(functools.partial(can_connect_unix, path), what=name)
