@@ -121,6 +121,13 @@ def test_unusable_passwords_fail_like_wrong_ones(relay: Relay24, password: bytes
     assert not (relay.mailboxes / "unusable2@example.org").exists()
 
 
+def test_addresses_are_case_insensitive(relay: Relay24) -> None:
+    # 2.4 lowercases the name before the script sees it (auth_username_format's default)
+    login(relay, "MixedCase@Example.org", PASSWORD).logout()
+    assert (relay.mailboxes / "mixedcase@example.org" / "password").exists()
+    login(relay, "mixedcase@example.org", PASSWORD).logout()
+
+
 def test_nocreate_file_stops_creation_but_not_logins(relay: Relay24) -> None:
     login(relay, "existing1@example.org", PASSWORD).logout()
     relay.nocreate_file.touch()

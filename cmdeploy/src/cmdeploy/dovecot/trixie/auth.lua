@@ -20,7 +20,8 @@ local USERDB_PREFIX = "shared/userdb/"
 
 local connection = nil -- kept open between requests of this worker process
 
--- Dovecot's str_tabescape, which the dict protocol uses for every field
+-- Dovecot's str_tabescape, which the dict protocol uses for every field ("\1" .. "0", since
+-- Lua would read "\10" as one character, a newline)
 local TAB_ESCAPES = { ["\0"] = "\1" .. "0", ["\1"] = "\1" .. "1", ["\t"] = "\1t",
   ["\r"] = "\1r", ["\n"] = "\1n" }
 local TAB_UNESCAPES = { ["0"] = "\0", ["1"] = "\1", t = "\t", r = "\r", n = "\n" }
