@@ -133,7 +133,7 @@ def can_connect_unix(path: Path) -> bool:
     return True
 
 
-def _can_connect_tcp(port: int) -> bool:
+def can_connect_tcp(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -180,7 +180,7 @@ class Relay:
         return (self.base / f"{name}.log").read_text(errors="replace")
 
 
-def _service_command(base: Path, module: str) -> list[str]:
+def service_command(base: Path, module: str) -> list[str]:
     # The services run as vmail, which may not read this checkout or the test runner's
     # Python (e.g. under /root): Debian's python3 runs a copy of the package instead.
     code = f"import sys; sys.path.insert(0, {str(base / 'lib')!r}); "
@@ -226,7 +226,7 @@ def _write_config(relay: Relay, static_password_hash: str | None) -> None:
     )
     # the quota warning runs as vmail: the same copy of chatmaild the services use
     quota_expire = relay.base / "chatmail-quota-expire"
-    argv = " ".join(shlex.quote(arg) for arg in _service_command(relay.base, "quota_expire"))
+    argv = " ".join(shlex.quote(arg) for arg in service_command(relay.base, "quota_expire"))
     quota_expire.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
     quota_expire.chmod(0o755)
     conf_dir = PurePosixPath(relay.base)
@@ -289,7 +289,7 @@ def running_relay(
                 shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
                 for name, (module, extra) in SERVICES.items():
                     argv = [
-                        *_service_command(base, module),
+                        *service_command(base, module),
                         str(relay.socket(name)),
                         str(relay.ini),
                         *(arg.format(nocreate=relay.nocreate_file) for arg in extra),
@@ -308,7 +308,7 @@ def running_relay(
                 for name in SERVICES:
                     wait_for(lambda n=name: can_connect_unix(relay.socket(n)), what=name)
             procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(relay.dovecot_conf)]))
-            wait_for(lambda: _can_connect_tcp(relay.imap_port), what="dovecot IMAP port")
+            wait_for(lambda: can_connect_tcp(relay.imap_port), what="dovecot IMAP port")
             yield relay
     finally:
         for proc in reversed(procs):

@@ -3,7 +3,6 @@ blocking and deleting accounts (doc/accounts.md) against it."""
 
 from __future__ import annotations
 
-import imaplib
 import os
 import smtplib
 import socket
@@ -13,30 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dovecot_harness import Relay
+from imap_logins import login, plain_login, refused
 
 from chatmaild import accounts, pwhash
 from chatmaild.accountsadmin import Admin
 
 pytestmark = pytest.mark.dovecot
-
-
-def login(relay: Relay, addr: str, password: str) -> imaplib.IMAP4:
-    conn = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
-    try:
-        conn.login(addr, password)
-    except imaplib.IMAP4.error:
-        conn.shutdown()
-        raise
-    return conn
-
-
-def refused(relay: Relay, addr: str, password: str) -> bool:
-    try:
-        login(relay, addr, password).logout()
-    except imaplib.IMAP4.error as e:
-        assert "AUTHENTICATIONFAILED" in str(e)
-        return True
-    return False
 
 
 @pytest.fixture
@@ -93,18 +74,6 @@ def test_stored_hash_is_what_doveadm_verifies(relay: Relay) -> None:
 def test_refused_creations(relay: Relay, addr: str, password: str) -> None:
     assert refused(relay, addr, password)
     assert not (relay.mailboxes / addr).exists()
-
-
-def plain_login(relay: Relay, addr: str, password: bytes) -> str:
-    """AUTHENTICATE PLAIN with any bytes as the password: "OK" or Dovecot's refusal text."""
-    conn = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
-    try:
-        conn.authenticate("PLAIN", lambda _: b"\0" + addr.encode() + b"\0" + password)
-    except imaplib.IMAP4.error as e:
-        return str(e)
-    finally:
-        conn.shutdown()
-    return "OK"
 
 
 @pytest.mark.parametrize(

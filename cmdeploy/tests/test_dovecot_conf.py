@@ -1,20 +1,24 @@
-"""The relay's Dovecot configuration, checked by Debian's own doveconf."""
+"""The relay's Dovecot configuration, checked by Debian's own doveconf: Debian 12's Dovecot 2.3
+on this machine, and Debian 13's Dovecot 2.4 in a trixie root (`trixie_root.py`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
+from trixie_root import chroot, trixie_root
 
 from chatmaild.config import Config
 from cmdeploy.chatmaild import chatmaild_files
-from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
+from cmdeploy.dovecot import TRIXIE, dovecot_files, dovecot_unit_files
 from cmdeploy.layout import Layout
 
-pytestmark = pytest.mark.skipif(
+needs_doveconf = pytest.mark.skipif(
     shutil.which("doveconf") is None and not os.environ.get("CI"), reason="needs dovecot-core"
 )
 
@@ -56,6 +60,7 @@ def doveconf(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@needs_doveconf
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_doveconf_accepts_the_configuration(tmp_path: Path, name: str) -> None:
     conf = render(tmp_path, CONFIGS[name])
@@ -70,6 +75,7 @@ def value(conf: Path, setting: str) -> str:
     return result.stdout.strip()
 
 
+@needs_doveconf
 def test_settings_a_client_relies_on(tmp_path: Path) -> None:
     conf = render(tmp_path, CONFIGS["acme"])
     assert value(conf, "imap_capability") == "+XDELTAPUSH XCHATMAIL APPENDLIMIT=31457280"
@@ -82,6 +88,7 @@ def test_settings_a_client_relies_on(tmp_path: Path) -> None:
     assert "%r" not in value(conf, "login_log_format_elements")  # nor client addresses
 
 
+@needs_doveconf
 def test_settings_follow_the_config(tmp_path: Path) -> None:
     conf = render(tmp_path, CONFIGS["external"])
     plugin = doveconf(conf, "-n", "plugin").stdout
@@ -90,6 +97,7 @@ def test_settings_follow_the_config(tmp_path: Path) -> None:
     assert value(conf, "mail_server_admin") == "mailto:privacy@example.org"
 
 
+@needs_doveconf
 @pytest.mark.parametrize(
     ("name", "setting", "expected"),
     [
@@ -107,6 +115,7 @@ def test_systemd_starts_dovecot_again_when_it_dies() -> None:
     assert "[Unit]\nStartLimitIntervalSec=0\n" in drop_in
 
 
+@needs_doveconf
 def test_dovecot_logs_into_the_scrubber_socket(tmp_path: Path) -> None:
     drop_in = dovecot_unit_files()["/etc/systemd/system/dovecot.service.d/chatmail-postlog.conf"]
     assert "BindPaths=/run/chatmail-postlog/dev-log:/run/systemd/journal/dev-log\n" in drop_in
@@ -141,3 +150,84 @@ def test_systemd_analyze_verifies_dovecot_with_the_drop_in(tmp_path: Path) -> No
     )
     ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     assert ours == [], result.stderr
+
+
+# Debian 13: Dovecot 2.4 from the trixie root, with the same inputs.
+
+
+@pytest.fixture(scope="module")
+def trixie() -> Path:
+    return trixie_root()
+
+
+@pytest.fixture
+def render24(trixie: Path) -> Iterator[Callable[[dict[str, str]], PurePosixPath]]:
+    """Writes the 2.4 files into a fresh directory of the root; returns dovecot.conf's path
+    inside. The directories go again after the test."""
+    written: list[Path] = []
+
+    def write(params: dict[str, str]) -> PurePosixPath:
+        layout = Layout(Config.from_params(params))
+        (trixie / "tmp").mkdir(exist_ok=True)
+        written.append(Path(tempfile.mkdtemp(prefix="chatmail-doveconf-", dir=trixie / "tmp")))
+        conf_dir = PurePosixPath("/tmp") / written[-1].name
+        for name, content in dovecot_files(layout, conf_dir, TRIXIE).items():
+            (trixie / name.lstrip("/")).write_text(content)
+        return conf_dir / "dovecot.conf"
+
+    yield write
+    for path in written:
+        shutil.rmtree(path)
+
+
+def doveconf24(root: Path, conf: PurePosixPath, *args: str) -> str:
+    result = chroot(root, ["doveconf", "-c", str(conf), *args])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no warnings either
+    return result.stdout
+
+
+Render24 = Callable[[dict[str, str]], PurePosixPath]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dovecot24_accepts_the_configuration(trixie: Path, render24: Render24, name: str) -> None:
+    doveconf24(trixie, render24(CONFIGS[name]), "-n")
+
+
+def test_dovecot24_settings_a_client_relies_on(trixie: Path, render24: Render24) -> None:
+    conf = render24(CONFIGS["acme"])
+    capability = doveconf24(trixie, conf, "-h", "imap_capability").splitlines()
+    # added to 2.4's defaults; COMPRESS is one of them, off while hibernation is on
+    assert capability == [
+        "XDELTAPUSH = yes",
+        "XCHATMAIL = yes",
+        '"APPENDLIMIT=31457280" = yes',
+        '"COMPRESS=DEFLATE" = no',
+    ]
+    settings = doveconf24(trixie, conf, "-n")
+    assert "ssl = required\n" in settings
+    assert "ssl_min_protocol = TLSv1.3\n" in settings
+    assert "imap_hibernate_timeout = 30s\n" in settings
+    assert "listen = * ::\n" in settings
+    assert "%{user}" not in doveconf24(trixie, conf, "-h", "mail_log_prefix")
+    assert "remote_ip" not in doveconf24(trixie, conf, "-h", "login_log_format_elements")
+    assert "passdb lua {" in settings and "userdb lua {" in settings
+    assert "name = metadata\n" in settings  # the dicts of METADATA and last login
+    assert "name = lastlogin\n" in settings
+    assert "chatmail_notify = yes\n" in settings
+    # its lines reach chatmail-postlog only through syslog(3), as on 2.3
+    assert doveconf24(trixie, conf, "-h", "log_path").strip() == "syslog"
+
+
+def test_dovecot24_settings_follow_the_config(trixie: Path, render24: Render24) -> None:
+    settings = doveconf24(trixie, render24(CONFIGS["external"]), "-n")
+    assert "storage_size = 2048M\n" in settings
+    assert "args = 1433.6 %{home}\n" in settings  # 70 % of 2048 MiB
+    assert "mail_server_admin = mailto:privacy@example.org\n" in settings
+
+
+def test_dovecot24_compress_turns_hibernation_off(trixie: Path, render24: Render24) -> None:
+    settings = doveconf24(trixie, render24(CONFIGS["self"]), "-n")
+    assert "imap_hibernate_timeout" not in settings
+    assert "COMPRESS" not in settings  # 2.4's default: offered

@@ -227,10 +227,13 @@ async def serve(
     on_ready()
     async with server:
         await stop.wait()
-    # Closing a connection ends its reader with EOF, so each client task finishes normally.
-    for writer in list(connections.values()):
-        writer.close()
-    await asyncio.gather(*connections, return_exceptions=True)
+        # Inside the block: leaving it waits (Python 3.12 and later, so Debian 13) until every
+        # connection has ended, and Dovecot keeps its connections open. Closing a connection
+        # ends its reader with EOF, so each client task finishes normally.
+        server.close()
+        for writer in list(connections.values()):
+            writer.close()
+        await asyncio.gather(*connections, return_exceptions=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
 

@@ -3,6 +3,10 @@
 `dovecot_files` renders every file the deploy installs. `chatmail_conf` alone is what makes
 any Dovecot a chatmail relay's: the component tests include exactly it into a private test
 instance, so tests and relays run the same settings.
+
+Each Debian release has its own Dovecot and configuration language: Debian 12 (`bookworm`)
+ships Dovecot 2.3, whose templates sit in this folder; Debian 13 (`trixie`) ships 2.4, whose
+templates sit in `trixie/` and are rendered from the same inputs (doc/debian13.md).
 """
 
 from __future__ import annotations
@@ -16,13 +20,29 @@ from ..templates import render
 CONF_DIR = PurePosixPath("/etc/dovecot")
 # imap-login processes kept ready; each serves many connections (high-performance mode)
 LOGIN_PROCESSES = 4
+BOOKWORM = "bookworm"
+TRIXIE = "trixie"
+RELEASES = (BOOKWORM, TRIXIE)
 
 
-def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **overrides: object) -> str:
+def _template(release: str, name: str) -> str:
+    """The template's name for `render`: Dovecot 2.4's live in the release's folder."""
+    if release not in RELEASES:
+        raise ValueError(f"no Dovecot templates for Debian {release!r}")
+    return name if release == BOOKWORM else f"{release}/{name}"
+
+
+def chatmail_conf(
+    layout: Layout,
+    conf_dir: PurePosixPath = CONF_DIR,
+    release: str = BOOKWORM,
+    **overrides: object,
+) -> str:
     config = layout.config
     quota_mb = max(1, config.max_mailbox_size // 2**20)
     variables: dict[str, object] = {
         "auth_dict_conf": conf_dir / "auth-dict.conf.ext",
+        "auth_lua": conf_dir / "auth.lua",
         "mailboxes_dir": layout.mailboxes,
         "metadata_socket": layout.metadata_socket,
         "lastlogin_socket": layout.lastlogin_socket,
@@ -38,7 +58,7 @@ def chatmail_conf(layout: Layout, conf_dir: PurePosixPath = CONF_DIR, **override
         "quota_expire": layout.bin("chatmail-quota-expire"),
     }
     variables.update(overrides)
-    return render("dovecot", "chatmail.conf.j2", **variables)
+    return render("dovecot", _template(release, "chatmail.conf.j2"), **variables)
 
 
 DROP_IN_DIR = PurePosixPath(UNIT_DIR) / "dovecot.service.d"
@@ -58,14 +78,16 @@ def dovecot_unit_files() -> dict[str, str]:
     }
 
 
-def dovecot_files(layout: Layout, conf_dir: PurePosixPath = CONF_DIR) -> dict[str, str]:
-    """{remote path: content} of Dovecot's configuration."""
+def dovecot_files(
+    layout: Layout, conf_dir: PurePosixPath = CONF_DIR, release: str = BOOKWORM
+) -> dict[str, str]:
+    """{remote path: content} of Dovecot's configuration for the Debian `release`."""
     config = layout.config
     tls = layout.tls
-    return {
+    files = {
         str(conf_dir / "dovecot.conf"): render(
             "dovecot",
-            "dovecot.conf.j2",
+            _template(release, "dovecot.conf.j2"),
             disable_ipv6=config.disable_ipv6,
             tls_cert=tls.cert,
             tls_key=tls.key,
@@ -75,9 +97,17 @@ def dovecot_files(layout: Layout, conf_dir: PurePosixPath = CONF_DIR) -> dict[st
             login_processes=LOGIN_PROCESSES,
             max_imap_connections=config.max_imap_connections,
         ),
-        str(conf_dir / "chatmail.conf"): chatmail_conf(layout, conf_dir),
-        str(conf_dir / "auth-dict.conf.ext"): render(
-            "dovecot", "auth-dict.conf.ext.j2", doveauth_socket=layout.doveauth_socket
-        ),
-        str(conf_dir / "push_notification.lua"): render("dovecot", "push_notification.lua"),
+        str(conf_dir / "chatmail.conf"): chatmail_conf(layout, conf_dir, release),
     }
+    # How Dovecot asks doveauth: 2.3 through its dict passdb/userdb, 2.4 through a Lua script
+    if release == BOOKWORM:
+        files[str(conf_dir / "auth-dict.conf.ext")] = render(
+            "dovecot", "auth-dict.conf.ext.j2", doveauth_socket=layout.doveauth_socket
+        )
+    else:
+        files[str(conf_dir / "auth.lua")] = render(
+            "dovecot", "trixie/auth.lua", doveauth_socket=layout.doveauth_socket
+        )
+    # the same push hook for both: 2.4 kept the Lua push API that it uses
+    files[str(conf_dir / "push_notification.lua")] = render("dovecot", "push_notification.lua")
+    return files
