@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -45,6 +47,7 @@ def test_state_round_trip_and_status_shape(lab_dir: Path) -> None:
             "ip": "10.231.0.11",
             "ssh": "root@10.231.0.11",
             "config": "/x/relay1.ini",
+            "debian": "12",
         }
     ]
     assert {"dns", "client_netns", "ca_cert", "push_fake"} <= set(info)
@@ -89,3 +92,21 @@ def test_a_tree_booted_again_keeps_the_resolver_its_deploy_set(tmp_path: Path) -
     resolv.write_text("nameserver 127.0.0.1\n")  # what the deploy writes
     lab_hosts.prepare_tree(base, tree, "relay1", key)  # a reboot
     assert resolv.read_text() == "nameserver 127.0.0.1\n"
+
+
+def test_each_relay_gets_its_debian_release_the_last_one_standing_for_the_rest() -> None:
+    assert lab.releases_of("13", 3) == ["13", "13", "13"]
+    assert lab.releases_of("12,13", 3) == ["12", "13", "13"]
+    assert lab.releases_of("13, 12", 2) == ["13", "12"]
+    with pytest.raises(lab.LabError, match="the lab has Debian 12 or 13, not '11'"):
+        lab.releases_of("12,11", 2)
+    with pytest.raises(lab.LabError, match="needs a release"):
+        lab.releases_of(",", 2)
+
+
+def test_a_relay_of_an_older_lab_state_runs_debian_12(tmp_path: Path) -> None:
+    relay = {"name": "relay1", "domain": "relay1.test", "ip": "10.231.0.11"}
+    state = {"relays": [{**relay, "netns": "cmlab-relay1", "config": "x.ini", "pid": 0}]}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with mock.patch.object(lab, "LAB", tmp_path):
+        assert lab.State.load().relays[0].debian == "12"

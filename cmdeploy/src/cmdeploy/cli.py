@@ -372,7 +372,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     try:
         if args.lab_command == "up":
-            state = lab.up(args.relays, deploy=not args.no_deploy)
+            releases = lab.releases_of(args.debian, args.relays) if args.debian else None
+            state = lab.up(args.relays, deploy=not args.no_deploy, debian=releases)
             for relay in lab.status(state)["relays"]:  # type: ignore[attr-defined]
                 print(
                     f"{relay['domain']}: https://{relay['ip']}/ (in the lab: "
@@ -392,7 +393,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 print(json.dumps(info, indent=2))
             else:
                 for relay in info["relays"]:  # type: ignore[attr-defined]
-                    print(f"{relay['domain']:<16} {relay['ip']:<14} {relay['config']}")
+                    print(
+                        f"{relay['domain']:<16} {relay['ip']:<14} Debian {relay['debian']:<3}"
+                        f" {relay['config']}"
+                    )
                 print(
                     f"dns {info['dns']}, client namespace {info['client_netns']}, "
                     f"push fake {info['push_fake']}"
@@ -594,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = labsub.add_parser("up", help="create the lab and deploy its relays")
     up.add_argument("--relays", type=int, default=2, help="number of relays (default 2)")
     up.add_argument("--no-deploy", action="store_true", help="boot the hosts, do not deploy")
+    up.add_argument(
+        "--debian",
+        metavar="RELEASES",
+        help="the relays' Debian: 12 (default) or 13, or one per relay in order, e.g. 12,13",
+    )
     st = labsub.add_parser("status", help="what the lab holds")
     st.add_argument("--json", action="store_true", help="machine-readable")
     ex = labsub.add_parser("exec", help="run a command in the lab's client namespace")

@@ -65,6 +65,7 @@ class Relay:
     netns: str
     config: str
     pid: int = 0
+    debian: str = "12"  # the release the host runs
 
 
 @dataclass
@@ -228,7 +229,22 @@ def restart_dns(state: State) -> None:
         services.wait_for_dns(zone)
 
 
-def up(relay_count: int = 2, deploy: bool = True) -> State:
+def releases_of(text: str, relay_count: int) -> list[str]:
+    """`--debian`: one release for all relays ("13"), or one per relay in order ("12,13"),
+    the last one standing for the relays after it."""
+    given = [part.strip() for part in text.split(",") if part.strip()]
+    for release in given:
+        if release not in hosts.SUITES:
+            known = " or ".join(hosts.SUITES)
+            raise LabError(f"--debian {text}: the lab has Debian {known}, not {release!r}")
+    if not given:
+        raise LabError("--debian needs a release: 12, 13, or one per relay such as 12,13")
+    return [given[min(i, len(given) - 1)] for i in range(relay_count)]
+
+
+def up(relay_count: int = 2, deploy: bool = True, debian: list[str] | None = None) -> State:
+    """Bring the lab up with `relay_count` relays; `debian`: each relay's release (default:
+    what an existing relay runs, else 12)."""
     ensure_tools()
     LAB.mkdir(parents=True, exist_ok=True)
     state = State.load()
@@ -255,12 +271,15 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         say("the ACME CA has a new root: the relays start again from the base image")
         forget_relays(state)
 
-    say("base image (cached after the first time, about a minute)")
-    base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")
     key = hosts.ensure_ssh_key(LAB)
     for i in range(1, relay_count + 1):
         name = f"relay{i}"
         relay = next((r for r in state.relays if r.name == name), None)
+        wanted = debian[i - 1] if debian else (relay.debian if relay else "12")
+        if relay is not None and relay.debian != wanted:
+            raise LabError(
+                f"{name} runs Debian {relay.debian}, not {wanted}: `cmdeploy lab down` first"
+            )
         if relay is None:
             ip = str(net.SUBNET[10 + i])
             relay = Relay(
@@ -269,6 +288,7 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
                 ip,
                 f"cmlab-{name}",
                 str(LAB / f"{name}.ini"),
+                debian=wanted,
             )
             state.relays.append(relay)
         ns = net.Namespace(relay.netns, relay.ip)
@@ -276,7 +296,9 @@ def up(relay_count: int = 2, deploy: bool = True) -> State:
         if relay.netns not in state.netns:
             state.netns.append(relay.netns)
         if not hosts.alive(relay.pid):
-            say(f"booting {name} ({relay.ip})")
+            say(f"base image of Debian {relay.debian} (cached after the first time, a minute)")
+            base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log", relay.debian)
+            say(f"booting {name} ({relay.ip}, Debian {relay.debian})")
             hosts.prepare_tree(base, LAB / name, name, key)
             relay.pid = hosts.boot(LAB / name, ns, name, LAB / f"{name}.console.log")
         state.save()
@@ -410,7 +432,13 @@ def status(state: State) -> dict[str, object]:
     """The shape other tools rely on (issue: lab status --json)."""
     return {
         "relays": [
-            {"domain": r.domain, "ip": r.ip, "ssh": f"root@{r.ip}", "config": r.config}
+            {
+                "domain": r.domain,
+                "ip": r.ip,
+                "ssh": f"root@{r.ip}",
+                "config": r.config,
+                "debian": r.debian,
+            }
             for r in state.relays
         ],
         "dns": net.GATEWAY,

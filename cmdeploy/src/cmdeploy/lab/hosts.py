@@ -1,6 +1,7 @@
-"""Lab hosts: real Debian 12 systems booted with systemd-nspawn, each in its own namespace.
+"""Lab hosts: real Debian 12 or 13 systems booted with systemd-nspawn, each in its own namespace.
 
-A minimal Debian is bootstrapped once into `<lab>/base` (about a minute) and copied per host.
+A minimal Debian is bootstrapped once per release into `<lab>/base` (12) or
+`<lab>/base-trixie` (13), about a minute each, and copied per host.
 Each host gets the lab's SSH key for root, the package proxy for apt, the lab DNS as its
 resolver, and boots with systemd as PID 1 (`--register=no`: this machine has no system bus).
 """
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from .net import GATEWAY, Namespace
 
-SUITE = "bookworm"
+# Debian's release number -> its suite, and the base image's folder in the lab
+SUITES = {"12": "bookworm", "13": "trixie"}
+BASE_DIRS = {"12": "base", "13": "base-trixie"}
 INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,ca-certificates"
 PROXY_PORT = 8888
 SSH_OPTIONS = [
@@ -38,14 +41,15 @@ class HostError(Exception):
     pass
 
 
-def ensure_base_image(lab: Path, log: Path) -> Path:
-    base = lab / "base"
+def ensure_base_image(lab: Path, log: Path, debian: str = "12") -> Path:
+    base = lab / BASE_DIRS[debian]
     if (base / "etc" / "debian_version").exists() and (base / ".complete").exists():
         return base
     shutil.rmtree(base, ignore_errors=True)
+    suite = SUITES[debian]
     with open(log, "ab") as out:
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(base)],
+            ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", suite, str(base)],
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
