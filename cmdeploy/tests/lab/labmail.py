@@ -1,0 +1,122 @@
+"""What the lab checks do as users and operators of lab relays: accounts from `/new`, mail
+through the relays, mailboxes read over IMAP, commands on the hosts over SSH."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import secrets
+import smtplib
+import ssl
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from test_lab_relays import LAB
+
+from cmdeploy.bench.workload import MessageBody, message
+from cmdeploy.lab import hosts
+
+KEY = Path(LAB["ssh_key"]) if LAB else Path()
+WAIT = 180.0  # seconds for mail between relays (a deferred message waits for a retry)
+
+
+@dataclass(frozen=True)
+class User:
+    addr: str
+    password: str
+
+
+def new_user(ip: str, domain: str) -> User:
+    """Credentials from the relay's `/new`, as Delta Chat gets them; the account exists once
+    it first logs in."""
+    request = urllib.request.Request(f"https://{ip}/new", method="POST", headers={"Host": domain})
+    with urllib.request.urlopen(request, context=tls(), timeout=30) as answer:  # noqa: S310
+        data = json.loads(answer.read())
+    return User(data["email"], data["password"])
+
+
+def ssh(ip: str, command: str) -> str:
+    result = hosts.ssh(KEY, ip, command, timeout=300)
+    assert result.returncode == 0, f"{ip}: {command}: {result.stderr[-2000:]}"
+    return str(result.stdout)
+
+
+def tls() -> ssl.SSLContext:
+    # the lab's hosts are reached by address here; what the certificate is, is not the point
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def imap(ip: str, user: User) -> imaplib.IMAP4_SSL:
+    conn = imaplib.IMAP4_SSL(ip, 993, ssl_context=tls(), timeout=30)
+    conn.login(user.addr, user.password)  # the first login creates the account
+    return conn
+
+
+def inbox(ip: str, user: User) -> dict[str, Any]:
+    """UIDVALIDITY and {Message-ID: UID} of the user's INBOX on the host at `ip`."""
+    conn = imap(ip, user)
+    try:
+        conn.select("INBOX", readonly=True)
+        validity = conn.response("UIDVALIDITY")[1][0]
+        _, data = conn.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    finally:
+        conn.logout()
+    found = {}
+    for item in data:
+        if isinstance(item, tuple):
+            uid = item[0].split(b"UID ")[1].split()[0].decode()
+            msgid = item[1].decode().split(":", 1)[1].strip()
+            found[msgid] = uid
+    return {"uidvalidity": validity, "messages": found}
+
+
+def send(ip: str, sender: User, rcpt: User) -> str:
+    """An encrypted message from `sender`, submitted at the relay at `ip`; its Message-ID."""
+    msgid = f"<{secrets.token_hex(8)}@lab.test>"
+    data = message(MessageBody.of_size(2048), sender.addr, rcpt.addr, msgid[1:-1])
+    with smtplib.SMTP_SSL(ip, 465, context=tls(), timeout=60) as smtp:
+        smtp.login(sender.addr, sender.password)
+        smtp.sendmail(sender.addr, [rcpt.addr], data)
+    return msgid
+
+
+def wait_for(ip: str, user: User, msgid: str, flush: str | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        box = inbox(ip, user)
+        if msgid in box["messages"]:
+            return box
+        assert time.monotonic() < deadline, f"{msgid} did not reach {user.addr} at {ip}"
+        if flush:  # instead of waiting for the peer's next retry
+            ssh(flush, "postqueue -f")
+        time.sleep(2)
+
+
+def deferred_for(ip: str, user: User) -> bool:
+    """Whether the relay at `ip` holds mail for `user` in its deferred queue."""
+    for line in ssh(ip, "postqueue -j").splitlines():
+        entry = json.loads(line)
+        rcpts = [r.get("address") for r in entry.get("recipients", [])]
+        if entry.get("queue_name") == "deferred" and user.addr in rcpts:
+            return True
+    return False
+
+
+def forget_cached_names(ip: str) -> None:
+    """The peer's resolver forgets what it cached: what the records' TTL does in time."""
+    ssh(
+        ip,
+        "unbound-control -c /etc/unbound/unbound.conf flush_zone test && "
+        "unbound-control -c /etc/unbound/unbound.conf flush_infra all",
+    )
+
+
+def dkim_key(ip: str) -> str:
+    """The checksum of the relay's DKIM private key."""
+    return ssh(ip, "sha256sum /etc/dkimkeys/*.private | cut -d' ' -f1")
