@@ -7,6 +7,10 @@ A service restarts only when one of its files changed, and only after its config
 was validated (`postconf`, `doveconf -n`, `nginx -t`).
 Keys and secrets are generated once, on the relay, and kept.
 
+The host's Debian release (`cmdeploy.release`) is read from its /etc/os-release, a fact
+gathered before any operation is planned, and given to every component: Debian 12 and 13
+ship different Dovecot versions with different packages and configuration files.
+
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
 its dependencies as wheels, built on the operator's machine), `CHATMAIL_WEBSITE` (a built web site
 directory, optional), `CHATMAIL_VERSION` (the checkout's commit), `CHATMAIL_DISABLE_MAIL`.
@@ -46,7 +50,8 @@ from cmdeploy.chatmaild import (
 )
 from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import MASTER_PID_FILE as DOVECOT_MASTER_PID_FILE
-from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
+from cmdeploy.dovecot import dovecot_files, dovecot_unit_files, stale_files
+from cmdeploy.dovecot import packages as dovecot_packages
 from cmdeploy.dovecot import plugin as dovecot_plugin
 from cmdeploy.health import expectations
 from cmdeploy.journald import journald_files
@@ -55,6 +60,7 @@ from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import MASTER_PID_FILE as POSTFIX_MASTER_PID_FILE
 from cmdeploy.postfix import postfix_files, postmap_needed
+from cmdeploy.release import parse_os_release, release_of, supported_text
 from cmdeploy.unbound import unbound_files
 
 Ops = list[OperationMeta]
@@ -147,6 +153,18 @@ def turn_secret(layout: Layout) -> tuple[str, bool]:
     return secrets.token_hex(32), True
 
 
+def host_release() -> str:
+    """The host's Debian release; pre-flight refused any other, but pyinfra may be run by
+    hand: a deploy for the wrong release would break Dovecot, so it stops here."""
+    lines = host.get_fact(FileContents, path="/etc/os-release") or []
+    os_release = parse_os_release("\n".join(lines))
+    release = release_of(os_release)
+    if release is None:
+        name = os_release.get("PRETTY_NAME", "an unknown system")
+        raise SystemExit(f"the host runs {name}; cmdeploy deploys onto {supported_text()}")
+    return release
+
+
 def missing(path: object) -> bool:
     """Whether a file is absent on the relay (a fact gathered before any change)."""
     return host.get_fact(File, path=str(path)) is None
@@ -157,8 +175,9 @@ class Component:
 
     packages: tuple[str, ...] = ()
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, release: str) -> None:
         self.layout = layout
+        self.release = release
         self.changed: Ops = []
 
     def install(self) -> None:
@@ -257,8 +276,8 @@ class Acme(Component):
     answers on port 80 with the challenge webroot, hence this component comes after Nginx.
     With an external certificate: the path unit that reloads the services when it changes."""
 
-    def __init__(self, layout: Layout) -> None:
-        super().__init__(layout)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
         self.enabled = layout.tls.mode == "acme"
         self.external = layout.tls.mode == "external"
         self.packages = ("certbot",) if self.enabled else ()
@@ -302,8 +321,8 @@ class Acme(Component):
 
 
 class Chatmaild(Component):
-    def __init__(self, layout: Layout) -> None:
-        super().__init__(layout)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
         self.socket_changed: Ops = []
 
     def configure(self) -> None:
@@ -423,10 +442,22 @@ class OpenDkim(Component):
 
 
 class Dovecot(Component):
-    packages = ("dovecot-imapd", "dovecot-lmtpd", *dovecot_plugin.BUILD_PACKAGES)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
+        self.packages = dovecot_packages(release)
 
     def configure(self) -> None:
-        self.changed = put(dovecot_files(self.layout)) + put(dovecot_unit_files())
+        conf = dovecot_files(self.layout, release=self.release)
+        self.changed = put(conf) + put(dovecot_unit_files())
+        for path in stale_files(self.release):
+            if not missing(path):
+                self.changed.append(
+                    files.file(
+                        name=f"Remove {path} (left for the other Debian release)",
+                        path=path,
+                        present=False,
+                    )
+                )
         self.changed.append(self.build_plugin())
 
     def build_plugin(self) -> OperationMeta:
@@ -553,7 +584,7 @@ class Version(Component):
 
 
 # The relay, in deploy order: what a later component needs is already in place.
-COMPONENTS: list[Callable[[Layout], Component]] = [
+COMPONENTS: list[Callable[[Layout, str], Component]] = [
     Base,
     Journald,
     Unbound,
@@ -574,10 +605,11 @@ def deploy() -> None:
     layout = Layout(config)
     if os.environ.get("CHATMAIL_WEBSITE_ONLY"):
         # nginx serves the pages as they change on disk: no reload needed
-        Nginx(layout).upload_website()
+        Nginx(layout, host_release()).upload_website()
         return
     stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
-    components = [make(layout) for make in COMPONENTS]
+    release = host_release()
+    components = [make(layout, release) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}
     new_packages = [p for c in components for p in c.packages if p not in installed]
     leftover = host.get_fact(FileContents, path=POLICY_RC) or []
