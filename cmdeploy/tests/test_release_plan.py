@@ -60,6 +60,9 @@ def test_a_debian_13_host_gets_dovecot_24(tmp_path: Path) -> None:
     assert "Remove /etc/dovecot/auth-dict.conf.ext (left for the other Debian release)" in names
     assert "Build the chatmail_notify Dovecot plugin" in names
     assert "Install ca-certificates, openssl, python3-venv, rsync" in names
+    # Debian 13 runs Postfix's master in postfix.service, not in postfix@-.service
+    assert "Install /etc/systemd/system/postfix.service.d/chatmail-postlog.conf" in names
+    assert not any("postfix@.service.d" in name for name in names)
 
 
 def test_a_debian_12_host_gets_dovecot_23(tmp_path: Path) -> None:
@@ -69,4 +72,5 @@ def test_a_debian_12_host_gets_dovecot_23(tmp_path: Path) -> None:
     assert DOVECOT_23 in names
     assert "Install /etc/dovecot/auth-dict.conf.ext" in names
     assert "Install /etc/dovecot/auth.lua" not in names
-    assert not any(name.startswith("Remove /etc/dovecot/auth-dict") for name in names)
+    assert not any(name.startswith("Remove ") for name in names)
+    assert "Install /etc/systemd/system/postfix@.service.d/chatmail-postlog.conf" in names

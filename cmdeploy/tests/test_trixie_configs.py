@@ -14,16 +14,19 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from trixie_root import chroot, install, overlay, trixie_root
 
 from chatmaild.config import Config
+from cmdeploy.chatmaild import UNIT_DIR, chatmaild_files
 from cmdeploy.layout import Layout
 from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import postfix_files
+from cmdeploy.postfix import stale_files as postfix_stale_files
+from cmdeploy.release import TRIXIE
 from cmdeploy.run import build_wheels
 from cmdeploy.unbound import unbound_files
 
@@ -62,7 +65,7 @@ def relay(request: pytest.FixtureRequest, trixie: Path) -> Iterator[tuple[Path, 
     installs them; the TLS certificate and DKIM key made as the deploy makes them."""
     layout = Layout(Config.from_params(CASES[request.param]))
     with overlay(trixie) as root:
-        install(root, postfix_files(layout))
+        install(root, postfix_files(layout, release=TRIXIE))
         install(root, nginx_files(layout))
         install(root, opendkim_files(layout))
         install(root, unbound_files(layout))
@@ -96,6 +99,10 @@ def test_postconf_accepts_main_cf_without_warnings(relay: tuple[Path, Layout]) -
     # master.cf too, whose services' -o parameters postconf checks with -M
     result = chroot(root, ["postconf", "-M"])
     assert result.returncode == 0 and result.stderr == "", result.stderr
+    # what Debian 13's postfix.service runs before each start (ExecStartPre)
+    result = chroot(root, ["postfix", "check"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not re.search(r"warning|fatal", result.stdout + result.stderr), result.stdout
 
 
 def test_postfix_daemons_accept_the_global_parameters(relay: tuple[Path, Layout]) -> None:
@@ -155,3 +162,60 @@ for e in found:
     e.load()
 print(len(found))
 """
+
+
+def test_postfix_drop_ins_sit_on_the_unit_that_runs_the_master(trixie: Path) -> None:
+    """Debian 13 runs the main instance's master in postfix.service; its postfix@.service
+    is for extra instances only (/etc/postfix-NAME). Our drop-ins must sit on the former."""
+    units = trixie / "usr/lib/systemd/system"
+    main = (units / "postfix.service").read_text()
+    assert "Environment=MAIL_CONFIG=/etc/postfix\n" in main
+    assert "ExecStart=postfix debian-systemd-start\n" in main
+    template = (units / "postfix@.service").read_text()
+    assert "AssertPathExists=/etc/postfix-%I/main.cf\n" in template
+    layout = Layout(Config.from_params(CASES["acme"]))
+    drop_ins = [p for p in postfix_files(layout, release=TRIXIE) if p.startswith(UNIT_DIR)]
+    assert sorted(drop_ins) == [
+        f"{UNIT_DIR}/postfix.service.d/chatmail-postlog.conf",
+        f"{UNIT_DIR}/postfix.service.d/chatmail-restart.conf",
+    ]
+    assert postfix_stale_files(TRIXIE) == [
+        f"{UNIT_DIR}/postfix@.service.d/chatmail-postlog.conf",
+        f"{UNIT_DIR}/postfix@.service.d/chatmail-restart.conf",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd")
+def test_systemd_analyze_verifies_debian_13s_postfix_unit_with_our_drop_ins(
+    trixie: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    (lib / "venv" / "bin").mkdir(parents=True)
+    script = lib / "venv" / "bin" / "chatmail-postlog"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    layout = Layout(Config.from_params(CASES["acme"]), lib_dir=PurePosixPath(lib))
+    units = tmp_path / "systemd"
+    files = postfix_files(
+        layout,
+        config_dir=PurePosixPath(tmp_path),
+        unit_dir=PurePosixPath(units),
+        release=TRIXIE,
+    )
+    files |= {
+        str(units / PurePosixPath(path).name): text
+        for path, text in chatmaild_files(layout).items()
+        if "chatmail-postlog" in path
+    }
+    for name, text in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text, encoding="utf-8")
+    shutil.copy(trixie / "usr/lib/systemd/system/postfix.service", units)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "postfix.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
+    assert ours == [], result.stderr

@@ -60,6 +60,7 @@ from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import MASTER_PID_FILE as POSTFIX_MASTER_PID_FILE
 from cmdeploy.postfix import postfix_files, postmap_needed
+from cmdeploy.postfix import stale_files as postfix_stale_files
 from cmdeploy.release import parse_os_release, release_of, supported_text
 from cmdeploy.unbound import unbound_files
 
@@ -163,6 +164,17 @@ def host_release() -> str:
         name = os_release.get("PRETTY_NAME", "an unknown system")
         raise SystemExit(f"the host runs {name}; cmdeploy deploys onto {supported_text()}")
     return release
+
+
+def remove_stale(paths: list[str]) -> Ops:
+    """Removes what a deploy for the other Debian release left (a relay upgraded in place)."""
+    return [
+        files.file(
+            name=f"Remove {path} (left for the other Debian release)", path=path, present=False
+        )
+        for path in paths
+        if not missing(path)
+    ]
 
 
 def missing(path: object) -> bool:
@@ -449,15 +461,7 @@ class Dovecot(Component):
     def configure(self) -> None:
         conf = dovecot_files(self.layout, release=self.release)
         self.changed = put(conf) + put(dovecot_unit_files())
-        for path in stale_files(self.release):
-            if not missing(path):
-                self.changed.append(
-                    files.file(
-                        name=f"Remove {path} (left for the other Debian release)",
-                        path=path,
-                        present=False,
-                    )
-                )
+        self.changed += remove_stale(stale_files(self.release))
         self.changed.append(self.build_plugin())
 
     def build_plugin(self) -> OperationMeta:
@@ -493,8 +497,8 @@ class Postfix(Component):
         files.directory(
             name="Postfix spool", path="/var/spool/postfix", user="root", group="root", mode="755"
         )
-        contents = postfix_files(self.layout, myhostname=self.reverse_name())
-        self.changed = put(contents)
+        contents = postfix_files(self.layout, myhostname=self.reverse_name(), release=self.release)
+        self.changed = put(contents) + remove_stale(postfix_stale_files(self.release))
         maps = [path for path in contents if postmap_needed(path)]
         if maps:
             server.shell(
