@@ -5,7 +5,7 @@ Each case gets an overlay of the root: the deploy's files land at their real pat
 Debian 13's own (its nginx.conf with the deploy's one-line edit, its unbound.conf and
 postfix directory), and each check is the deploy's own command, run by chroot. Dovecot 2.4's
 files are checked in test_dovecot_conf.py and test_dovecot24.py. Last, chatmaild's venv on
-Debian 13's Python 3.13.
+Debian 13's Python 3.13, the units ours rely on, and certbot 4.0 with the deploy's request.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pytest
 from trixie_root import chroot, install, overlay, trixie_root
 
 from chatmaild.config import Config
+from cmdeploy.acme import acme_files, certbot_command
 from cmdeploy.chatmaild import UNIT_DIR, chatmaild_files
 from cmdeploy.layout import Layout
-from cmdeploy.nginx import nginx_files
+from cmdeploy.nginx import Sockets, nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import postfix_files
 from cmdeploy.postfix import stale_files as postfix_stale_files
@@ -219,3 +220,32 @@ def test_systemd_analyze_verifies_debian_13s_postfix_unit_with_our_drop_ins(
     )
     ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     assert ours == [], result.stderr
+
+
+def test_fcgiwrap_listens_where_nginx_passes_new(trixie: Path) -> None:
+    unit = (trixie / "usr/lib/systemd/system/fcgiwrap.socket").read_text()
+    assert f"ListenStream={Sockets().fcgiwrap}\n" in unit
+
+
+def test_certbot_4_takes_the_deploys_command_line(trixie: Path) -> None:
+    """certbot 4.0 parses every option of the deploy's request, then fails to reach the CA:
+    there is no network in its namespace (an unknown option would end in a usage error)."""
+    layout = Layout(Config.from_params({**CASES["acme"], "acme_email": "ops@example.org"}))
+    argv = certbot_command(layout)
+    with overlay(trixie) as root:
+        # what the deploy puts in place before it asks: the webroot and the deploy hook
+        (root / layout.acme_webroot.relative_to("/")).mkdir(parents=True)
+        for path, (text, mode) in acme_files(layout).items():
+            install(root, {path: text})
+            (root / path.lstrip("/")).chmod(int(mode, 8))
+        result = subprocess.run(
+            ["unshare", "--net", "chroot", str(root), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "usage" not in output.lower() and "unrecognized" not in output, output
+    assert "connection" in output.lower(), output
