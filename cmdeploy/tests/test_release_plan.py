@@ -19,8 +19,8 @@ from cmdeploy.release import parse_os_release, release_of
 from cmdeploy.run import DEPLOY, build_wheels
 
 
-def planned(host: str, tmp_path: Path) -> set[str]:
-    """The names of the operations the deploy plans for `host`."""
+def plan(host: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """pyinfra's dry run of the deploy against `host`, with --debug-operations."""
     ini = tmp_path / "chatmail.ini"
     assert cli.main(["init", "chat.example.org", "--config", str(ini), "--force"]) == 0
     env = {
@@ -30,7 +30,7 @@ def planned(host: str, tmp_path: Path) -> set[str]:
         "CMDEPLOY_STAGES": "install,configure,activate",
     }
     pyinfra = str(Path(sys.executable).with_name("pyinfra"))
-    result = subprocess.run(
+    return subprocess.run(
         [pyinfra, "--yes", "--dry", "--debug-operations", host, str(DEPLOY)],
         env=env,
         capture_output=True,
@@ -38,6 +38,11 @@ def planned(host: str, tmp_path: Path) -> set[str]:
         timeout=300,
         check=False,
     )
+
+
+def planned(host: str, tmp_path: Path) -> set[str]:
+    """The names of the operations the deploy plans for `host`."""
+    result = plan(host, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return set(re.findall(r"names=\{'([^']*)'\}", result.stdout + result.stderr))
 
@@ -74,3 +79,17 @@ def test_a_debian_12_host_gets_dovecot_23(tmp_path: Path) -> None:
     assert "Install /etc/dovecot/auth.lua" not in names
     assert not any(name.startswith("Remove ") for name in names)
     assert "Install /etc/systemd/system/postfix@.service.d/chatmail-postlog.conf" in names
+
+
+def test_the_deploy_itself_refuses_another_system(tmp_path: Path) -> None:
+    """pyinfra run by hand, past pre-flight: the deploy stops before it plans anything."""
+    with overlay(trixie_root()) as root:
+        os_release = root / "etc/os-release"
+        os_release.unlink()  # a symlink into the shared root's /usr/lib
+        os_release.write_text('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nID=debian\n'
+                              'VERSION_ID="11"\n')  # fmt: skip
+        result = plan(f"@chroot/{root}", tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the host runs Debian GNU/Linux 11 (bullseye); cmdeploy deploys onto" in output
+    assert "Install dovecot" not in output

@@ -9,7 +9,8 @@ Keys and secrets are generated once, on the relay, and kept.
 
 The host's Debian release (`cmdeploy.release`) is read from its /etc/os-release, a fact
 gathered before any operation is planned, and given to every component: Debian 12 and 13
-ship different Dovecot versions with different packages and configuration files.
+ship different Dovecot versions (packages, configuration files) and run Postfix's master in
+different units (doc/debian13.md).
 
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
 its dependencies as wheels, built on the operator's machine), `CHATMAIL_WEBSITE` (a built web site
