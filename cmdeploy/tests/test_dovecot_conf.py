@@ -15,7 +15,8 @@ from trixie_root import chroot, trixie_root
 
 from chatmaild.config import Config
 from cmdeploy.chatmaild import chatmaild_files
-from cmdeploy.dovecot import TRIXIE, dovecot_files, dovecot_unit_files
+from cmdeploy.dovecot import BOOKWORM, TRIXIE, dovecot_files, dovecot_unit_files, stale_files
+from cmdeploy.dovecot import packages as dovecot_packages
 from cmdeploy.layout import Layout
 
 needs_doveconf = pytest.mark.skipif(
@@ -231,3 +232,28 @@ def test_dovecot24_compress_turns_hibernation_off(trixie: Path, render24: Render
     settings = doveconf24(trixie, render24(CONFIGS["self"]), "-n")
     assert "imap_hibernate_timeout" not in settings
     assert "COMPRESS" not in settings  # 2.4's default: offered
+
+
+# The release switch: each release its packages and its auth file, the other's removed.
+
+
+def test_each_release_has_its_auth_file_and_packages() -> None:
+    layout = Layout(Config.from_params(CONFIGS["acme"]))
+    assert "/etc/dovecot/auth-dict.conf.ext" in dovecot_files(layout, release=BOOKWORM)
+    assert "/etc/dovecot/auth.lua" not in dovecot_files(layout, release=BOOKWORM)
+    assert "/etc/dovecot/auth.lua" in dovecot_files(layout, release=TRIXIE)
+    assert "/etc/dovecot/auth-dict.conf.ext" not in dovecot_files(layout, release=TRIXIE)
+    assert stale_files(TRIXIE) == ["/etc/dovecot/auth-dict.conf.ext"]
+    assert stale_files(BOOKWORM) == ["/etc/dovecot/auth.lua"]
+    lua = {"dovecot-auth-lua", "lua-socket"}
+    assert not lua & set(dovecot_packages(BOOKWORM))
+    assert lua <= set(dovecot_packages(TRIXIE))
+    with pytest.raises(ValueError):
+        dovecot_packages("forky")
+
+
+def test_debian_13_has_every_dovecot_package(trixie: Path) -> None:
+    """The names exist in Debian 13 (the root installs them from its archive)."""
+    result = chroot(trixie, ["dpkg-query", "-W", "-f", "${Status}\\n", *dovecot_packages(TRIXIE)])
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.splitlines()) == {"install ok installed"}

@@ -15,8 +15,13 @@ from cmdeploy.preflight import (
     parse_os_release,
     problems,
 )
+from cmdeploy.release import release_of
 
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
+DEBIAN_13 = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\n'
+DEBIAN_11 = 'PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nID=debian\nVERSION_ID="11"\n'
+# testing has no VERSION_ID until its release
+FORKY = 'PRETTY_NAME="Debian GNU/Linux forky/sid"\nID=debian\nVERSION_CODENAME=forky\n'
 UBUNTU = 'PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nVERSION_ID="24.04"\n'
 SS = """\
 LISTEN 0 100 0.0.0.0:25 0.0.0.0:* users:(("master",pid=10,fd=13))
@@ -42,7 +47,10 @@ def test_parse_listeners() -> None:
     [
         (DEBIAN_12, "", []),
         (DEBIAN_12, SS, ["port 443 on relay.example is held by apache2"]),
+        (DEBIAN_13, "", []),
         (UBUNTU, "", ["relay.example runs Ubuntu 24.04 LTS, but"]),
+        (DEBIAN_11, "", ["relay.example runs Debian GNU/Linux 11 (bullseye), but"]),
+        (FORKY, "", ["relay.example runs Debian GNU/Linux forky/sid, but"]),
         # port 53 matters on loopback only: a DNS server on another address is no conflict
         (DEBIAN_12, 'LISTEN 0 1 10.0.0.1:53 0.0.0.0:* users:(("nsd",pid=5,fd=3))', []),
         (
@@ -58,6 +66,29 @@ def test_problems(release: str, sockets: str, expected: list[str]) -> None:
     for paragraph, start in zip(found, expected, strict=True):
         assert paragraph.startswith(start)
         assert "then run `cmdeploy run` again" in paragraph  # says what to do next
+
+
+@pytest.mark.parametrize(
+    ("text", "release"),
+    [(DEBIAN_12, "bookworm"), (DEBIAN_13, "trixie"), (DEBIAN_11, None), (FORKY, None),
+     (UBUNTU, None), ("", None)],
+)  # fmt: skip
+def test_release_of(text: str, release: str | None) -> None:
+    assert release_of(parse_os_release(text)) == release
+
+
+def test_a_refused_system_is_one_paragraph_naming_both_releases() -> None:
+    (paragraph,) = problems(parse_os_release(UBUNTU), [], "relay.example")
+    assert "\n" not in paragraph
+    assert "Debian 12 (bookworm) or Debian 13 (trixie)" in paragraph
+
+
+def test_check_target_names_the_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `cmdeploy run` prints: the release pre-flight found on the host."""
+    answer = f"{DEBIAN_13}--- addresses\n--- sockets\n"
+    monkeypatch.setattr("cmdeploy.preflight.command", lambda host, script: ["printf", "%s", answer])
+    config = Config.from_params({"mail_domain": "chat.example.org"})
+    assert check_target("relay.example", config) == "Debian 13 (trixie)"
 
 
 # --- the DNS pre-check ------------------------------------------------------------------------

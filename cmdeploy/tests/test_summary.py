@@ -49,3 +49,13 @@ def test_unknown_dns_is_not_called_ready() -> None:
     outcome = parse_outcome(SECOND_RUN.splitlines())
     text = summary("chat.example.org", outcome, Left(False, None, []))
     assert "cmdeploy dns" in text and "ready" not in text
+
+
+def test_the_summary_names_the_hosts_release() -> None:
+    text = summary(
+        "chat.example.org",
+        parse_outcome([]),
+        Left(certificate_pending=False, dns_missing=0, not_running=[]),
+        "Debian 13 (trixie)",
+    )
+    assert text.splitlines()[0] == "Summary for chat.example.org on Debian 13 (trixie):"

@@ -1,24 +1,33 @@
 """A Debian 13 root with Dovecot 2.4, for the tests that run the relay's 2.4 configuration
 with the real binaries (doc/debian13.md).
 
-`scripts/trixie-root` builds it once into /var/cache/chatmail-test/trixie (or
-$CHATMAIL_TRIXIE_ROOT) and later calls find it there; the first build takes about a minute.
-Its programs run by `chroot`, so paths inside the root are the paths the configuration
-names, and files for them are written below the root on the host.
+`scripts/trixie-root` builds it once into /var/cache/chatmail-test/trixie-<hash of its
+package list> (or $CHATMAIL_TRIXIE_ROOT-<hash>) and later calls find it there; the first
+build takes about a minute. Its programs run by `chroot`, so paths inside the root are the
+paths the configuration names, and files for them are written below the root on the host.
+A test session holds a shared lock on the root while it runs: the script removes old roots
+only when nobody holds theirs.
+
+`overlay` gives a test the root's /etc (and everything else) to write into, the deploy's
+files at their real paths beside Debian's own, without changing the shared root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "trixie-root"
 _built: Path | None = None
+_use_lock: int | None = None  # held for the whole test session (see the script)
 
 
 def trixie_root() -> Path:
@@ -37,8 +46,38 @@ def trixie_root() -> Path:
     if "built" in result.stderr:
         # the build's cost shows in the test log: it happens once per machine
         print(f"\n{result.stderr.strip()} ({time.monotonic() - start:.0f} s in this run)")
-    _built = Path(result.stdout.strip())
+    built = Path(result.stdout.strip())
+    global _use_lock
+    _use_lock = os.open(f"{built}.use", os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(_use_lock, fcntl.LOCK_SH)
+    _built = built
     return _built
+
+
+@contextlib.contextmanager
+def overlay(root: Path) -> Iterator[Path]:
+    """A writable view of `root` (overlayfs): what a test writes there stays in a temp
+    directory of its own and goes with it; the shared root is never changed."""
+    with tempfile.TemporaryDirectory(prefix="chatmail-trixie-") as tmp:
+        upper, work, merged = (Path(tmp) / name for name in ("upper", "work", "merged"))
+        for path in (upper, work, merged):
+            path.mkdir()
+        options = f"lowerdir={root},upperdir={upper},workdir={work}"
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], check=True
+        )
+        try:
+            yield merged
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+
+
+def install(root: Path, files: dict[str, str]) -> None:
+    """Writes the deploy's {path on the relay: content} at those paths below `root`."""
+    for name, content in files.items():
+        path = root / PurePosixPath(name).relative_to("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
 
 
 def chroot(root: Path, argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:

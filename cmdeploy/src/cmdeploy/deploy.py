@@ -7,6 +7,11 @@ A service restarts only when one of its files changed, and only after its config
 was validated (`postconf`, `doveconf -n`, `nginx -t`).
 Keys and secrets are generated once, on the relay, and kept.
 
+The host's Debian release (`cmdeploy.release`) is read from its /etc/os-release, a fact
+gathered before any operation is planned, and given to every component: Debian 12 and 13
+ship different Dovecot versions (packages, configuration files) and run Postfix's master in
+different units (doc/debian13.md).
+
 Inputs come from the environment: `CHATMAIL_INI` (the local ini), `CHATMAILD_WHEELS` (chatmaild and
 its dependencies as wheels, built on the operator's machine), `CHATMAIL_WEBSITE` (a built web site
 directory, optional), `CHATMAIL_VERSION` (the checkout's commit), `CHATMAIL_DISABLE_MAIL`.
@@ -46,7 +51,8 @@ from cmdeploy.chatmaild import (
 )
 from cmdeploy.coturn import turnserver_conf
 from cmdeploy.dovecot import MASTER_PID_FILE as DOVECOT_MASTER_PID_FILE
-from cmdeploy.dovecot import dovecot_files, dovecot_unit_files
+from cmdeploy.dovecot import dovecot_files, dovecot_unit_files, stale_files
+from cmdeploy.dovecot import packages as dovecot_packages
 from cmdeploy.dovecot import plugin as dovecot_plugin
 from cmdeploy.health import expectations
 from cmdeploy.journald import journald_files
@@ -55,6 +61,8 @@ from cmdeploy.nginx import nginx_files
 from cmdeploy.opendkim import genkey_command, opendkim_files
 from cmdeploy.postfix import MASTER_PID_FILE as POSTFIX_MASTER_PID_FILE
 from cmdeploy.postfix import postfix_files, postmap_needed
+from cmdeploy.postfix import stale_files as postfix_stale_files
+from cmdeploy.release import parse_os_release, release_of, supported_text
 from cmdeploy.unbound import unbound_files
 
 Ops = list[OperationMeta]
@@ -147,6 +155,29 @@ def turn_secret(layout: Layout) -> tuple[str, bool]:
     return secrets.token_hex(32), True
 
 
+def host_release() -> str:
+    """The host's Debian release; pre-flight refused any other, but pyinfra may be run by
+    hand: a deploy for the wrong release would break Dovecot, so it stops here."""
+    lines = host.get_fact(FileContents, path="/etc/os-release") or []
+    os_release = parse_os_release("\n".join(lines))
+    release = release_of(os_release)
+    if release is None:
+        name = os_release.get("PRETTY_NAME", "an unknown system")
+        raise SystemExit(f"the host runs {name}; cmdeploy deploys onto {supported_text()}")
+    return release
+
+
+def remove_stale(paths: list[str]) -> Ops:
+    """Removes what a deploy for the other Debian release left (a relay upgraded in place)."""
+    return [
+        files.file(
+            name=f"Remove {path} (left for the other Debian release)", path=path, present=False
+        )
+        for path in paths
+        if not missing(path)
+    ]
+
+
 def missing(path: object) -> bool:
     """Whether a file is absent on the relay (a fact gathered before any change)."""
     return host.get_fact(File, path=str(path)) is None
@@ -157,8 +188,9 @@ class Component:
 
     packages: tuple[str, ...] = ()
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, release: str) -> None:
         self.layout = layout
+        self.release = release
         self.changed: Ops = []
 
     def install(self) -> None:
@@ -257,8 +289,8 @@ class Acme(Component):
     answers on port 80 with the challenge webroot, hence this component comes after Nginx.
     With an external certificate: the path unit that reloads the services when it changes."""
 
-    def __init__(self, layout: Layout) -> None:
-        super().__init__(layout)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
         self.enabled = layout.tls.mode == "acme"
         self.external = layout.tls.mode == "external"
         self.packages = ("certbot",) if self.enabled else ()
@@ -302,8 +334,8 @@ class Acme(Component):
 
 
 class Chatmaild(Component):
-    def __init__(self, layout: Layout) -> None:
-        super().__init__(layout)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
         self.socket_changed: Ops = []
 
     def configure(self) -> None:
@@ -423,10 +455,14 @@ class OpenDkim(Component):
 
 
 class Dovecot(Component):
-    packages = ("dovecot-imapd", "dovecot-lmtpd", *dovecot_plugin.BUILD_PACKAGES)
+    def __init__(self, layout: Layout, release: str) -> None:
+        super().__init__(layout, release)
+        self.packages = dovecot_packages(release)
 
     def configure(self) -> None:
-        self.changed = put(dovecot_files(self.layout)) + put(dovecot_unit_files())
+        conf = dovecot_files(self.layout, release=self.release)
+        self.changed = put(conf) + put(dovecot_unit_files())
+        self.changed += remove_stale(stale_files(self.release))
         self.changed.append(self.build_plugin())
 
     def build_plugin(self) -> OperationMeta:
@@ -462,8 +498,8 @@ class Postfix(Component):
         files.directory(
             name="Postfix spool", path="/var/spool/postfix", user="root", group="root", mode="755"
         )
-        contents = postfix_files(self.layout, myhostname=self.reverse_name())
-        self.changed = put(contents)
+        contents = postfix_files(self.layout, myhostname=self.reverse_name(), release=self.release)
+        self.changed = put(contents) + remove_stale(postfix_stale_files(self.release))
         maps = [path for path in contents if postmap_needed(path)]
         if maps:
             server.shell(
@@ -553,7 +589,7 @@ class Version(Component):
 
 
 # The relay, in deploy order: what a later component needs is already in place.
-COMPONENTS: list[Callable[[Layout], Component]] = [
+COMPONENTS: list[Callable[[Layout, str], Component]] = [
     Base,
     Journald,
     Unbound,
@@ -574,10 +610,11 @@ def deploy() -> None:
     layout = Layout(config)
     if os.environ.get("CHATMAIL_WEBSITE_ONLY"):
         # nginx serves the pages as they change on disk: no reload needed
-        Nginx(layout).upload_website()
+        Nginx(layout, host_release()).upload_website()
         return
     stages = os.environ.get("CMDEPLOY_STAGES", "install,configure,activate").split(",")
-    components = [make(layout) for make in COMPONENTS]
+    release = host_release()
+    components = [make(layout, release) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}
     new_packages = [p for c in components for p in c.packages if p not in installed]
     leftover = host.get_fact(FileContents, path=POLICY_RC) or []

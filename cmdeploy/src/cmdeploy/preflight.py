@@ -1,8 +1,9 @@
 """Checks before `cmdeploy run` touches a host (DNS pre-check and port check).
 
 One SSH command reads the host's OS release, its addresses and its listening TCP sockets. The
-deploy goes ahead only on Debian 12, and only if every port the relay needs is free or held by
-the daemon that will serve it (a second run finds its own daemons there).
+deploy goes ahead only on Debian 12 or 13 (`cmdeploy.release`), and only if every port the
+relay needs is free or held by the daemon that will serve it (a second run finds its own
+daemons there).
 
 The DNS pre-check (skipped for IPv4 relays, and with `--skip-dns-check`) asks the operator's
 resolver: the mail domain needs an A or AAAA record pointing at the host, and an ACME relay
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 from chatmaild.config import Config
 
+from .release import describe, parse_os_release, release_of, supported_text
 from .remote import command
 
 # port -> the process names that may hold it (those the deploy itself starts)
@@ -54,15 +56,6 @@ Lookup = Callable[[str, str], list[str]]
 
 class PreflightError(Exception):
     """The host is not fit for the deploy; the message says why and what to do."""
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key.strip()] = value.strip().strip('"')
-    return values
 
 
 def parse_listeners(text: str) -> list[tuple[str, int, set[str]]]:
@@ -167,11 +160,11 @@ def problems(
     os_release: dict[str, str], listeners: list[tuple[str, int, set[str]]], host: str
 ) -> list[str]:
     found = []
-    if os_release.get("ID") != "debian" or os_release.get("VERSION_ID") != "12":
+    if release_of(os_release) is None:
         name = os_release.get("PRETTY_NAME", "an unknown system")
         found.append(
-            f"{host} runs {name}, but a chatmail relay is deployed onto Debian 12 (bookworm) "
-            "only. Install Debian 12 on the server, then run `cmdeploy run` again."
+            f"{host} runs {name}, but a chatmail relay is deployed onto {supported_text()} "
+            "only. Install one of them on the server, then run `cmdeploy run` again."
         )
     for address, port, owners in sorted(listeners, key=lambda item: item[1]):
         allowed = EXPECTED_OWNERS.get(port)
@@ -194,8 +187,9 @@ def probe(config: Config) -> str:
 
 def check_target(
     host: str, config: Config, lookup: Lookup | None = None, timeout: float = 60
-) -> None:
-    """Raises PreflightError with every problem found; `lookup=None` skips the DNS check."""
+) -> str:
+    """The host's Debian release ("Debian 13 (trixie)"), for the run's output; raises
+    PreflightError with every problem found. `lookup=None` skips the DNS check."""
     try:
         result = subprocess.run(
             command(host, probe(config)),
@@ -215,7 +209,8 @@ def check_target(
     release, _, rest = result.stdout.partition("--- addresses")
     addresses, _, rest = rest.partition("--- sockets")
     sockets, _, unreadable = rest.partition("--- unreadable")
-    found = problems(parse_os_release(release), parse_listeners(sockets), host)
+    os_release = parse_os_release(release)
+    found = problems(os_release, parse_listeners(sockets), host)
     for path in unreadable.split():
         found.append(
             f"{path} (tls_external_cert_and_key) does not exist on {host} or is not readable. "
@@ -227,3 +222,6 @@ def check_target(
         found += dns_problems(config, lookup, host, parse_addresses(addresses))
     if found:
         raise PreflightError("\n\n".join(found))
+    codename = release_of(os_release)
+    assert codename is not None  # problems() refused any other
+    return describe(codename)

@@ -162,7 +162,7 @@ def run_deploy(
     website_only: bool = False,
 ) -> int:
     try:
-        check_target(host, config, resolver_lookup() if dns_check else None)
+        system = check_target(host, config, resolver_lookup() if dns_check else None)
     except PreflightError as e:
         raise DeployError(str(e)) from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +182,7 @@ def run_deploy(
             "CHATMAIL_DISABLE_MAIL": "1" if disable_mail else "",
             "CHATMAIL_WEBSITE_ONLY": "1" if website_only else "",
         }
-        print(f"deploying {config.mail_domain} to {host} ...", flush=True)
+        print(f"deploying {config.mail_domain} to {host} ({system}) ...", flush=True)
         seen: list[str] = []
         for stages in deploy_passes(website_only):
             argv = pyinfra_command(host, dry_run, verbose)
@@ -205,5 +205,5 @@ def run_deploy(
         )
         return 0
     print()
-    print(summary(config.mail_domain, outcome, what_is_left(config, host)))
+    print(summary(config.mail_domain, outcome, what_is_left(config, host), system))
     return 0

@@ -59,9 +59,9 @@ class Left:
     not_running: list[str]  # units that are not active
 
 
-def summary(domain: str, outcome: Outcome, left: Left) -> str:
-    """A few lines for the end of `cmdeploy run`."""
-    lines = [f"Summary for {domain}:"]
+def summary(domain: str, outcome: Outcome, left: Left, system: str = "") -> str:
+    """A few lines for the end of `cmdeploy run`; `system` names the host's release."""
+    lines = [f"Summary for {domain} on {system}:" if system else f"Summary for {domain}:"]
     if not outcome.changed:
         lines.append(f"  nothing changed ({outcome.operations} operations checked)")
     else:

@@ -15,14 +15,16 @@ from pathlib import PurePosixPath
 
 from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
+from ..release import BOOKWORM, RELEASES, TRIXIE
 from ..templates import render
+from . import plugin
 
 CONF_DIR = PurePosixPath("/etc/dovecot")
 # imap-login processes kept ready; each serves many connections (high-performance mode)
 LOGIN_PROCESSES = 4
-BOOKWORM = "bookworm"
-TRIXIE = "trixie"
-RELEASES = (BOOKWORM, TRIXIE)
+# How Dovecot asks doveauth (doc/debian13.md): 2.3 through its dict passdb/userdb, 2.4
+# through a Lua script; each release's file in the configuration directory.
+AUTH_FILE = {BOOKWORM: "auth-dict.conf.ext", TRIXIE: "auth.lua"}
 
 
 def _template(release: str, name: str) -> str:
@@ -41,8 +43,8 @@ def chatmail_conf(
     config = layout.config
     quota_mb = max(1, config.max_mailbox_size // 2**20)
     variables: dict[str, object] = {
-        "auth_dict_conf": conf_dir / "auth-dict.conf.ext",
-        "auth_lua": conf_dir / "auth.lua",
+        "auth_dict_conf": conf_dir / AUTH_FILE[BOOKWORM],
+        "auth_lua": conf_dir / AUTH_FILE[TRIXIE],
         "mailboxes_dir": layout.mailboxes,
         "metadata_socket": layout.metadata_socket,
         "lastlogin_socket": layout.lastlogin_socket,
@@ -99,15 +101,27 @@ def dovecot_files(
         ),
         str(conf_dir / "chatmail.conf"): chatmail_conf(layout, conf_dir, release),
     }
-    # How Dovecot asks doveauth: 2.3 through its dict passdb/userdb, 2.4 through a Lua script
-    if release == BOOKWORM:
-        files[str(conf_dir / "auth-dict.conf.ext")] = render(
-            "dovecot", "auth-dict.conf.ext.j2", doveauth_socket=layout.doveauth_socket
-        )
-    else:
-        files[str(conf_dir / "auth.lua")] = render(
-            "dovecot", "trixie/auth.lua", doveauth_socket=layout.doveauth_socket
-        )
+    auth_template = "auth-dict.conf.ext.j2" if release == BOOKWORM else "trixie/auth.lua"
+    files[str(conf_dir / AUTH_FILE[release])] = render(
+        "dovecot", auth_template, doveauth_socket=layout.doveauth_socket
+    )
     # the same push hook for both: 2.4 kept the Lua push API that it uses
     files[str(conf_dir / "push_notification.lua")] = render("dovecot", "push_notification.lua")
     return files
+
+
+def packages(release: str) -> tuple[str, ...]:
+    """Debian's packages for a relay's Dovecot on `release`, with the plugin's build tools.
+    2.4 asks doveauth through its Lua driver, whose script opens the socket with lua-socket."""
+    if release not in RELEASES:
+        raise ValueError(f"no Dovecot packages for Debian {release!r}")
+    lua = ("dovecot-auth-lua", "lua-socket") if release == TRIXIE else ()
+    return ("dovecot-imapd", "dovecot-lmtpd", *lua, *plugin.BUILD_PACKAGES)
+
+
+def stale_files(release: str, conf_dir: PurePosixPath = CONF_DIR) -> list[str]:
+    """Files a deploy for the other release left and this release's configuration does not
+    name. Dovecot reads neither (dovecot.conf includes chatmail.conf only), but a relay
+    upgraded from 12 to 13 would keep a dict passdb that looks live to whoever reads
+    /etc/dovecot; the deploy removes it."""
+    return [str(conf_dir / name) for other, name in AUTH_FILE.items() if other != release]

@@ -11,9 +11,12 @@ SMTP client, with verified TLS but for the exceptions of doc/contract.md §1.5
 (doc/transport.md).
 
 Postfix's log lines reach the journal only through chatmail-postlog (doc/contract.md §12: no
-address or IP in any log line): a drop-in for Debian's `postfix@.service`, the unit that runs
-the master (`postfix.service` only starts and stops it), binds the scrubber's socket over
-journald's syslog socket in Postfix's mount namespace.
+address or IP in any log line): a drop-in for the unit that runs the master binds the
+scrubber's socket over journald's syslog socket in Postfix's mount namespace. Which unit that
+is depends on the release: on Debian 12 the template `postfix@.service` (its instance
+`postfix@-.service`; `postfix.service` only starts and stops it), on Debian 13
+`postfix.service` itself (its `postfix@.service` serves only extra instances with their own
+/etc/postfix-NAME, and would leave our drop-ins unused).
 
 `postfix_files` renders every file the deploy installs; it is pure, so tests render it into a
 temp directory and check it with Debian's `postconf` and `postmap`.
@@ -27,6 +30,7 @@ from pathlib import PurePosixPath
 
 from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
+from ..release import BOOKWORM, TRIXIE
 from ..templates import render
 
 CONFIG_DIR = PurePosixPath("/etc/postfix")
@@ -40,7 +44,9 @@ QUEUE_DIRECTORY = PurePosixPath("/var/spool/postfix")
 TABLES = ("submission_header_cleanup", "lmtp_header_cleanup", "login_map", "tls_policy")
 POSTMAP_NEEDED: frozenset[str] = frozenset()
 
-# for every instance of Debian's template; "postfix@-.service" is the one that runs
+# the unit that runs the master, per release: on 12 every instance of Debian's template
+# ("postfix@-.service" is the one that runs), on 13 the main unit
+MASTER_UNIT = {BOOKWORM: "postfix@.service", TRIXIE: "postfix.service"}
 POSTLOG_DROP_IN = f"postfix@.service.d/{SCRUBBED_LOG_DROP_IN}"
 RESTART_DROP_IN = "postfix@.service.d/chatmail-restart.conf"
 MASTER_PID_FILE = "/var/spool/postfix/pid/master.pid"
@@ -62,6 +68,7 @@ def postfix_files(
     myhostname: str | None = None,
     config_dir: PurePosixPath = CONFIG_DIR,
     unit_dir: PurePosixPath = PurePosixPath(UNIT_DIR),
+    release: str = BOOKWORM,
 ) -> dict[str, str]:
     """{remote path: content} of Postfix's configuration and the drop-in of its unit.
 
@@ -128,13 +135,25 @@ def postfix_files(
     }
     for name, path in tables.items():
         files[str(path)] = render("postfix", f"{name}.j2")
-    files[str(unit_dir / POSTLOG_DROP_IN)] = scrubbed_log_drop_in(
+    drop_ins = unit_dir / f"{MASTER_UNIT[release]}.d"
+    files[str(drop_ins / SCRUBBED_LOG_DROP_IN)] = scrubbed_log_drop_in(
         "Postfix", "none of its daemons runs chrooted, see master.cf"
     )
-    files[str(unit_dir / RESTART_DROP_IN)] = render(
-        "postfix", "restart.conf.j2", pid_file=MASTER_PID_FILE
+    files[str(drop_ins / PurePosixPath(RESTART_DROP_IN).name)] = render(
+        "postfix", "restart.conf.j2", pid_file=MASTER_PID_FILE, release=release
     )
     return files
+
+
+def stale_files(release: str, unit_dir: PurePosixPath = PurePosixPath(UNIT_DIR)) -> list[str]:
+    """The other release's drop-ins. On a relay upgraded from 12 to 13 they would sit on the
+    template unit that no longer runs the master: harmless, but they look live."""
+    return [
+        str(unit_dir / f"{unit}.d" / name)
+        for other, unit in MASTER_UNIT.items()
+        if other != release
+        for name in (SCRUBBED_LOG_DROP_IN, PurePosixPath(RESTART_DROP_IN).name)
+    ]
 
 
 def _in_spool(path: PurePosixPath) -> PurePosixPath:
