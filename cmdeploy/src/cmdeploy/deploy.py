@@ -82,6 +82,13 @@ SYSCTL = (
 )
 
 
+def venv_matches(venv: str) -> str:
+    """A command that prints "ok" when `venv` exists and was made by the host's python3."""
+    version = "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"
+    found = f'[ -x {venv}/bin/python ] && [ -d {venv}/lib/python"$v" ]'
+    return f"v=$({version}); {found} && echo ok || true"
+
+
 def stale_log_socket(pid_file: str) -> str:
     """A command that prints "stale" when the log socket in the mount namespace of the master
     whose pid `pid_file` holds is no longer the scrubber's current one."""
@@ -348,14 +355,21 @@ class Chatmaild(Component):
             for w in wheels
         ]
         chatmaild_wheel = next(w.name for w in wheels if w.name.startswith("chatmaild-"))
+        # A venv is tied to the Python that made it: after an upgrade of Debian (12's 3.11 to
+        # 13's 3.13) its packages sit under the old version's lib/ and import nothing. Such a
+        # venv, or none, is made anew, whatever the wheels did.
+        venv_ok = host.get_fact(Command, venv_matches(str(layout.venv))) or ""
+        remake = "ok" not in venv_ok
         installed = server.shell(
             name="Install chatmaild into its venv",
             commands=[
-                f"test -x {layout.venv}/bin/python || python3 -m venv {layout.venv}",
+                f"rm -rf {layout.venv} && python3 -m venv {layout.venv}"
+                if remake
+                else f"test -x {layout.venv}/bin/python || python3 -m venv {layout.venv}",
                 f"{layout.venv}/bin/pip install --quiet --no-index --find-links {remote}"
                 f" --force-reinstall {remote}/{chatmaild_wheel}",
             ],
-            _if=any_changed(*uploaded),
+            _if=None if remake else any_changed(*uploaded),
         )
         ini = files.put(
             name="Install chatmail.ini",

@@ -94,7 +94,7 @@ def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
     invites = cmdeploy("invite", "--list", "--ssh-host", old.ip, "--config", old.config).stdout
     assert "No invites" not in invites
 
-    new_ip = lab.boot_spare(state)
+    new_ip = lab.boot_spare(state, old.debian)  # a move to a server of the same release
     config = old.config
     result = cmdeploy(
         "migrate", "--to", new_ip, "--ssh-host", old.ip, "--config", config, "--yes",

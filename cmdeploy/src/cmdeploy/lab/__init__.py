@@ -323,8 +323,9 @@ SPARE_NETNS = "cmlab-spare"
 SPARE_IP = str(net.SUBNET[20])
 
 
-def boot_spare(state: State) -> str:
-    """Boot the spare host (again from the base image when it was stopped); its address."""
+def boot_spare(state: State, debian: str = "12") -> str:
+    """Boot the spare host on Debian `debian` (from the base image; it is removed after each
+    use, `remove_spare`); its address."""
     key = hosts.ensure_ssh_key(LAB)
     ns = net.Namespace(SPARE_NETNS, SPARE_IP)
     ns.ensure()
@@ -332,7 +333,7 @@ def boot_spare(state: State) -> str:
         state.netns.append(SPARE_NETNS)
     if not hosts.alive(state.pids.get(SPARE, 0)):
         say(f"booting the spare host ({SPARE_IP})")
-        base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log")
+        base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log", debian)
         hosts.prepare_tree(base, LAB / SPARE, SPARE, key)
         state.pids[SPARE] = hosts.boot(LAB / SPARE, ns, SPARE, LAB / f"{SPARE}.console.log")
         state.save()
