@@ -512,6 +512,15 @@ class Postfix(Component):
         files.directory(
             name="Postfix spool", path="/var/spool/postfix", user="root", group="root", mode="755"
         )
+        # Dovecot's SASL and LMTP sockets live here, and Dovecot starts before Postfix: Debian
+        # 13's package leaves the directory to Postfix's first start (12's makes it at once).
+        files.directory(
+            name="Postfix's private sockets",
+            path="/var/spool/postfix/private",
+            user="postfix",
+            group="root",
+            mode="700",
+        )
         contents = postfix_files(self.layout, myhostname=self.reverse_name(), release=self.release)
         self.changed = put(contents) + remove_stale(postfix_stale_files(self.release))
         maps = [path for path in contents if postmap_needed(path)]

@@ -47,7 +47,7 @@ DISK_FULL_HOLD = 60.0
 class Fault:
     name: str
     command: str  # run on relay1 as root, or REBOOT
-    unit: str | None = None  # whose restarts prove the kill happened
+    unit: str | None = None  # whose restarts prove the kill happened (space-separated units)
 
 
 def _kill(name: str, unit: str) -> Fault:
@@ -61,7 +61,8 @@ FAULTS = (
     _kill("doveauth", "doveauth.service"),
     _kill("chatmail-metadata", "chatmail-metadata.service"),
     _kill("dovecot", "dovecot.service"),
-    Fault("postfix-master", KILL_POSTFIX_MASTER, "postfix@-.service"),
+    # the unit that runs the master: Debian 12's template instance, Debian 13's main unit
+    Fault("postfix-master", KILL_POSTFIX_MASTER, "postfix@-.service postfix.service"),
     _kill("opendkim", "opendkim.service"),
     Fault("disk-full", DISK_FULL),
     Fault("reboot", REBOOT),

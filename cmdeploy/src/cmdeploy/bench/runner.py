@@ -770,7 +770,7 @@ class Bench:
         if fault.unit is None:
             return 0
         out = relay.ssh(f"systemctl show -p NRestarts --value {fault.unit}")
-        return int(out.strip() or 0)
+        return sum(int(line) for line in out.split() if line.isdigit())
 
     @staticmethod
     def count_letters(
