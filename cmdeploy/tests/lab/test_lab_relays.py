@@ -30,8 +30,10 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cmdeploy(
-    *args: str, wheels: Path | None = None, timeout: float = 900
+    *args: str, wheels: Path | None = None, timeout: float = 900, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """`cmdeploy ARGS` from the operator's seat; `cwd`: where it writes what it writes (an
+    archive, an invite's QR code), never the checkout."""
     assert LAB is not None
     env = {
         **os.environ,
@@ -42,7 +44,13 @@ def cmdeploy(
         env["CMDEPLOY_WHEELS"] = str(wheels)
     argv = ["ip", "netns", "exec", LAB["client_netns"], sys.executable, "-m", "cmdeploy.cli"]
     return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )
 
 

@@ -73,6 +73,7 @@ def moved_back() -> Iterator[lab.State]:
 def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
     moved_back: lab.State,
     wheels: Path,  # noqa: F811 (the fixture)
+    tmp_path: Path,
 ) -> None:
     state = moved_back
     old, peer = state.relays[0], state.relays[1]
@@ -89,7 +90,9 @@ def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
     before = send(peer.ip, carol, alice)
     on_old = wait_for(old.ip, alice, before)
     old_key = dkim_key(old.ip)
-    made = cmdeploy("invite", "--uses", "3", "--ssh-host", old.ip, "--config", old.config)
+    made = cmdeploy(
+        "invite", "--uses", "3", "--ssh-host", old.ip, "--config", old.config, cwd=tmp_path
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     invites = cmdeploy("invite", "--list", "--ssh-host", old.ip, "--config", old.config).stdout
     assert "No invites" not in invites
@@ -98,7 +101,7 @@ def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
     config = old.config
     result = cmdeploy(
         "migrate", "--to", new_ip, "--ssh-host", old.ip, "--config", config, "--yes",
-        wheels=wheels, timeout=1500,
+        wheels=wheels, timeout=1500, cwd=tmp_path,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
