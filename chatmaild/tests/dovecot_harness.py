@@ -268,7 +268,7 @@ def running_relay(
                 dovecot_conf=base / "dovecot.conf",
                 push=push,
             )
-            relay.turn_secret_file.write_text("test-turn-secret\n")
+            relay.turn_secret_file.write_text("7e57" * 16 + "\n")  # as the deploy makes it: hex
             relay.turn_secret_file.chmod(0o644)
             relay.ini.write_text(
                 "[params]\nmail_domain = example.org\n"

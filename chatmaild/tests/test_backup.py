@@ -386,11 +386,22 @@ def test_a_truncated_archive_is_refused(source: Relay, target: Relay) -> None:
     refused(target, archive[: len(archive) // 2], "incomplete")
 
 
+OTHER_SECRET = b"0123456789abcdef" * 4 + b"\n"
+
+
 def test_an_archive_of_another_relay_is_refused(target: Relay) -> None:
-    archive = crafted(("turn-secret", b"other\n"), domain="other.example")
+    archive = crafted(("turn-secret", OTHER_SECRET), domain="other.example")
     refused(target, archive, "the archive is of other.example, this relay is example.org")
     result = target.restore(archive, "--other-domain")
-    assert result.returncode == 0 and target.turn.read_bytes() == b"other\n"
+    assert result.returncode == 0 and target.turn.read_bytes() == OTHER_SECRET
+
+
+@pytest.mark.parametrize("secret", [b"x\nno-auth\n", b"abc\n", OTHER_SECRET + b"no-auth\n"])
+def test_a_turn_secret_that_could_add_coturn_settings_is_refused(
+    target: Relay, secret: bytes
+) -> None:
+    # it becomes one line of coturn's config: a newline in it would add settings there
+    refused(target, crafted(("turn-secret", secret)), "TURN secret is not one line of hex digits")
 
 
 def test_an_oversized_single_file_is_refused(target: Relay) -> None:

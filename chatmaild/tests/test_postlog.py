@@ -289,6 +289,12 @@ DOVECOT_LINES = [
         "imap-login: Aborted login: user=<…@x.test>, rip=IP, session=<Abcdefghijklmnop>x",
     ),
     ("lmtp<short>: rcpt bob@x.test", "lmtp<…>: rcpt …@x.test"),
+    # an auth process names the login as typed, "@" or not (a password in the name field)
+    ("auth: Error: dict(hunter2,192.0.2.1,<x>): timeout", "auth: Error: dict(…,IP,<…>): timeout"),
+    (
+        "auth-worker(123): Error: lua(hunter2,192.0.2.1): no",
+        "auth-worker(123): Error: lua(…,IP): no",
+    ),
 ]
 
 

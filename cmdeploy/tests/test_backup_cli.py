@@ -43,7 +43,8 @@ class FakeRelay:
         self.dkim.mkdir()
         (self.dkim / "opendkim.private").write_bytes(root.name.encode())
         self.turn = root / "turn-secret"
-        self.turn.write_text(f"{root.name}-secret\n")
+        # as the deploy makes it (hex), and telling the two relays apart
+        self.turn.write_text(root.name.encode().hex().ljust(64, "0")[:64] + "\n")
         self.ini = root / "relay.ini"
         self.ini.write_text(
             f"[params]\nmail_domain = chat.example.org\nmailboxes_dir = {self.mailboxes}\n"
@@ -114,7 +115,7 @@ def test_backup_then_restore_over_ssh(
     assert ssh.scripts[-1] == (NEW, f"{RELAY_BIN} {RELAY_INI} restore --dkim-dir /etc/dkimkeys")
     assert "accounts: 1 added, 0 replaced" in capsys.readouterr().out
     assert Mailboxes(ssh.relays[NEW].mailboxes).password_hash(ALICE) is not None
-    assert ssh.relays[NEW].turn.read_text() == "relay-secret\n"
+    assert ssh.relays[NEW].turn.read_text() == ssh.relays["chat.example.org"].turn.read_text()
     assert cli.main(["restore", str(archive), "--config", ini, "--ssh-host", NEW]) == 0
     assert capsys.readouterr().out.startswith("restore: nothing changed")
 
@@ -247,6 +248,35 @@ def test_a_failure_after_mail_stopped_says_how_to_resume(tmp_path: Path) -> None
     with pytest.raises(MigrationError) as failed:
         Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
     assert "restore broke" in str(failed.value) and RESUME_MAIL in str(failed.value)
+
+
+def test_a_stop_that_failed_half_way_says_how_to_resume(tmp_path: Path) -> None:
+    # `systemctl stop` may have stopped some units before it failed or timed out
+    fake = FakeHosts(fail="run")
+    with pytest.raises(MigrationError) as failed:
+        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
+    assert "run broke" in str(failed.value) and RESUME_MAIL in str(failed.value)
+
+
+def test_an_interrupted_migration_says_how_to_resume(tmp_path: Path) -> None:
+    fake = FakeHosts()
+    hosts = fake.hosts()
+
+    def interrupted(host: str, path: Path) -> int:
+        raise KeyboardInterrupt
+
+    hosts.backup = interrupted
+    with pytest.raises(MigrationError) as failed:
+        Migration(OLD, NEW, tmp_path / "a.tar", hosts, io.StringIO()).run()
+    assert "KeyboardInterrupt" in str(failed.value) and RESUME_MAIL in str(failed.value)
+
+
+def test_an_existing_archive_stops_the_migration_before_anything(tmp_path: Path) -> None:
+    (tmp_path / "a.tar").write_bytes(b"kept")
+    fake = FakeHosts()
+    with pytest.raises(MigrationError, match="exists already"):
+        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
+    assert fake.calls == [] and (tmp_path / "a.tar").read_bytes() == b"kept"
 
 
 def test_a_failed_deploy_leaves_the_old_relay_running(tmp_path: Path) -> None:

@@ -94,6 +94,10 @@ _IP_TEXT_MAX = 128
 _SESSION = r"[A-Za-z0-9+/]{16,24}(?::T[0-9]{1,6})?"
 _DOVECOT_PREFIX = re.compile(rf"[a-z][a-z-]{{0,30}}<{_SESSION}>: ")
 _DOVECOT_SESSION = re.compile(rf"session=<{_SESSION}>")
+# An auth process's prefix names the login as typed, before any check: `dict(USER,IP,...)`
+# on 2.3, `lua(USER,IP,...)` on 2.4; it may hold no "@" (a password typed into the name
+# field). The first field of any `name(a,b...)` goes; a lone pid (`lmtp(123)`) stays.
+_DOVECOT_AUTH_USER = re.compile(r"\b([a-z][a-z0-9-]*\()[^,()]*(?=,)")
 
 
 def redact(message: str, dovecot: bool = False) -> str:
@@ -110,6 +114,8 @@ def redact(message: str, dovecot: bool = False) -> str:
     prefix = ""
     if dovecot and (kept := _DOVECOT_PREFIX.match(message)):
         prefix, message = kept[0], message[kept.end() :]
+    if dovecot:
+        message = _DOVECOT_AUTH_USER.sub(lambda m: m[1] + HIDDEN, message)
     message = _BRACKETED.sub(_hide_bracketed_session if dovecot else _hide_bracketed, message)
     message = _UNCLOSED.sub("<" + HIDDEN, message)
     message = _LOCAL_PART.sub(HIDDEN, message)

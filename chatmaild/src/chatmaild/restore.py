@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -156,6 +157,10 @@ class NoUnits:
 
     def run(self, action: str, units: list[str]) -> None:
         pass
+
+
+# hex digits on one line, as the deploy generates it (`secrets.token_hex(32)`) and writes it
+TURN_SECRET_FORM = re.compile(rb"[0-9a-f]{32,128}\n?")
 
 
 def with_turn_secret(conf: str, secret: str) -> str:
@@ -306,6 +311,12 @@ class Restore:
 
     def apply(self, staging: Staging) -> Report:
         report = Report()
+        secret = staging.small.get(fmt.TURN_SECRET)
+        if secret is not None and not TURN_SECRET_FORM.fullmatch(secret):
+            # it goes into coturn's config as one line: anything else could add settings
+            raise ArchiveError(
+                "the archive's TURN secret is not one line of hex digits: nothing restored"
+            )
         staged_accounts = [n for n in os.listdir(staging.dir(fmt.MAILBOXES)) if "@" in n]
         conflicts = self._conflicts(staging, staged_accounts)
         if conflicts and not self.replace_accounts:

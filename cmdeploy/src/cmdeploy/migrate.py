@@ -80,14 +80,17 @@ class Migration:
     def run(self) -> list[str]:
         """All steps; the DNS changes the operator must make. MigrationError on a failure."""
         say = self.say
+        if self.archive.exists():  # found now, not once mail has stopped
+            raise MigrationError(f"{self.archive} exists already: choose another --output")
         say(1, f"checking {self.old} and {self.new}")
         old_records = self.hosts.records(self.old, self.now)
         self.hosts.records(self.new, self.now)
         say(2, f"deploying {self.new}")
         self.hosts.deploy(self.new)
-        say(3, f"stopping mail on {self.old} ({MAIL_UNITS}; no new accounts)")
-        self.hosts.run(self.old, STOP_MAIL)
         try:
+            # inside: a stop that failed half-way leaves some units stopped too
+            say(3, f"stopping mail on {self.old} ({MAIL_UNITS}; no new accounts)")
+            self.hosts.run(self.old, STOP_MAIL)
             say(4, f"backing up {self.old} into {self.archive}")
             size = self.hosts.backup(self.old, self.archive)
             self.out.write(f"  {size / 1e6:.1f} MB\n")
@@ -95,9 +98,10 @@ class Migration:
             self.out.write(self.hosts.restore(self.new, self.archive))
             say(6, "comparing the DNS records of both hosts")
             changes = dns_changes(old_records, self.hosts.records(self.new, self.now))
-        except Exception as e:  # noqa: BLE001 (whatever failed: say how the old relay resumes)
+        except BaseException as e:  # noqa: BLE001 (Ctrl-C too: say how the old relay resumes)
+            what = str(e) or type(e).__name__
             raise MigrationError(
-                f"{e}; {self.old} takes no mail now: `ssh root@{self.old} '{RESUME_MAIL}'` "
+                f"{what}; {self.old} may take no mail now: `ssh root@{self.old} '{RESUME_MAIL}'` "
                 "lets it again"
             ) from None
         return changes
