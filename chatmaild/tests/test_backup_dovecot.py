@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dovecot_harness import Relay
+from imap_logins import login
 
 from chatmaild import backupformat as fmt
 from chatmaild.accounts import Mailboxes
@@ -27,19 +28,9 @@ PASSWORD = "pass-word-12"
 MESSAGE = b"Subject: [...]\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nwcBMA\r\n"
 
 
-def login(relay: Relay, password: str = PASSWORD) -> imaplib.IMAP4:
-    conn = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
-    try:
-        conn.login(ADDR, password)
-    except imaplib.IMAP4.error:
-        conn.shutdown()
-        raise
-    return conn
-
-
 def mailbox_state(relay: Relay) -> tuple[bytes, list[bytes]]:
     """INBOX's UIDVALIDITY and each message's UID, flags and body, as a client sees them."""
-    conn = login(relay)
+    conn = login(relay, ADDR, PASSWORD)
     try:
         conn.select("INBOX")
         validity = conn.response("UIDVALIDITY")[1][0]
@@ -63,11 +54,11 @@ def paths(relay: Relay, registration: Path) -> fmt.RelayPaths:
 
 
 def test_a_lost_account_comes_back_as_it_was(relay: Relay, tmp_path: Path) -> None:
-    login(relay).logout()  # doveauth creates the account
+    login(relay, ADDR, PASSWORD).logout()  # doveauth creates the account
     with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
         for _ in range(3):
             lmtp.sendmail("a@elsewhere.example", [ADDR], MESSAGE)
-    conn = login(relay)
+    conn = login(relay, ADDR, PASSWORD)
     conn.select("INBOX")
     conn.uid("STORE", "2", "+FLAGS", r"(\Seen)")  # the client read the second one
     conn.uid("STORE", "1", "+FLAGS", r"(\Deleted)")
@@ -91,4 +82,4 @@ def test_a_lost_account_comes_back_as_it_was(relay: Relay, tmp_path: Path) -> No
     assert mailbox_state(relay) == before
     # the old password only: the hash came back, not a new account
     with pytest.raises(imaplib.IMAP4.error):
-        login(relay, "another-password")
+        login(relay, ADDR, "another-password")

@@ -52,14 +52,6 @@ def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRelay:
 
 
 @pytest.fixture
-def ini(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    path = tmp_path / "chatmail.ini"
-    assert cli.main(["init", "chat.example.org", "--config", str(path)]) == 0
-    capsys.readouterr()
-    return str(path)
-
-
-@pytest.fixture
 def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The operator's working directory, where `cmdeploy invite` writes its QR code."""
     monkeypatch.chdir(tmp_path)

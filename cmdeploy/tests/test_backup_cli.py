@@ -87,14 +87,6 @@ def ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSsh:
     return fake
 
 
-@pytest.fixture
-def ini(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    path = tmp_path / "chatmail.ini"
-    assert cli.main(["init", "chat.example.org", "--config", str(path)]) == 0
-    capsys.readouterr()
-    return str(path)
-
-
 def test_backup_then_restore_over_ssh(
     ssh: FakeSsh, ini: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

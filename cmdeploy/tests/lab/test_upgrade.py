@@ -98,8 +98,7 @@ def test_a_relay_upgraded_from_debian_12_to_13_carries_on(wheels: Path) -> None:
     assert upgraded.returncode == 0, (upgraded.stdout + upgraded.stderr)[-4000:]
     reboot(state, relay)
     assert ssh(relay.ip, "cut -d. -f1 /etc/debian_version").strip() == "13"
-    relay.debian = "13"  # what `lab status` tells from now on
-    state = lab.State.load()
+    state = lab.State.load()  # reboot() saved the new pid; `lab status` tells 13 from now on
     next(r for r in state.relays if r.name == relay.name).debian = "13"
     state.save()
     deployed = cmdeploy("run", "--ssh-host", relay.ip, "--config", relay.config, wheels=wheels)

@@ -404,7 +404,8 @@ def disk_fill() -> dict[str, Any]:
 def disk_free() -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(BALLAST)
-    return {"free": _free_bytes(SMALL_MAIL)}
+    # None: the tmpfs was never made (a setup that failed early)
+    return {"free": _free_bytes(SMALL_MAIL) if os.path.isdir(SMALL_MAIL) else None}
 
 
 def disk_restore(root: str) -> dict[str, Any]:

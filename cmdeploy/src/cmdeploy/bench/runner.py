@@ -654,11 +654,6 @@ class Bench:
     ) -> dict[str, Any]:
         everything = [letter for stream in letters.values() for letter in stream]
         hit: dict[str, Any] = {}
-        if fault.command == faults.DISK_FULL:
-            # room for the phase's mail and above doveauth's free-space gate, so that the
-            # control creation before the fill can succeed
-            margin = relay1.chatmail_config().min_free_disk_space + DISK_MARGIN
-            hit["disk"] = relay1.helper("disk_small", relay1.mailboxes, str(margin))
 
         async def strike() -> None:
             # once a third of the phase is accepted: the relay is busy with all three streams
@@ -708,16 +703,24 @@ class Bench:
         restarts_before = self.restarts(relay1, fault)
         started = time.monotonic()
         try:
+            if fault.command == faults.DISK_FULL:
+                # room for the phase's mail and above doveauth's free-space gate, so that the
+                # control creation before the fill can succeed
+                margin = relay1.chatmail_config().min_free_disk_space + DISK_MARGIN
+                hit["disk"] = relay1.helper("disk_small", relay1.mailboxes, str(margin))
             errors = asyncio.run(load())
             load_seconds = time.monotonic() - started
             copies = self.wait_for_letters(relay1, relay2, letters)
         finally:
             if fault.command == faults.DISK_FULL:
-                # never leave the ballast or the tmpfs behind: later phases (a reboot
-                # would empty a tmpfs) and the relay's users need the real disk
+                # never leave the ballast or the tmpfs behind, even after a setup that failed
+                # half-way: later phases (a reboot would empty a tmpfs) and the relay's users
+                # need the real disk
                 with sigint_ignored():
-                    relay1.helper("disk_free")
-                    hit["restored"] = relay1.helper("disk_restore", relay1.mailboxes)
+                    try:
+                        relay1.helper("disk_free")
+                    finally:
+                        hit["restored"] = relay1.helper("disk_restore", relay1.mailboxes)
         at_end = faults.verdict(everything, copies, fault.name)
         if fault.unit is not None:
             # systemd counts the restarts a death caused: the proof that the kill happened

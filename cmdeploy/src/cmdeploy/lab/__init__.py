@@ -234,8 +234,8 @@ def releases_of(text: str, relay_count: int) -> list[str]:
     the last one standing for the relays after it."""
     given = [part.strip() for part in text.split(",") if part.strip()]
     for release in given:
-        if release not in hosts.SUITES:
-            known = " or ".join(hosts.SUITES)
+        if release not in hosts.BASE_DIRS:
+            known = " or ".join(hosts.BASE_DIRS)
             raise LabError(f"--debian {text}: the lab has Debian {known}, not {release!r}")
     if not given:
         raise LabError("--debian needs a release: 12, 13, or one per relay such as 12,13")
@@ -291,16 +291,7 @@ def up(relay_count: int = 2, deploy: bool = True, debian: list[str] | None = Non
                 debian=wanted,
             )
             state.relays.append(relay)
-        ns = net.Namespace(relay.netns, relay.ip)
-        ns.ensure()
-        if relay.netns not in state.netns:
-            state.netns.append(relay.netns)
-        if not hosts.alive(relay.pid):
-            say(f"base image of Debian {relay.debian} (cached after the first time, a minute)")
-            base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log", relay.debian)
-            say(f"booting {name} ({relay.ip}, Debian {relay.debian})")
-            hosts.prepare_tree(base, LAB / name, name, key)
-            relay.pid = hosts.boot(LAB / name, ns, name, LAB / f"{name}.console.log")
+        relay.pid = ensure_host(state, relay, key)
         state.save()
     restart_dns(state)
     for relay in state.relays:
@@ -323,22 +314,31 @@ SPARE_NETNS = "cmlab-spare"
 SPARE_IP = str(net.SUBNET[20])
 
 
+def ensure_host(state: State, host: Relay, key: Path) -> int:
+    """`host` running in its namespace, booted from its release's base image unless it runs
+    already (its tree is kept, as a server's disk); its nspawn pid."""
+    ns = net.Namespace(host.netns, host.ip)
+    ns.ensure()
+    if host.netns not in state.netns:
+        state.netns.append(host.netns)
+    if hosts.alive(host.pid):
+        return host.pid
+    say(f"base image of Debian {host.debian} (cached after the first time, a minute)")
+    base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log", host.debian)
+    say(f"booting {host.name} ({host.ip}, Debian {host.debian})")
+    hosts.prepare_tree(base, LAB / host.name, host.name, key)
+    return hosts.boot(LAB / host.name, ns, host.name, LAB / f"{host.name}.console.log")
+
+
 def boot_spare(state: State, debian: str = "12") -> str:
     """Boot the spare host on Debian `debian` (from the base image; it is removed after each
     use, `remove_spare`); its address."""
     key = hosts.ensure_ssh_key(LAB)
-    ns = net.Namespace(SPARE_NETNS, SPARE_IP)
-    ns.ensure()
-    if SPARE_NETNS not in state.netns:
-        state.netns.append(SPARE_NETNS)
-    if not hosts.alive(state.pids.get(SPARE, 0)):
-        say(f"booting the spare host ({SPARE_IP})")
-        base = hosts.ensure_base_image(LAB, LAB / "debootstrap.log", debian)
-        hosts.prepare_tree(base, LAB / SPARE, SPARE, key)
-        state.pids[SPARE] = hosts.boot(LAB / SPARE, ns, SPARE, LAB / f"{SPARE}.console.log")
-        state.save()
+    spare = Relay(SPARE, "", SPARE_IP, SPARE_NETNS, "", state.pids.get(SPARE, 0), debian)
+    state.pids[SPARE] = ensure_host(state, spare, key)
+    state.save()
     hosts.wait_ready(key, SPARE_IP)
-    trust_on_relay(Relay(SPARE, "", SPARE_IP, SPARE_NETNS, ""), key)
+    trust_on_relay(spare, key)
     return SPARE_IP
 
 

@@ -16,10 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..release import SUPPORTED
 from .net import GATEWAY, Namespace
 
-# Debian's release number -> its suite, and the base image's folder in the lab
-SUITES = {"12": "bookworm", "13": "trixie"}
+# the base image's folder in the lab per Debian release (its suite: `release.SUPPORTED`)
 BASE_DIRS = {"12": "base", "13": "base-trixie"}
 INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,ca-certificates"
 PROXY_PORT = 8888
@@ -46,7 +46,7 @@ def ensure_base_image(lab: Path, log: Path, debian: str = "12") -> Path:
     if (base / "etc" / "debian_version").exists() and (base / ".complete").exists():
         return base
     shutil.rmtree(base, ignore_errors=True)
-    suite = SUITES[debian]
+    suite = SUPPORTED[debian]
     with open(log, "ab") as out:
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", suite, str(base)],
@@ -89,36 +89,43 @@ def prepare_tree(base: Path, tree: Path, hostname: str, key: Path) -> None:
         resolv.write_text(f"nameserver {GATEWAY}\n")
 
 
-# The hosts this process booted: they outlive it (the lab records their pids), and a Popen
-# collected while its process runs would warn about it.
-_BOOTED: list[subprocess.Popen[bytes]] = []
+# The processes this one started (hosts, the lab's services): they outlive it (the lab
+# records their pids), and a Popen collected while its process runs would warn about it.
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
-def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
-    """Start the host; its nspawn process id (the lab records it to stop it later)."""
+def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start `argv` in the background, its output appended to `log`; its pid."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [
-                "systemd-nspawn",
-                "-D",
-                str(tree),
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                f"--network-namespace-path=/run/netns/{ns.name}",
-                f"--machine={name}",
-                "--console=passive",
-                # the host's resolv.conf is not the lab's: without this nspawn copies it in at
-                # every boot, and a rebooted relay lost its own resolver (its unbound)
-                "--resolv-conf=off",
-            ],
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
-    _BOOTED.append(proc)
+    _STARTED.append(proc)
     return proc.pid
+
+
+def boot(tree: Path, ns: Namespace, name: str, log: Path) -> int:
+    """Start the host; its nspawn process id (the lab records it to stop it later)."""
+    argv = [
+        "systemd-nspawn",
+        "-D",
+        str(tree),
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        f"--network-namespace-path=/run/netns/{ns.name}",
+        f"--machine={name}",
+        "--console=passive",
+        # the host's resolv.conf is not the lab's: without this nspawn copies it in at
+        # every boot, and a rebooted relay lost its own resolver (its unbound)
+        "--resolv-conf=off",
+    ]
+    return start_process(argv, log)
 
 
 def ssh(

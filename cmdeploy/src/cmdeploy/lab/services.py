@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from .hosts import PROXY_PORT
+from .hosts import start_process as start
 from .net import GATEWAY, SUBNET
 
 PUSH_PORT = 8475
@@ -68,25 +69,6 @@ remote-control:
 
 class ServiceError(Exception):
     pass
-
-
-# The services this process started: they outlive it (the lab records their pids), and a
-# Popen collected while its process runs would warn about it.
-_STARTED: list[subprocess.Popen[bytes]] = []
-
-
-def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-    _STARTED.append(proc)
-    return proc.pid
 
 
 def start_proxy(lab: Path) -> int:
