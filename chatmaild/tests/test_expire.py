@@ -428,6 +428,32 @@ def test_main_output_names_no_address(
         assert addr.split("@")[0] not in capsys.readouterr().out
 
 
+def test_main_removes_the_handed_out_records_that_are_done_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini, root = write_ini(tmp_path)
+    handed = tmp_path / "reg" / "handed"
+    handed.mkdir(parents=True)
+    ini.write_text(ini.read_text() + f"registration_dir = {tmp_path / 'reg'}\n")
+    now = time.time()
+    put(root / ACTIVE / "password", now)
+    put(handed / ACTIVE, now)  # its account exists: doveauth needs it no more
+    put(handed / INACTIVE, now - 31 * DAY)  # nobody logged in with it for a month
+    put(handed / EMPTY, now - 29 * DAY)  # may still be used
+    outside = tmp_path / "outside"
+    put(outside, now - 40 * DAY)
+    (handed / ORPHAN).symlink_to(outside)  # nothing /new writes: not touched
+    run_main([str(ini)], capsys)
+    assert {p.name for p in handed.iterdir()} == {ACTIVE, INACTIVE, EMPTY, ORPHAN}
+    expire.main([str(ini), "--remove"])
+    out = capsys.readouterr().out
+    assert "and 2 handed-out record(s) no longer needed" in out
+    assert {p.name for p in handed.iterdir()} == {EMPTY, ORPHAN}
+    assert outside.exists()
+    for addr in (ACTIVE, INACTIVE):
+        assert addr.split("@")[0] not in out
+
+
 @pytest.mark.parametrize(
     "argv",
     [

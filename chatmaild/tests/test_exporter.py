@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 from chatmaild_testing import make_config
 from test_metrics import promtool_check
 
-from chatmaild import exporter, metrics
+from chatmaild import exporter, metrics, newemail
 from chatmaild.exporter import Scraper
+from chatmaild.newemail import HANDED_OUT
 
 
 def queue_line(queue: str) -> str:
@@ -99,6 +101,16 @@ def scraper(tmp_path: Path) -> Scraper:
     registry.counter("chatmail_accounts_created_total", "Created.").inc(2)
     metrics.write_snapshot(registry, snapshots / "doveauth.json")
     return Scraper(make_config(mailboxes), tmp_path / "missing.pem", snapshots)
+
+
+def test_a_scrape_merges_the_count_of_new(scraper: Scraper) -> None:
+    new_dir = scraper.metrics_dir / metrics.NEW_SUBDIR
+    new_dir.mkdir()
+    newemail.count(HANDED_OUT, new_dir, io.StringIO())
+    text = scraper.scrape()
+    assert 'chatmail_new_requests_total{outcome="handed_out"} 1\n' in text
+    assert 'chatmail_metrics_source_ok{source="snapshots"} 1\n' in text
+    promtool_check(text)
 
 
 def test_a_scrape_merges_the_snapshots_with_the_readings(scraper: Scraper) -> None:

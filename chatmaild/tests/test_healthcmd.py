@@ -59,6 +59,7 @@ def relay(tmp_path: Path) -> Path:
     (mailboxes / "pending_notifications" / "0123abcd").write_text("x\n")
     (tmp_path / "chatmail.ini").write_text(
         f"[params]\nmail_domain = _chat.example.org\nmailboxes_dir = {mailboxes}\n"
+        f"registration_dir = {tmp_path / 'registration'}\n"
     )
     certificate(tmp_path / "cert.pem", 60)
     (tmp_path / "health.json").write_text(
@@ -103,6 +104,8 @@ def run_health(relay: Path, *args: str, **env: str) -> subprocess.CompletedProce
             str(relay / "health.json"),
             "--expected-dns",
             str(relay / "health-dns.json"),
+            "--nocreate-file",
+            str(relay / "nocreate"),
             *args,
         ],
         capture_output=True,
@@ -137,6 +140,38 @@ def test_a_healthy_relay_passes_and_reports_its_deferred_queue(relay: Path) -> N
     assert "chatmail-health: WARNING: queue: peer.example:" in done.stderr
     for secret in ("secret", "@", "192.0.2.5"):
         assert secret not in done.stderr and secret not in json.dumps(report["queue"])
+
+
+def test_the_report_says_who_may_create_an_account(relay: Path) -> None:
+    done = run_health(relay)
+    assert "registration: open (chatmail.ini), autorelay allowed\n" in done.stdout
+    # set at run time, as `cmdeploy registration invite --refuse-autorelay` does
+    (relay / "registration").mkdir()
+    (relay / "registration" / "state.json").write_text(
+        '{"mode": "invite", "refuse_autorelay": true}'
+    )
+    (relay / "nocreate").touch()
+    done = run_health(relay, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr  # the switch is on purpose
+    report = json.loads(done.stdout)
+    assert report["registration"] == {
+        "mode": "invite",
+        "refuse_autorelay": True,
+        "source": "cmdeploy registration",
+        "nocreate": True,
+    }
+    assert "registration: /etc/chatmail-nocreate exists: no account is created" in done.stderr
+
+
+def test_an_unreadable_registration_state_fails_the_check(relay: Path) -> None:
+    (relay / "registration").mkdir()
+    (relay / "registration" / "state.json").write_text('{"mode": "everyone"}')
+    done = run_health(relay)
+    assert done.returncode == 1
+    assert "registration: closed (state.json unusable), autorelay refused\n" in done.stdout
+    assert "registration: state.json unusable: registration is closed until it is fixed" in (
+        done.stdout
+    )
 
 
 def test_a_certificate_near_its_end_fails_the_check(relay: Path) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from chatmaild_testing import make_config
 
-from chatmaild import accountscmd, newemail, registration
+from chatmaild import accountscmd, metrics, newemail, registration
 from chatmaild.config import Config, ConfigError
 from chatmaild.doveauth import AuthDict
 from chatmaild.registration import (
@@ -168,11 +168,20 @@ def test_a_damaged_invite_file_hands_out_nothing(store: InviteStore, content: by
     assert list(store.handed.iterdir()) == []
 
 
-def test_a_revoked_invite_hands_out_nothing(store: InviteStore) -> None:
+def test_a_revoked_invite_hands_out_nothing(store: InviteStore, tmp_path: Path) -> None:
     token, invite = store.create(5, None, NOW)
+    email, _ = store.redeem(token, NOW, counter())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").touch()
+    (store.uses / invite.id / "link").symlink_to(outside)  # /new's user could plant one
     assert store.revoke(invite.id)
     assert store.redeem(token, NOW, counter()) == INVALID
     assert not store.revoke(invite.id)
+    # its uses go with it; the address handed out stays creatable, the symlink's target stays
+    assert not (store.uses / invite.id).exists()
+    assert store.handed_out(email)
+    assert (outside / "keep").exists()
 
 
 @pytest.mark.parametrize(
@@ -282,6 +291,89 @@ def test_new_through_the_cgi_environment(tmp_path: Path, config: Config) -> None
     assert newemail.handle(env, io.StringIO()).status == 403
     env["QUERY_STRING"] = ""
     assert newemail.handle(env, io.StringIO()).body.startswith(b"This relay creates accounts by")
+
+
+def scraped_new_requests(metrics_dir: Path) -> dict[str, float]:
+    """What chatmail-metrics serves of /new's counts, read as its scrape reads them."""
+    registry = metrics.Registry()
+    assert metrics.read_snapshots(metrics_dir / metrics.NEW_SUBDIR, registry) == []
+    family = registry.families.get("chatmail_new_requests_total")
+    return {} if family is None else {key[0][1]: n for key, n in family.samples.items()}
+
+
+def test_new_counts_each_outcome_for_the_exporter(tmp_path: Path, config: Config) -> None:
+    (tmp_path / "metrics" / metrics.NEW_SUBDIR).mkdir(parents=True)
+    registration.write_state(config.registration_path, "invite", None)
+    token, _ = InviteStore(config.registration_path).create(1, DAY, NOW)
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(
+        f"[params]\nmail_domain = example.org\nregistration_dir = {config.registration_path}\n"
+    )
+
+    def ask(method: str, query: str) -> int:
+        env = {"CHATMAIL_INI": str(ini), "REQUEST_METHOD": method, "QUERY_STRING": query}
+        stderr = io.StringIO()
+        status = newemail.handle(env, stderr, tmp_path / "metrics" / metrics.NEW_SUBDIR).status
+        assert stderr.getvalue() == ""
+        return status
+
+    assert ask("POST", f"token={token}") == 200
+    assert ask("POST", f"token={token}") == 403
+    assert ask("POST", "") == 403
+    assert ask("GET", "token=nonsense-token-xyz") == 403
+    assert ask("PUT", "") == 405  # not an answer about credentials: not counted
+    assert ask("GET", "") == 403
+    registration.write_state(config.registration_path, "closed", None)
+    assert ask("POST", "") == 403
+    assert scraped_new_requests(tmp_path / "metrics") == {
+        "handed_out": 1,
+        USED_UP: 1,
+        MISSING: 2,
+        INVALID: 1,
+        "closed": 1,
+    }
+    snapshot = (tmp_path / "metrics" / metrics.NEW_SUBDIR / newemail.SNAPSHOT).read_text()
+    assert token not in snapshot and "example.org" not in snapshot
+
+
+def test_without_the_deployed_directory_nothing_is_counted(tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    newemail.count(MISSING, tmp_path / metrics.NEW_SUBDIR, stderr)
+    assert (list(tmp_path.iterdir()), stderr.getvalue()) == ([], "")
+
+
+def test_concurrent_requests_are_all_counted(tmp_path: Path) -> None:
+    directory = tmp_path / metrics.NEW_SUBDIR
+    directory.mkdir()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: newemail.count(MISSING, directory, io.StringIO()), range(200)))
+    assert scraped_new_requests(tmp_path) == {MISSING: 200}
+
+
+@pytest.mark.parametrize("damage", [b"", b"{", b'{"x": 1}', b"\xff" * 10])
+def test_a_damaged_count_starts_again_and_the_request_is_answered(
+    tmp_path: Path, damage: bytes
+) -> None:
+    directory = tmp_path / metrics.NEW_SUBDIR
+    directory.mkdir()
+    (directory / newemail.SNAPSHOT).write_bytes(damage)
+    stderr = io.StringIO()
+    newemail.count(MISSING, directory, stderr)
+    assert (
+        stderr.getvalue()
+        == f"newemail: {directory / newemail.SNAPSHOT} was damaged: counting from 0\n"
+    )
+    assert scraped_new_requests(tmp_path) == {MISSING: 1}
+
+
+def test_an_unwritable_count_is_one_line_and_no_failure(tmp_path: Path) -> None:
+    directory = tmp_path / metrics.NEW_SUBDIR
+    directory.mkdir()
+    (directory / newemail.SNAPSHOT).mkdir()  # a directory where the snapshot belongs
+    stderr = io.StringIO()
+    newemail.count(MISSING, directory, stderr)
+    assert stderr.getvalue().startswith("newemail: not counted in ")
+    assert len(stderr.getvalue().splitlines()) == 1
 
 
 # --- doveauth ------------------------------------------------------------------------

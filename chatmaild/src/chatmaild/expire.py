@@ -18,6 +18,9 @@ every `*@*` directory in the mailboxes directory; for each mailbox:
    the temporary files of `fsutil.write_atomic` (`.password.<pid>.<ns>.tmp`, ...), and in a
    directory without `password` also `enforceE2EEincoming`. They go under the account's lock,
    taken without waiting, so never while a creation runs.
+7. after all mailboxes: the records of addresses `/new` handed out in invite mode go once
+   their account exists or when they stayed unused for a month
+   (`registration.InviteStore.stale_handed`, doc/accounts.md).
 
 Without `--remove` nothing is deleted: the summary line says what would have been. Deciding
 (`decide`) is pure and takes `now`; scanning and deleting are separate. Logs never name a
@@ -40,6 +43,7 @@ from . import fsutil, quota_expire
 from .accounts import BLOCKED_FILE, ENFORCE_E2EE_FILE, LOCK_FILE, PASSWORD_FILE, log_id
 from .config import DEFAULT_INI_PATH, Config
 from .quota_expire import DAY, MAILDIR_SUBDIRS, QUOTA_SUBDIRS, OneLineArgumentParser
+from .registration import InviteStore
 from .service import load_config_or_exit, setup_logging
 
 log = logging.getLogger("expire")
@@ -162,6 +166,7 @@ class Stats:
     removed_files: int = 0
     errors: int = 0
     removed_leftovers: int = 0  # in the mailboxes that were kept
+    removed_handed: int = 0  # step 7
 
     def add(self, facts: MailboxFacts, verdict: Verdict) -> None:
         self.mailboxes += 1
@@ -181,6 +186,8 @@ def summary(stats: Stats, remove: bool, seconds: float) -> str:
     )
     if stats.removed_leftovers:
         line += f", and {stats.removed_leftovers} leftover(s) of interrupted writes"
+    if stats.removed_handed:
+        line += f", and {stats.removed_handed} handed-out record(s) no longer needed"
     if not remove:
         line += " (dry run: pass --remove to delete)"
     if stats.errors:
@@ -313,6 +320,25 @@ def expire_mailboxes(
     return stats
 
 
+def expire_handed(config: Config, now: float, remove: bool) -> int:
+    """Step 7; how many records go (or would). Its failure is logged, never fatal: the records
+    only take space."""
+    store = InviteStore(config.registration_path)
+    mailboxes = config.mailboxes_path
+
+    def account_exists(addr: str) -> bool:
+        return (mailboxes / addr / PASSWORD_FILE).exists()
+
+    try:
+        stale = store.stale_handed(account_exists, now)
+        if remove:
+            store.remove_handed(stale)
+    except OSError as e:
+        log.warning("handed-out records: %s", e.strerror or type(e).__name__)
+        return 0
+    return len(stale)
+
+
 # --- command line --------------------------------------------------------------------------
 
 
@@ -362,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     now = wall_now - args.days * DAY
     mailboxes = list_mailboxes(config.mailboxes_path, args.maxnum)
     stats = expire_mailboxes(mailboxes, Policy.from_config(config), now, args.remove, wall_now)
+    stats.removed_handed = expire_handed(config, now, args.remove)
     print(summary(stats, args.remove, time.monotonic() - start))
     if stats.errors:
         raise SystemExit(1)

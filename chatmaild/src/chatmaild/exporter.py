@@ -139,6 +139,7 @@ class Scraper:
             ("source",),
         )
         broken = metrics.read_snapshots(self.metrics_dir, registry)
+        broken += metrics.read_snapshots(self.metrics_dir / metrics.NEW_SUBDIR, registry)
         ok.set(0 if broken else 1, source="snapshots")
 
         accounts_gauge = registry.gauge("chatmail_accounts", "Accounts on the relay.")

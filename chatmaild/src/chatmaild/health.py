@@ -348,9 +348,38 @@ def check_push(waiting: int | None, oldest: float | None, now: float) -> Section
     return section
 
 
+def check_registration(mode: str, refuse_autorelay: bool, source: str, nocreate: bool) -> Section:
+    """Who may create an account now (doc/accounts.md): the effective mode and where it comes
+    from. The emergency switch is a warning (on purpose, but easy to forget); a state file
+    that cannot be read is a problem (it closes registration, which nobody chose)."""
+    section = Section(
+        {
+            "mode": mode,
+            "refuse_autorelay": refuse_autorelay,
+            "source": source,
+            "nocreate": nocreate,
+        }
+    )
+    if nocreate:
+        section.warnings.append("/etc/chatmail-nocreate exists: no account is created")
+    if source not in ("chatmail.ini", "cmdeploy registration"):
+        section.problems.append(f"{source}: registration is closed until it is fixed")
+    return section
+
+
 # --- the report -------------------------------------------------------------------------------
 
-SECTIONS = ("units", "listeners", "certificate", "dns", "queue", "disk", "expiry", "push")
+SECTIONS = (
+    "units",
+    "listeners",
+    "certificate",
+    "dns",
+    "queue",
+    "disk",
+    "expiry",
+    "push",
+    "registration",
+)
 
 
 def assemble(relay: Mapping[str, Any], sections: Mapping[str, Section]) -> dict[str, Any]:
@@ -417,6 +446,14 @@ def render(report: Mapping[str, Any]) -> str:
     push = report["push"]
     if "waiting" in push:
         lines.append(f"push:        {push['waiting']} notifications waiting")
+    registration = report.get("registration", {})  # a relay of an older version has none
+    if "mode" in registration:
+        autorelay = "refused" if registration["refuse_autorelay"] else "allowed"
+        lines.append(
+            f"registration: {registration['mode']} ({registration['source']}),"
+            f" autorelay {autorelay}"
+            + (", nocreate file present" if registration["nocreate"] else "")
+        )
     for key, title in (("problems", "problems"), ("warnings", "warnings")):
         if report[key]:
             lines += ["", f"{title} ({len(report[key])}):"]

@@ -2,10 +2,11 @@
 
 Reads on the relay what the checks in `chatmaild.health` judge: systemd units, TCP listeners,
 the certificate, DNS through the relay's own resolver, Postfix's queue, the mailboxes
-filesystem, the last expiry run, the push backlog. What to expect comes from the files the
-deploy writes: `/etc/chatmail/health.json` (units, ports, certificate; written by every
-`cmdeploy run`) and `/etc/chatmail/health-dns.json` (the zone's records; written by
-`cmdeploy run`'s closing step and by `cmdeploy dns`, which know the DKIM key and addresses).
+filesystem, the last expiry run, the push backlog, who may create an account. What to expect
+comes from the files the deploy writes: `/etc/chatmail/health.json` (units, ports,
+certificate; written by every `cmdeploy run`) and `/etc/chatmail/health-dns.json` (the
+zone's records; written by `cmdeploy run`'s closing step and by `cmdeploy dns`, which know
+the DKIM key and addresses).
 
 Prints the report (`--json`: one JSON object), logs each problem and warning as one line to
 stderr (the journal, under the daily timer; no address in any), and exits 1 when there is a
@@ -13,6 +14,7 @@ problem. Nothing is mailed: mail to the admin would leave in cleartext, which th
 refuses.
 
 Usage: chatmail-health INI [--json] [--expected FILE] [--expected-dns FILE] [--nameserver IP]
+                      [--nocreate-file PATH]
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from typing import Any
 import dns.exception
 import dns.resolver
 
-from . import exporter, health, pushqueue
+from . import exporter, health, pushqueue, registration
 from .config import Config
+from .doveauth import DEFAULT_NOCREATE_FILE
 from .service import load_config_or_exit, setup_logging
 
 log = logging.getLogger("chatmail-health")
@@ -170,6 +173,7 @@ def gather(
     runner: Runner,
     lookup: health.Lookup,
     now: float,
+    nocreate_file: Path = DEFAULT_NOCREATE_FILE,
 ) -> dict[str, Any]:
     sections: dict[str, health.Section] = {}
     if expected is None:
@@ -191,6 +195,10 @@ def gather(
     sections["disk"] = health.check_disk(str(mailboxes), disk_use(mailboxes))
     sections["expiry"] = expiry(runner, now)
     sections["push"] = health.check_push(*push_backlog(mailboxes), now)
+    settings = registration.SettingsReader(config).current()
+    sections["registration"] = health.check_registration(
+        settings.mode, settings.refuse_autorelay, settings.source, nocreate_file.exists()
+    )
     return health.assemble(relay_facts(config, runner), sections)
 
 
@@ -211,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask this DNS resolver instead of the system's (/etc/resolv.conf)",
     )
     parser.add_argument("--nameserver-port", type=int, default=53, help="its port (default 53)")
+    parser.add_argument(
+        "--nocreate-file",
+        type=Path,
+        default=DEFAULT_NOCREATE_FILE,
+        help=f"the emergency switch doveauth obeys (default {DEFAULT_NOCREATE_FILE})",
+    )
     return parser
 
 
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         run,
         make_lookup(args.nameserver, args.nameserver_port),
         time.time(),
+        args.nocreate_file,
     )
     # the journal gets one line per finding; the texts hold no address (chatmaild.health)
     for item in report["problems"]:

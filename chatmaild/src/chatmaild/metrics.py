@@ -29,6 +29,9 @@ from .fsutil import write_atomic
 log = logging.getLogger("metrics")
 
 METRICS_DIR = Path("/run/chatmail-metrics")
+# /new runs as www-data, not vmail: its snapshot (chatmaild.newemail) is in a subdirectory
+# the deploy gives to www-data
+NEW_SUBDIR = "new"
 SNAPSHOT_INTERVAL = 5.0  # seconds; Prometheus scrapes every 15 s or more
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")

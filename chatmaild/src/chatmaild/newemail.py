@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple, TextIO
 from urllib.parse import parse_qs, quote
 
-from . import registration
+from . import fsutil, metrics, registration
 from .config import DEFAULT_INI_PATH, Config, ConfigError, read_config
 from .registration import EXPIRED, INVALID, MISSING, USED_UP, InviteStore, Settings
 
@@ -52,6 +52,12 @@ _TROUBLESOME = "\"'\\%` "
 PASSWORD_PUNCTUATION = "".join(c for c in string.punctuation if c not in _TROUBLESOME)
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + PASSWORD_PUNCTUATION
 EXTRA_PASSWORD_CHARS = 3  # /new generates password_min_length + 3 characters (doc/config.md)
+
+# The program lives for one request, so its counts live on disk: a snapshot in a directory of
+# its own (the deploy gives it to www-data), read by chatmail-metrics like the services' ones.
+METRICS_DIR = metrics.METRICS_DIR / metrics.NEW_SUBDIR
+SNAPSHOT = "newemail.json"
+HANDED_OUT = "handed_out"
 
 NO_STORE = ("Cache-Control", "no-store")
 JSON_TYPE = ("Content-Type", "application/json")
@@ -74,6 +80,7 @@ class Response(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    outcome: str = ""  # what the metric counts: HANDED_OUT, a refusal's reason, or nothing
 
 
 # --- pure parts: credentials, URLs, the answer to a method ----------------------------------
@@ -113,7 +120,7 @@ def _credentials(email: str, password: str, config: Config) -> Response:
     data = {"email": email, "password": password}
     if config.tls_mode == "self":
         data["dclogin_url"] = dclogin_url(email, password, config)
-    return Response(200, [JSON_TYPE, NO_STORE], json.dumps(data).encode())
+    return Response(200, [JSON_TYPE, NO_STORE], json.dumps(data).encode(), HANDED_OUT)
 
 
 def _no_credentials(config: Config, token: str | None) -> Response:
@@ -125,7 +132,7 @@ def _no_credentials(config: Config, token: str | None) -> Response:
 
 
 def refused(reason: str) -> Response:
-    return Response(403, [TEXT_TYPE, NO_STORE], REFUSALS[reason].encode() + b"\n")
+    return Response(403, [TEXT_TYPE, NO_STORE], REFUSALS[reason].encode() + b"\n", reason)
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,34 @@ def render_cgi(response: Response) -> bytes:
 # --- CGI I/O ----------------------------------------------------------------------------------
 
 
-def handle(environ: Mapping[str, str], stderr: TextIO) -> Response:
+def count(outcome: str, directory: Path, stderr: TextIO) -> None:
+    """Add one to `chatmail_new_requests_total{outcome}` (doc/metrics.md), under a lock:
+    fcgiwrap runs requests side by side. Counting never fails a request; without the
+    directory (not a deployed relay) nothing is counted."""
+    if not directory.is_dir():
+        return
+    registry = metrics.Registry()
+    requests = registry.counter(
+        "chatmail_new_requests_total",
+        "Requests to /new that handed out credentials, or were refused, by outcome.",
+        ("outcome",),
+    )
+    path = directory / SNAPSHOT
+    try:
+        with fsutil.file_lock(directory / ".lock", timeout=5.0):
+            try:
+                registry.merge_snapshot(json.loads(path.read_bytes()))
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                print(f"newemail: {path} was damaged: counting from 0", file=stderr)
+            requests.inc(outcome=outcome)
+            metrics.write_snapshot(registry, path)
+    except (OSError, fsutil.LockTimeout) as e:
+        print(f"newemail: not counted in {path}: {type(e).__name__}", file=stderr)
+
+
+def handle(environ: Mapping[str, str], stderr: TextIO, metrics_dir: Path = METRICS_DIR) -> Response:
     """Read the ini named by the environment and answer the request it describes."""
     path = Path(environ.get(INI_ENV) or DEFAULT_INI_PATH)
     try:
@@ -196,9 +230,12 @@ def handle(environ: Mapping[str, str], stderr: TextIO) -> Response:
         InviteStore(config.registration_path),
         time.time(),
     )
-    return respond(
+    response = respond(
         environ.get("REQUEST_METHOD", ""), config, token=tokens[0] if tokens else None, reg=reg
     )
+    if response.outcome:
+        count(response.outcome, metrics_dir, stderr)
+    return response
 
 
 def main(

@@ -15,10 +15,12 @@ Invites, under `<registration_dir>`:
   number is the invite's use count. `/new` takes an flock on the invite file while it counts
   and adds one, so two requests never spend the last use twice.
 - `handed/<addr>`: the same address, for doveauth: in invite mode an account is created only
-  at the first login of an address that has this file.
+  at the first login of an address that has this file. chatmail-expire removes it once the
+  account exists (it is needed no more), or when it was never used for `HANDED_UNUSED_DAYS`.
 
-`/new` runs as www-data (fcgiwrap), doveauth as vmail: the deploy gives `uses/` and `handed/`
-to www-data, `invites/` is readable by its group, and doveauth only reads.
+`/new` runs as www-data (fcgiwrap), doveauth and chatmail-expire as vmail: the deploy gives
+`uses/` to www-data, `handed/` to www-data with group vmail (which reads and removes), and
+`invites/` is readable by its group.
 
 A password of exactly `AUTORELAY_PASSWORD_LENGTH` characters is the mark of an account that
 Delta Chat created on a relay the user did not choose (issue #16); `/new` never hands out one.
@@ -36,6 +38,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,8 @@ PUBLIC_FILE = "public.json"  # the mode alone, for the web page (served as /regi
 INVITES = "invites"
 USES = "uses"
 HANDED = "handed"
+# Delta Chat logs in seconds after /new answered; a month covers any retry of a first login
+HANDED_UNUSED_DAYS = 30
 TOKEN_BYTES = 16  # 128 bits: guessing one is hopeless, and /new is rate limited besides
 ID_LENGTH = 12
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
@@ -268,6 +273,9 @@ class InviteStore:
             (self.invites / f"{invite_id}.json").unlink()
         except FileNotFoundError:
             return False
+        # its use count is shown nowhere any more; rmtree removes a symlink at any depth
+        # without following it
+        shutil.rmtree(self.uses / invite_id, ignore_errors=True)
         return True
 
     def check(self, token: str | None, now: float) -> str | None:
@@ -327,6 +335,31 @@ class InviteStore:
             os.close(fd)
             (uses_dir / email).touch(mode=0o644)
             return email, password
+
+    def stale_handed(self, account_exists: Callable[[str], bool], now: float) -> list[str]:
+        """The handed-out records that are done with: their account exists, or nobody logged
+        in with them for `HANDED_UNUSED_DAYS`. Only regular files count (nothing else is
+        written there)."""
+        try:
+            entries = list(os.scandir(self.handed))
+        except FileNotFoundError:
+            return []
+        cutoff = now - HANDED_UNUSED_DAYS * 86400
+        stale = []
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if (
+                    account_exists(entry.name)
+                    or entry.stat(follow_symlinks=False).st_mtime < cutoff
+                ):
+                    stale.append(entry.name)
+        return sorted(stale)
+
+    def remove_handed(self, names: list[str]) -> None:
+        for name in names:
+            (self.handed / name).unlink(missing_ok=True)
 
     def handed_out(self, addr: str) -> bool:
         """Whether `/new` handed out `addr` (a name `accounts.address_error` accepted)."""

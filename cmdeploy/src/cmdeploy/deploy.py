@@ -400,13 +400,14 @@ class Chatmaild(Component):
     def registration_dirs(self) -> None:
         """The run-time registration state (chatmaild.registration, doc/accounts.md): root
         writes the mode and the invites, /new (fcgiwrap, www-data) reads the invites and
-        records what it hands out, doveauth (vmail) and nginx only read."""
+        records what it hands out, doveauth (vmail) and nginx only read; chatmail-expire
+        (vmail) removes the handed-out records that are done with."""
         root = PurePosixPath(self.layout.config.registration_dir)
         owners = [
             (root, "root", "root", "755"),
             (root / INVITES, "root", "www-data", "750"),
             (root / USES, "www-data", "www-data", "755"),
-            (root / HANDED, "www-data", "www-data", "755"),
+            (root / HANDED, "www-data", "vmail", "770"),
         ]
         for path, user, group, mode in owners:
             files.directory(

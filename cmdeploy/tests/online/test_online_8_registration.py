@@ -36,6 +36,7 @@ from chatmail_online import (
     smtps_connect,
     transact,
 )
+from test_online_9_metrics import fetch, samples
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -133,8 +134,18 @@ def test_an_invite_creates_accounts_that_chat(
 def test_a_url_without_a_token_fails_clearly(
     relay1: Relay, invites: list[str], method: str
 ) -> None:
+    def counts() -> dict[str, float]:
+        values = samples(fetch(relay1)[2])
+        return {r: values.get(f'chatmail_new_requests_total{{outcome="{r}"}}', 0) for r in REFUSED}
+
+    before = counts()
     assert refusal(relay1, "", method) == (403, REFUSED["missing"])
     assert refusal(relay1, "?token=not-an-invite-at-all", method) == (403, REFUSED["invalid"])
+    # /new (www-data) counts at once, and the exporter serves it: at least these two, since
+    # other clients may ask at the same time
+    after = counts()
+    assert after["missing"] >= before["missing"] + 1
+    assert after["invalid"] >= before["invalid"] + 1
 
 
 def test_an_expired_invite_fails_clearly(

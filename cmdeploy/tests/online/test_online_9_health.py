@@ -22,6 +22,7 @@ from chatmail_online import (
     stopped,
     wait_until_deferred,
 )
+from test_online_8_registration import tool
 
 from cmdeploy.online import ONLINE_ENV
 
@@ -71,6 +72,16 @@ def replaced(relay: Relay, path: str, content: str) -> Iterator[None]:
 def test_a_freshly_deployed_relay_is_healthy(relay1: Relay) -> None:
     result, journal = run_unit(relay1)
     assert result == "success", journal
+
+
+def test_status_names_the_registration_mode(relay1: Relay) -> None:
+    tool(relay1, "registration", "closed")
+    try:
+        _, report = cmdeploy_status(relay1)
+    finally:
+        tool(relay1, "registration", "reset")
+    assert report["registration"]["mode"] == "closed"
+    assert report["registration"]["source"] == "cmdeploy registration"
 
 
 def test_status_reports_the_deferred_queue_of_a_peer_refusing_for_now(

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from chatmaild.config import Config
+from chatmaild.metrics import NEW_SUBDIR
+from chatmaild.registration import HANDED
 
 from .. import health
 from ..layout import Layout
@@ -199,6 +201,7 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
         "expire.service.j2",
         exec_start=f"{layout.bin('chatmail-expire')} {layout.ini} -v --remove",
         mailboxes=layout.mailboxes,
+        handed=PurePosixPath(layout.config.registration_dir) / HANDED,
     )
     files[f"{UNIT_DIR}/chatmail-expire.timer"] = render("chatmaild", "expire.timer.j2")
     files[f"{UNIT_DIR}/{HEALTH_UNIT}.service"] = render(
@@ -212,6 +215,9 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
         "chatmaild", "postlog.socket.j2", socket=POSTLOG_SOCKET
     )
     files[METRICS_TMPFILES] = render(
-        "chatmaild", "metrics-tmpfiles.conf.j2", metrics_dir=layout.metrics_dir
+        "chatmaild",
+        "metrics-tmpfiles.conf.j2",
+        metrics_dir=layout.metrics_dir,
+        new_metrics_dir=layout.metrics_dir / NEW_SUBDIR,
     )
     return files
