@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import shlex
 import stat
@@ -16,6 +17,7 @@ import sys
 import tarfile
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -24,7 +26,15 @@ from chatmaild.backupformat import MANIFEST
 from chatmaild.registration import InviteStore
 from cmdeploy import cli, migrate, remote
 from cmdeploy.dns import Record
-from cmdeploy.migrate import RESUME_MAIL, STOP_MAIL, Hosts, Migration, MigrationError
+from cmdeploy.migrate import (
+    QUEUE,
+    RESUME_MAIL,
+    STOP_LOGINS,
+    STOP_TAKING_MAIL,
+    Hosts,
+    Migration,
+    MigrationError,
+)
 
 ALICE = "alice0001@chat.example.org"
 RELAY_BIN = "/usr/local/lib/chatmaild/venv/bin/chatmail-backup"
@@ -187,6 +197,7 @@ class FakeHosts:
     def __init__(self, fail: str = "") -> None:
         self.calls: list[tuple[str, ...]] = []
         self.fail = fail
+        self.queue: list[str] = []  # what `postqueue -j` prints, poll by poll
 
     def step(self, *call: str) -> None:
         self.calls.append(call)
@@ -209,24 +220,54 @@ class FakeHosts:
             self.step("restore", host, path.name)
             return "restore: 3 files added\n"
 
+        def run(host: str, script: str) -> str:
+            self.step("run", host, script)
+            return self.queue.pop(0) if script == QUEUE and self.queue else ""
+
         return Hosts(
             records=records,
             deploy=lambda host: self.step("deploy", host),
-            run=lambda host, script: self.step("run", host, script),
+            run=run,
             backup=backup,
             restore=restore,
         )
 
 
+def migration(fake: FakeHosts, archive: Path, out: TextIO | None = None) -> Migration:
+    """A migration of chat.example.org whose clock moves only when it sleeps."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    return Migration(
+        OLD,
+        NEW,
+        archive,
+        fake.hosts(),
+        out or io.StringIO(),
+        "chat.example.org",
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+
+
+def queue_line(*recipients: str, queue: str = "deferred") -> str:
+    entry = {"queue_name": queue, "recipients": [{"address": r} for r in recipients]}
+    return json.dumps(entry) + "\n"
+
+
 def test_migrate_stops_mail_before_the_backup_and_names_the_dns_changes(tmp_path: Path) -> None:
     fake = FakeHosts()
     out = io.StringIO()
-    changes = Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), out).run()
+    changes = migration(fake, tmp_path / "a.tar", out).run()
     assert fake.calls == [
         ("records", OLD),
         ("records", NEW),
         ("deploy", NEW),
-        ("run", OLD, STOP_MAIL),
+        ("run", OLD, STOP_TAKING_MAIL),
+        ("run", OLD, QUEUE),
+        ("run", OLD, STOP_LOGINS),
         ("backup", OLD, "a.tar"),
         ("restore", NEW, "a.tar"),
         ("records", NEW),
@@ -235,10 +276,54 @@ def test_migrate_stops_mail_before_the_backup_and_names_the_dns_changes(tmp_path
     assert "migrate 6/6" in out.getvalue()
 
 
+def test_mail_accepted_for_local_users_is_delivered_before_the_backup(tmp_path: Path) -> None:
+    fake = FakeHosts()
+    local = queue_line("bob0001@chat.example.org")
+    fake.queue = [
+        local + queue_line("carol@peer.example"),
+        queue_line("CAROL@PEER.EXAMPLE", "Alice0001@Chat.Example.Org", queue="active"),
+        queue_line("carol@peer.example"),  # only mail for other relays left: it stays
+    ]
+    out = io.StringIO()
+    migration(fake, tmp_path / "a.tar", out).run()
+    runs = [call[2] for call in fake.calls if call[0] == "run"]
+    assert runs == [STOP_TAKING_MAIL, QUEUE, QUEUE, QUEUE, STOP_LOGINS]
+    assert fake.calls.index(("run", OLD, STOP_LOGINS)) < fake.calls.index(("backup", OLD, "a.tar"))
+    assert "stay in" not in out.getvalue()
+
+
+def test_mail_that_does_not_drain_is_reported_and_the_move_goes_on(tmp_path: Path) -> None:
+    fake = FakeHosts()
+    stuck = queue_line("bob0001@chat.example.org") + queue_line("al@chat.example.org", queue="hold")
+    fake.queue = [stuck] * 1000
+    out = io.StringIO()
+    migration(fake, tmp_path / "a.tar", out).run()
+    polls = [call for call in fake.calls if call[2:] == (QUEUE,)]
+    assert len(polls) == int(migrate.DRAIN_TIMEOUT / migrate.DRAIN_POLL) + 1
+    assert f"2 message(s) for the relay's users stay in {OLD}'s queue" in out.getvalue()
+    assert "bob0001" not in out.getvalue()
+    assert ("backup", OLD, "a.tar") in fake.calls
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "",
+        "not json\n",
+        "[1, 2]\n",
+        '{"recipients": 5}\n',
+        '{"recipients": [{"address": "x@chat.example.org.evil"}]}\n',
+        '{"recipients": [{"address": "x@evilchat.example.org"}]}\n',
+    ],
+)
+def test_only_mail_for_the_relays_own_domain_counts(output: str) -> None:
+    assert migrate.queued_for(output, "chat.example.org") == 0
+
+
 def test_a_failure_after_mail_stopped_says_how_to_resume(tmp_path: Path) -> None:
     fake = FakeHosts(fail="restore")
     with pytest.raises(MigrationError) as failed:
-        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
+        migration(fake, tmp_path / "a.tar").run()
     assert "restore broke" in str(failed.value) and RESUME_MAIL in str(failed.value)
 
 
@@ -246,7 +331,7 @@ def test_a_stop_that_failed_half_way_says_how_to_resume(tmp_path: Path) -> None:
     # `systemctl stop` may have stopped some units before it failed or timed out
     fake = FakeHosts(fail="run")
     with pytest.raises(MigrationError) as failed:
-        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
+        migration(fake, tmp_path / "a.tar").run()
     assert "run broke" in str(failed.value) and RESUME_MAIL in str(failed.value)
 
 
@@ -259,7 +344,7 @@ def test_an_interrupted_migration_says_how_to_resume(tmp_path: Path) -> None:
 
     hosts.backup = interrupted
     with pytest.raises(MigrationError) as failed:
-        Migration(OLD, NEW, tmp_path / "a.tar", hosts, io.StringIO()).run()
+        Migration(OLD, NEW, tmp_path / "a.tar", hosts, io.StringIO(), "chat.example.org").run()
     assert "KeyboardInterrupt" in str(failed.value) and RESUME_MAIL in str(failed.value)
 
 
@@ -267,15 +352,15 @@ def test_an_existing_archive_stops_the_migration_before_anything(tmp_path: Path)
     (tmp_path / "a.tar").write_bytes(b"kept")
     fake = FakeHosts()
     with pytest.raises(MigrationError, match="exists already"):
-        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
+        migration(fake, tmp_path / "a.tar").run()
     assert fake.calls == [] and (tmp_path / "a.tar").read_bytes() == b"kept"
 
 
 def test_a_failed_deploy_leaves_the_old_relay_running(tmp_path: Path) -> None:
     fake = FakeHosts(fail="deploy")
     with pytest.raises(RuntimeError):
-        Migration(OLD, NEW, tmp_path / "a.tar", fake.hosts(), io.StringIO()).run()
-    assert ("run", OLD, STOP_MAIL) not in fake.calls
+        migration(fake, tmp_path / "a.tar").run()
+    assert ("run", OLD, STOP_TAKING_MAIL) not in fake.calls
 
 
 def test_dns_changes_list_only_what_differs() -> None:
@@ -327,7 +412,7 @@ def test_migrate_moves_the_accounts_through_the_real_backup_and_restore(
     argv = ["migrate", "--config", ini, "--ssh-host", OLD, "--to", NEW, "--yes"]
     assert cli.main([*argv, "--output", str(archive)]) == 0
     out = capsys.readouterr().out
-    assert deployed == [NEW] and (OLD, STOP_MAIL) in ssh.scripts
+    assert deployed == [NEW] and (OLD, STOP_TAKING_MAIL) in ssh.scripts
     assert Mailboxes(ssh.relays[NEW].mailboxes).password_hash(ALICE) == Mailboxes(
         ssh.relays[OLD].mailboxes
     ).password_hash(ALICE)

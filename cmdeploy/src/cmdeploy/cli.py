@@ -292,10 +292,11 @@ def migration_hosts(args: argparse.Namespace, config: Config) -> Hosts:
         if code != 0:
             raise MigrationError(f"cmdeploy run onto {host} failed")
 
-    def run(host: str, script: str) -> None:
+    def run(host: str, script: str) -> str:
         result = run_script(host, script)
         if result.returncode != 0:
             raise unreachable(host, f"`{script}` failed on {host}", result)
+        return result.stdout
 
     def restore(host: str, path: Path) -> str:
         result = send(layout, host, path, restore_flags(args))
@@ -330,7 +331,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     hosts = migration_hosts(args, config)
     archive = args.output or default_archive(config.mail_domain)
     try:
-        changes = Migration(old, args.to, archive, hosts, sys.stdout).run()
+        changes = Migration(old, args.to, archive, hosts, sys.stdout, config.address_domain).run()
     except (MigrationError, RemoteError) as e:
         raise UsageError(str(e)) from None
     print(advice(old, args.to, changes), end="")

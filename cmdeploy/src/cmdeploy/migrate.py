@@ -4,10 +4,14 @@ The steps, in this order, each one a function of `Hosts` so that tests run them 
 
 1. read both hosts' facts (both reachable over SSH; the old one's records for step 6);
 2. deploy the new host (`cmdeploy run`, DNS not checked: it still names the old host);
-3. stop the old relay taking mail: `/etc/chatmail-nocreate`, then Postfix (SMTP), Dovecot
-   (logins, so no client changes mail after the backup) and filtermail-incoming (/mxdeliv).
-   Peers get "connection refused" or a 502 and keep their mail queued for later, which
-   reaches the new host once DNS names it (doc/transport.md);
+3. stop the old relay taking mail: `/etc/chatmail-nocreate`, Postfix's public listeners
+   (25, 465, 587; its queue manager and delivery agents keep running) and
+   filtermail-incoming (/mxdeliv). Peers get "connection refused" or a 502 and keep their
+   mail queued for later, which reaches the new host once DNS names it (doc/transport.md).
+   Then Postfix delivers what it already accepted for the relay's own users, which the
+   backup then carries; then Dovecot stops (logins, so no client changes mail after the
+   backup). Mail queued for other relays stays on the old host, whose Postfix goes on
+   delivering it;
 4. back up the old relay into the archive file (kept: it is also the fallback);
 5. restore it onto the new host;
 6. print the DNS records whose data differs between the hosts: what the operator changes.
@@ -17,6 +21,8 @@ A failure after step 3 prints the command that lets the old relay take mail agai
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,10 +32,28 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:  # dnspython loads only for the commands that use it
     from .dns import Record
 
-MAIL_UNITS = "postfix dovecot filtermail-incoming"
 NOCREATE = "/etc/chatmail-nocreate"
-STOP_MAIL = f"touch {NOCREATE} && systemctl stop {MAIL_UNITS}"
-RESUME_MAIL = f"systemctl start {MAIL_UNITS} && rm -f {NOCREATE}"
+MASTER_CF = "/etc/postfix/master.cf"
+KEPT_MASTER_CF = f"{MASTER_CF}.before-migrate"
+# the services of master.cf (cmdeploy/src/cmdeploy/postfix/master.cf.j2) that take mail from
+# outside; the re-injection listeners on loopback stay, for what is inside filtermail
+PUBLIC_LISTENERS = "smtp/inet submission/inet smtps/inet"
+STOP_TAKING_MAIL = (
+    f"touch {NOCREATE} && systemctl stop filtermail-incoming && "
+    f"{{ [ -e {KEPT_MASTER_CF} ] || cp -p {MASTER_CF} {KEPT_MASTER_CF}; }} && "
+    f"postconf -M# {PUBLIC_LISTENERS} && postfix reload && postqueue -f"
+)
+QUEUE = "postqueue -j"
+STOP_LOGINS = "systemctl stop dovecot"
+RESUME_MAIL = (
+    f"{{ [ ! -e {KEPT_MASTER_CF} ] || mv {KEPT_MASTER_CF} {MASTER_CF}; }} && "
+    f"systemctl restart postfix && systemctl start dovecot filtermail-incoming && "
+    f"rm -f {NOCREATE}"
+)
+# Postfix hands a message to Dovecot in well under a second; a message still queued for a
+# local user after this long waits for a reason (Dovecot refuses it) that waiting won't fix.
+DRAIN_TIMEOUT = 120.0
+DRAIN_POLL = 2.0
 
 
 class MigrationError(Exception):
@@ -42,9 +66,26 @@ class Hosts:
 
     records: Callable[[str, datetime], list[Record]]  # the DNS records a host's facts make
     deploy: Callable[[str], None]  # `cmdeploy run` onto the host, without the DNS check
-    run: Callable[[str, str], None]  # a shell command as root on the host
+    run: Callable[[str, str], str]  # a shell command as root on the host; its output
     backup: Callable[[str, Path], int]  # the host's archive into a file; its size
     restore: Callable[[str, Path], str]  # the archive onto the host; the relay's report
+
+
+def queued_for(postqueue_json: str, domain: str) -> int:
+    """How many messages in Postfix's queue (`postqueue -j`, one JSON object a line) have a
+    recipient in `domain`, the relay's own: mail it accepted and has not handed to Dovecot.
+    A held message counts too: its recipient gets it only if the operator releases it."""
+    count = 0
+    suffix = "@" + domain.lower()
+    for line in postqueue_json.splitlines():
+        try:
+            entry = json.loads(line)
+            recipients = [str(r.get("address", "")) for r in entry.get("recipients", [])]
+        except (ValueError, AttributeError, TypeError):
+            continue  # not Postfix's output: nothing to count
+        if any(r.lower().endswith(suffix) for r in recipients):
+            count += 1
+    return count
 
 
 def dns_changes(old: list[Record], new: list[Record]) -> list[str]:
@@ -75,7 +116,10 @@ class Migration:
     archive: Path
     hosts: Hosts
     out: TextIO
+    domain: str  # the relay's address domain: mail for it is delivered before the backup
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     def run(self) -> list[str]:
         """All steps; the DNS changes the operator must make. MigrationError on a failure."""
@@ -89,8 +133,15 @@ class Migration:
         self.hosts.deploy(self.new)
         try:
             # inside: a stop that failed half-way leaves some units stopped too
-            say(3, f"stopping mail on {self.old} ({MAIL_UNITS}; no new accounts)")
-            self.hosts.run(self.old, STOP_MAIL)
+            say(3, f"stopping mail on {self.old} (SMTP, /mxdeliv, logins; no new accounts)")
+            self.hosts.run(self.old, STOP_TAKING_MAIL)
+            left = self.drain()
+            if left:
+                self.out.write(
+                    f"  {left} message(s) for the relay's users stay in {self.old}'s queue"
+                    f" (`postqueue -p` there)\n"
+                )
+            self.hosts.run(self.old, STOP_LOGINS)
             say(4, f"backing up {self.old} into {self.archive}")
             size = self.hosts.backup(self.old, self.archive)
             self.out.write(f"  {size / 1e6:.1f} MB\n")
@@ -105,6 +156,16 @@ class Migration:
                 "lets it again"
             ) from None
         return changes
+
+    def drain(self) -> int:
+        """Wait until Postfix delivered what it accepted for the relay's users (the listeners
+        are closed, so nothing new comes); how many are left after `DRAIN_TIMEOUT`."""
+        deadline = self.clock() + DRAIN_TIMEOUT
+        while True:
+            left = queued_for(self.hosts.run(self.old, QUEUE), self.domain)
+            if left == 0 or self.clock() >= deadline:
+                return left
+            self.sleep(DRAIN_POLL)
 
     def say(self, step: int, what: str) -> None:
         self.out.write(f"migrate {step}/6: {what}\n")

@@ -128,6 +128,15 @@ def test_an_invite_creates_accounts_that_chat(
     assert received.show_padlock
     # both uses spent: the third scan gets the clear refusal
     assert refusal(relay1, f"?token={token_of(url)}") == (403, REFUSED["used_up"])
+    # the daily expiry (vmail) removes the records of addresses whose accounts now exist
+    handed = f"{relay1.config.registration_dir}/handed"
+    addrs = [account.list_transports()[0]["addr"] for account in (alice, bob)]
+    assert all(relay1.exists(f"{handed}/{addr}") for addr in addrs)
+    relay1.ssh("systemctl start chatmail-expire.service", timeout=240)
+    assert relay1.ssh("systemctl show chatmail-expire.service -p Result --value").strip() == (
+        "success"
+    )
+    assert not any(relay1.exists(f"{handed}/{addr}") for addr in addrs)
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])

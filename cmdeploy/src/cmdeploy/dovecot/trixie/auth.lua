@@ -196,7 +196,8 @@ end
 
 -- The user's home and ids, for IMAP after the login and for LMTP before each delivery.
 function auth_userdb_lookup(request)
-  local ok, record = pcall(fetch_record, USERDB_PREFIX .. request.user)
+  -- escaped as 2.3's `userdb/%Eu` is, so doveauth reads the same key from either release
+  local ok, record = pcall(fetch_record, USERDB_PREFIX .. backslash_escape(request.user))
   if not ok then
     return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, record
   elseif record == nil then
