@@ -36,10 +36,13 @@ pytestmark = [
     pytest.mark.timeout(2400),
 ]
 
-# What doc/upgrade.md tells the operator to run on the server, in this order: no service is
-# restarted by the packages meanwhile (Dovecot 2.4 would refuse 2.3's configuration and fail
-# the upgrade), the relay's configuration files are kept, then the host reboots.
+# What doc/upgrade.md tells the operator to run on the server, in this order: Postfix will
+# not start at the next boot (Debian 13 runs it in a unit without the log scrubber's drop-in
+# until the deploy), no service is restarted by the packages meanwhile (Dovecot 2.4 would
+# refuse 2.3's configuration and fail the upgrade), the relay's configuration files are
+# kept, then the host reboots.
 UPGRADE = (
+    "systemctl disable --quiet postfix && "
     "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && "
     "sed -i 's/bookworm/trixie/g' /etc/apt/sources.list "
     "$(ls /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null) && "
@@ -98,6 +101,11 @@ def test_a_relay_upgraded_from_debian_12_to_13_carries_on(wheels: Path) -> None:
     assert upgraded.returncode == 0, (upgraded.stdout + upgraded.stderr)[-4000:]
     reboot(state, relay)
     assert ssh(relay.ip, "cut -d. -f1 /etc/debian_version").strip() == "13"
+    # until the deploy, no Postfix: none of its lines can reach the journal unscrubbed
+    assert ssh(relay.ip, "systemctl is-active postfix postfix@- || true").split() == [
+        "inactive",
+        "inactive",
+    ]
     state = lab.State.load()  # reboot() saved the new pid; `lab status` tells 13 from now on
     next(r for r in state.relays if r.name == relay.name).debian = "13"
     state.save()
