@@ -57,7 +57,7 @@ def test_dry_run_plans_the_whole_deploy(tmp_path: Path, domain: str) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr  # pyinfra reports progress on stderr
-    assert "Ready:" in output and "deploy.py" in output
+    assert "Ready:" in output and "pyinfra_entry.py" in output
     assert "dry run: nothing on @local was changed." in result.stdout
 
 

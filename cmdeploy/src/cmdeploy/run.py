@@ -1,11 +1,12 @@
 """`cmdeploy run`: deploy the relay onto its host with pyinfra over SSH.
 
 The chatmaild wheel is built here, on the operator's machine, and uploaded; the relay needs
-no checkout. pyinfra runs `deploy.py` against `root@<host>` (or `@local`), with the inputs
-in the environment. Its output is shown as it comes and read for the closing summary
-(`cmdeploy.summary`), which also asks the relay whether its certificate is still pending and
-DNS which required records are missing; the records it checked become what the relay's daily
-health check expects of DNS (cmdeploy.health).
+no checkout. pyinfra runs `pyinfra_entry.py` (the deploy of `cmdeploy.deploy`) against
+`root@<host>` (or `@local`), with the inputs in the environment. Its output is shown as it
+comes and read for the closing summary (`cmdeploy.summary`), which also asks the relay
+whether its certificate is still pending and DNS which required records are missing; the
+records it checked become what the relay's daily health check expects of DNS
+(cmdeploy.health).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .preflight import PreflightError, check_target, resolver_lookup
 from .remote import RemoteError, read_state
 from .summary import Left, Outcome, parse_outcome, summary
 
-DEPLOY = Path(__file__).with_name("deploy.py")
+DEPLOY = Path(__file__).with_name("pyinfra_entry.py")
 CHECKOUT = Path(__file__).resolve().parents[3]
 CHATMAILD = CHECKOUT / "chatmaild"
 WWW_SOURCE = CHECKOUT / "www" / "src"

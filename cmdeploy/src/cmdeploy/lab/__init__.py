@@ -39,7 +39,7 @@ CA_BUNDLE = LAB / "ca.pem"  # the lab's CAs: pebble's issuing root and the CA of
 SELF_SIGNED_RELAY = "relay2"
 IPV4_RELAY = "relay3"
 LAB_MAX_LOAD = 100
-# What a relay's deploy sets in /etc/sysctl.d (cmdeploy/deploy.py), for the lab's shared kernel:
+# What a relay's deploy sets in /etc/sysctl.d (cmdeploy.base), for the lab's shared kernel:
 # the relays' vmail users are one user to it, so one limit covers all of them.
 KERNEL_LIMITS = {"fs.inotify.max_user_instances": 65536, "fs.inotify.max_user_watches": 1048576}
 TOOLS = {
