@@ -64,12 +64,11 @@ COMPONENTS: list[Callable[[Target], Component]] = [
 
 def deploy(inputs: DeployInputs) -> None:
     """Plan the relay's deploy onto the current pyinfra host."""
-    layout = Layout(read_config(inputs.ini))
+    target = Target(Layout(read_config(inputs.ini)), host_release(), inputs)
     if inputs.website_only:
         # nginx serves the pages as they change on disk: no reload needed
-        Nginx(Target(layout, host_release(), inputs)).upload_website()
+        Nginx(target).upload_website()
         return
-    target = Target(layout, host_release(), inputs)
     components = [make(target) for make in COMPONENTS]
     installed = host.get_fact(DebPackages) or {}
     new_packages = [p for c in components for p in c.packages if p not in installed]
