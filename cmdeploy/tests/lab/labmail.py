@@ -1,15 +1,21 @@
 """What the lab checks do as users and operators of lab relays: accounts from `/new`, mail
-through the relays, mailboxes read over IMAP, commands on the hosts over SSH."""
+through the relays, mailboxes read over IMAP, Delta Chat core accounts, commands on the hosts
+over SSH."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
+import queue
 import secrets
+import shutil
 import smtplib
 import ssl
+import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +126,70 @@ def forget_cached_names(ip: str) -> None:
 def dkim_key(ip: str) -> str:
     """The checksum of the relay's DKIM private key."""
     return ssh(ip, "sha256sum /etc/dkimkeys/*.private | cut -d' ' -f1")
+
+
+# --- Delta Chat core ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def delta_chat(accounts_dir: Path) -> Iterator[Any]:
+    """Delta Chat core (deltachat-rpc-server) in the lab's client namespace, where relay names
+    resolve through the lab DNS as an app's do through the Internet's: a DNS change reaches it."""
+    from deltachat_rpc_client import DeltaChat, Rpc
+
+    server = shutil.which("deltachat-rpc-server", path=str(Path(sys.executable).parent))
+    assert server, "deltachat-rpc-server is not installed: pip install deltachat-rpc-server"
+    netns = ["ip", "netns", "exec", str(LAB["client_netns"])]
+    rpc = Rpc(accounts_dir=str(accounts_dir), rpc_server_path=[*netns, server])
+    with rpc:
+        yield DeltaChat(rpc)
+    rpc.process.wait(timeout=30)  # close() ends the server without reaping it
+
+
+def core_account(deltachat: Any, user: User, domain: str) -> Any:
+    """A core account set up with `user`'s credentials against the relay named `domain`, as
+    the app does after `/new`; online (its inbox idle)."""
+    account = deltachat.add_account()
+    account.add_or_update_transport(
+        {
+            "addr": user.addr,
+            "password": user.password,
+            "imapServer": domain,
+            "imapPort": 993,
+            "imapSecurity": "ssl",
+            "smtpServer": domain,
+            "smtpPort": 465,
+            "smtpSecurity": "ssl",
+            # core trusts only public roots, never the lab's private CA
+            "certificateChecks": "acceptInvalidCertificates",
+        }
+    )
+    account.start_io()
+    core_event(account, "ImapInboxIdle")
+    return account
+
+
+def core_event(
+    account: Any, kind: str, match: Callable[[dict[str, Any]], bool] | None = None
+) -> dict[str, Any]:
+    """The next event of `kind` (for which `match` holds) of a core account, within WAIT."""
+    events = account._rpc.get_queue(account.id)
+    deadline = time.monotonic() + WAIT
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            event = dict(events.get(timeout=remaining))
+        except queue.Empty:
+            break
+        if event["kind"] == kind and (match is None or match(event)):
+            return event
+    raise AssertionError(f"no {kind} event within {WAIT:.0f} s")
+
+
+def core_receives(account: Any, text: str) -> Any:
+    """The snapshot of the message with `text` once it arrived at a core account."""
+
+    def has_text(event: dict[str, Any]) -> bool:
+        return bool(account.get_message_by_id(event["msgId"]).get_snapshot().text == text)
+
+    event = core_event(account, "IncomingMsg", has_text)
+    return account.get_message_by_id(event["msgId"]).get_snapshot()
