@@ -396,6 +396,21 @@ def test_an_archive_of_another_relay_is_refused(target: Relay) -> None:
     assert result.returncode == 0 and target.turn.read_bytes() == OTHER_SECRET
 
 
+@pytest.mark.parametrize(
+    "domain", ["example.org\x1b[2J", "other.example\nverified: an intact backup of example.org"]
+)
+def test_an_archive_domain_that_could_drive_the_terminal_is_refused(
+    target: Relay, domain: str
+) -> None:
+    # the domain comes from the archive and is printed: escapes or a newline could rewrite
+    # what the operator reads, so such a domain is neither echoed nor accepted
+    archive = crafted(domain=domain)
+    refused(target, archive, "names no valid mail domain", "--other-domain")
+    done = subprocess.run(target.tool("verify"), input=archive, capture_output=True, check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    assert b"\x1b" not in done.stderr and done.stderr.count(b"\n") == 1
+
+
 @pytest.mark.parametrize("secret", [b"x\nno-auth\n", b"abc\n", OTHER_SECRET + b"no-auth\n"])
 def test_a_turn_secret_that_could_add_coturn_settings_is_refused(
     target: Relay, secret: bytes
