@@ -339,6 +339,85 @@ def test_a_member_outside_its_place_is_refused(
     assert not (tmp_path / "escaped").exists()
 
 
+def pax(**records: str) -> bytes:
+    """The data of a pax extended header: `<length> <key>=<value>\\n` records."""
+    data = b""
+    for key, value in records.items():
+        body = f" {key.replace('_', '.')}={value}\n".encode()
+        length = len(body) + len(str(len(body)))
+        length = len(body) + len(str(length))
+        data += str(length).encode() + body
+    return data
+
+
+def raw_member(kind: bytes, name: str, data: bytes = b"") -> bytes:
+    """One tar header block of any type, and its data padded to whole blocks."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data)
+    pad = -len(data) % tarfile.BLOCKSIZE
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * pad
+
+
+def before_manifest(raw: bytes) -> bytes:
+    """An intact archive with `raw` put in just before its manifest."""
+    archive = crafted()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        at = tar.getmember(fmt.MANIFEST).offset
+    return archive[:at] + raw + archive[at:]
+
+
+STATE = "registration/state.json"
+HOSTILE_HEADERS = {
+    "pax over the bound": (
+        raw_member(tarfile.XHDTYPE, "x", pax(path=STATE, comment="x" * 1_000_000))
+        + raw_member(tarfile.REGTYPE, STATE),
+        "a pax header over 4096 bytes",
+    ),
+    "pax chain": (
+        raw_member(tarfile.XHDTYPE, "x", pax(path=STATE)) * 3 + raw_member(tarfile.REGTYPE, STATE),
+        "a pax header after a pax header",
+    ),
+    "pax sparse map": (
+        raw_member(tarfile.XHDTYPE, "x", pax(GNU_sparse_major="1", GNU_sparse_minor="0"))
+        + raw_member(tarfile.REGTYPE, STATE, b"9" * 2048),
+        "a pax header with keys this format does not use",
+    ),
+    "pax size below zero": (
+        raw_member(tarfile.XHDTYPE, "x", pax(size="-512")) + raw_member(tarfile.REGTYPE, STATE),
+        "damaged or incomplete archive",
+    ),
+    "GNU long name": (
+        raw_member(tarfile.GNUTYPE_LONGNAME, "././@LongLink", b"a" * 1_000_000)
+        + raw_member(tarfile.REGTYPE, STATE),
+        "member 2: a GNU long-name header: refused",
+    ),
+    "GNU sparse": (raw_member(tarfile.GNUTYPE_SPARSE, STATE), "a sparse file"),
+    "global pax": (
+        raw_member(tarfile.XGLTYPE, "g", pax(comment="x")) + raw_member(tarfile.REGTYPE, STATE),
+        "a global pax header",
+    ),
+    "fifo": (raw_member(tarfile.FIFOTYPE, STATE), "a link or device"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_HEADERS)
+def test_tar_headers_the_format_does_not_write_are_refused(target: Relay, case: str) -> None:
+    # left to itself tarfile holds an extended header of any size, follows chains of them by
+    # recursion and reads a sparse map of any length: a small archive could fill the memory
+    raw, why = HOSTILE_HEADERS[case]
+    refused(target, before_manifest(raw), why)
+
+
+def test_a_long_name_in_a_pax_header_is_read(target: Relay) -> None:
+    long = "registration/invites/" + "a" * 200
+    archive = crafted((long, b"{}\n"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert tar.getmember(long).pax_headers == {"path": long}  # the writer needed one
+    assert target.restore(archive).returncode == 0
+    assert (target.registration / "invites" / ("a" * 200)).read_bytes() == b"{}\n"
+
+
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE])
 def test_links_and_devices_are_refused(target: Relay, kind: bytes) -> None:
     archive = crafted()
