@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -268,8 +269,9 @@ def test_a_maildir_rename_during_backup_loses_and_doubles_nothing(source: Relay)
     deliver(home, ".DeltaChat", "cur", expunged)
     done: set[str] = set()
 
-    def listdir(path: Path) -> list[str]:
-        names = sorted(os.listdir(path)) if path.is_dir() else []
+    def listdir(fd: int, member: str) -> list[str]:
+        names = sorted(os.listdir(fd))
+        path = source.mailboxes / member.removeprefix("mailboxes/")
         if path == home / "new" and "moved" not in done:
             # after new/ was listed, before cur/: the message shows up in both listings
             done.add("moved")
@@ -558,6 +560,78 @@ def test_files_of_an_account_that_changed_here_stay(source: Relay, target: Relay
     assert "newer-token" in TokenStore(target.mailboxes).valid_tokens(ALICE, time.time())
 
 
+# --- symlinks another user put into the trees (vmail, www-data) ----------------------------
+
+SHADOW = b"root:$y$secret-hash:20000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside every tree, with a file only root may read."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "shadow").write_bytes(SHADOW)
+    (directory / "shadow").chmod(0o600)
+    return directory
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        data = path.read_bytes() if path.is_file() else b""
+        found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, data)
+    return found
+
+
+def test_a_backup_follows_no_symlink_in_the_trees(source: Relay, outside: Path) -> None:
+    home = source.home(ALICE)
+    shutil.rmtree(home / ".DeltaChat" / "cur")
+    (home / ".DeltaChat" / "cur").symlink_to(outside)  # a directory on the way to messages
+    (home / "cur" / "1700000009.M9P1.relay,S=1,W=1:2,").symlink_to(outside / "shadow")
+    (home / "metadata.json").unlink()
+    (home / "metadata.json").symlink_to(outside / "shadow")  # a home file
+    (home / ".Evil").symlink_to(outside)  # a folder
+    (source.registration / "uses" / "planted").symlink_to(outside / "shadow")  # www-data's
+    archive, err = source.create()
+    assert SHADOW not in archive
+    assert "5 symlinks skipped, never followed" in err and "@" not in err
+    names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()
+    assert f"mailboxes/{ALICE}/cur/1700000000.M1P1.relay,S=100,W=102:2,S" in names
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        f"mailboxes/{ALICE}/cur",  # messages would be renamed into the link's target
+        f"mailboxes/{ALICE}/.DeltaChat",  # a folder: made, chowned and filled through it
+        f"mailboxes/{ALICE}/dovecot-uidlist",  # a file: read and compared through it
+        f"mailboxes/{ALICE}/password",  # checked for a conflict before anything
+        "registration/uses",  # www-data's: the archive's files replace what is there
+    ],
+)
+def test_a_restore_goes_through_no_symlink_in_the_trees(
+    source: Relay, target: Relay, outside: Path, planted: str
+) -> None:
+    archive = archive_of(source)
+    home = target.home(ALICE)
+    home.mkdir()
+    if not planted.endswith("password"):  # the same account here: its files merge
+        shutil.copy(source.home(ALICE) / "password", home / "password")
+    link = target.root / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    link.symlink_to(outside if link.name in ("cur", ".DeltaChat", "uses") else outside / "shadow")
+    before = tree_state(outside)
+    result = target.restore(archive)
+    shown = planted.replace(ALICE, "<account>")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(f"chatmail-backup: {shown} is a symlink on this relay: ")
+    assert result.stderr.count("\n") == 1 and "@" not in result.stderr
+    assert tree_state(outside) == before
+    assert link.is_symlink()
+
+
 # --- owners, modes, services -------------------------------------------------------------
 
 
@@ -637,12 +711,11 @@ def test_a_failed_restore_starts_the_mail_services_again(
 
     real_install = restore_module._install
 
-    def install(staged: Path, target: Path) -> None:
-        if ".chatmail-restore" in str(staged) and target.is_relative_to(target_mailboxes):
+    def install(staged: int, live: int, name: str) -> None:
+        if name == "password":  # an account's first file: the mail services are stopped
             raise OSError(28, "No space left on device")
-        real_install(staged, target)
+        real_install(staged, live, name)
 
-    target_mailboxes = target.mailboxes
     monkeypatch.setattr(restore_module, "_install", install)
     with pytest.raises(OSError):
         restore.run(io.BytesIO(archive_of(source)))

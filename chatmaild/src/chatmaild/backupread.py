@@ -239,12 +239,12 @@ def _member(
     if reason is not None:
         raise ArchiveError(f"{_where(index, path)}: {reason}: refused")
     mode = member.mode & fmt.MODE_MASK
-    if kind == "dir":
-        sink.directory(path, mode)
-        return fmt.Entry(path, "dir", 0, mode, int(member.mtime), "")
     if path in fmt.FILES and member.size > fmt.MAX_SMALL_FILE:
         raise ArchiveError(f"{_where(index, path)}: larger than {fmt.MAX_SMALL_FILE} bytes")
     try:
+        if kind == "dir":
+            sink.directory(path, mode)
+            return fmt.Entry(path, "dir", 0, mode, int(member.mtime), "")
         out = sink.open_file(path)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise ArchiveError(f"{_where(index, path)}: appears twice: refused") from None
