@@ -477,6 +477,32 @@ def test_an_archive_of_another_relay_is_refused(target: Relay) -> None:
     assert result.returncode == 0 and target.turn.read_bytes() == OTHER_SECRET
 
 
+def test_an_archive_of_another_domain_keeps_this_relays_dkim_key_and_certificate(
+    target: Relay,
+) -> None:
+    # the DKIM key is the one the target's DNS publishes, the certificate names its domain
+    cert, key = target.root / "cert.pem", target.root / "key.pem"
+    cert.write_text("this relay's certificate\n")
+    key.write_text("this relay's key\n")
+    with target.ini.open("a") as f:
+        f.write(f"tls_external_cert_and_key = {cert} {key}\n")
+    dkim = (target.dkim / "opendkim.private").read_bytes()
+    archive = crafted(
+        ("dkim/opendkim.private", b"other.example's DKIM key"),
+        ("tls/cert", b"other.example's certificate\n"),
+        ("tls/key", b"other.example's key\n"),
+        ("turn-secret", OTHER_SECRET),
+        domain="other.example",
+    )
+    result = target.restore(archive, "--other-domain")
+    assert result.returncode == 0, result.stderr
+    assert (target.dkim / "opendkim.private").read_bytes() == dkim
+    assert cert.read_text() == "this relay's certificate\n"
+    assert key.read_text() == "this relay's key\n"
+    assert target.turn.read_bytes() == OTHER_SECRET  # not the domain's: the archive's
+    assert "kept this relay's DKIM key and any external certificate" in result.stdout
+
+
 @pytest.mark.parametrize(
     "domain", ["example.org\x1b[2J", "other.example\nverified: an intact backup of example.org"]
 )
@@ -558,6 +584,28 @@ def test_files_of_an_account_that_changed_here_stay(source: Relay, target: Relay
     result = target.restore(archive)
     assert "kept 1 account files that differ here" in result.stdout
     assert "newer-token" in TokenStore(target.mailboxes).valid_tokens(ALICE, time.time())
+
+
+def test_an_archive_account_without_a_password_is_left_out(target: Relay) -> None:
+    # without its hash an account has no known owner: merged into Alice's here, its mail
+    # would be hers; created, it would be whoever's claims the address first
+    Mailboxes(target.mailboxes).create(ALICE, "another-password")
+    alice_hash = Mailboxes(target.mailboxes).password_hash(ALICE)
+    message = "cur/1700000000.M1P1.relay,S=1,W=1:2,"
+    archive = crafted(
+        (f"mailboxes/{ALICE}/{message}", b"not Alice's"),
+        (f"mailboxes/{BOB}/password", b"\n"),  # an empty hash is none either
+        (f"mailboxes/{BOB}/{message}", b"nobody's"),
+        ("turn-secret", OTHER_SECRET),
+    )
+    result = target.restore(archive)
+    assert result.returncode == 0, result.stderr
+    assert "left out 2 archive accounts without a password hash" in result.stdout
+    assert "@" not in result.stdout
+    assert messages(target.home(ALICE)) == set()
+    assert Mailboxes(target.mailboxes).password_hash(ALICE) == alice_hash
+    assert not target.home(BOB).exists()
+    assert target.turn.read_bytes() == OTHER_SECRET  # the rest of the archive is restored
 
 
 # --- symlinks another user put into the trees (vmail, www-data) ----------------------------

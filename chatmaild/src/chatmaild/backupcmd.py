@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("--coturn-conf", type=Path, default=COTURN_CONF)
         p.add_argument(
-            "--other-domain", action="store_true", help="restore an archive of another domain"
+            "--other-domain",
+            action="store_true",
+            help="restore an archive of another domain (keeps this relay's DKIM key, certificate)",
         )
         p.add_argument(
             "--replace-accounts",

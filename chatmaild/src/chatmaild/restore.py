@@ -12,10 +12,12 @@ Nothing becomes live before the whole stream was read and checked:
      (then that account's home is replaced by the archive's). Within an account that exists
      here with the same password, a file that differs stays as it is here (the relay's own
      is the newer one: a uidlist or token file rewritten since), and a message counts as
-     present when a file with its unique part is in the folder, whatever its flags;
+     present when a file with its unique part is in the folder, whatever its flags. An
+     archive account without a password hash has no known owner: it is left out, counted;
    - the relay-wide secrets and state (DKIM key, TURN secret, external certificate,
      registration state and invites) are the archive's: that is what makes the target the
-     same relay as the source;
+     same relay as the source. Of an archive of another domain, the DKIM key and the
+     external certificate are not: they belong to the domain, and the target keeps its own;
    - the live trees belong to other users (vmail, www-data): they are walked by directory
      fds (`nofollow`), and a symlink met there stops the restore with one line saying
      where, rather than be followed;
@@ -58,6 +60,9 @@ from .fsutil import write_atomic
 STAGING = ".chatmail-restore"
 
 MAIL_UNITS = ["postfix", "dovecot", "chatmail-metadata"]
+# A DKIM key is the one its domain's DNS record publishes, a certificate names its domain:
+# restoring another domain's archive, the relay keeps its own.
+DOMAIN_AREAS = (fmt.DKIM, fmt.TLS_CERT, fmt.TLS_KEY)
 AREA_UNITS = {
     fmt.DKIM: ["opendkim"],
     fmt.TURN_SECRET: ["coturn"],
@@ -239,6 +244,8 @@ class Report:
     kept: int = 0  # account files that differ here: the relay's own stay
     accounts_new: int = 0
     accounts_replaced: int = 0
+    accounts_unowned: int = 0  # in the archive without a password hash: left out
+    other_domain: bool = False  # the archive's: DOMAIN_AREAS stay this relay's
     areas: set[str] = field(default_factory=set)  # areas where something changed
     ini_differs: bool = False
     services: list[str] = field(default_factory=list)  # "restart opendkim", ...
@@ -260,6 +267,16 @@ class Report:
         if self.kept:
             lines.append(
                 f"kept {self.kept} account files that differ here (this relay's are newer)"
+            )
+        if self.accounts_unowned:
+            lines.append(
+                f"left out {self.accounts_unowned} archive accounts without a password hash "
+                "(no known owner: neither merged into an account here nor created)"
+            )
+        if self.other_domain:
+            lines.append(
+                "kept this relay's DKIM key and any external certificate: the archive is of "
+                "another mail domain, and they belong to this one"
             )
         if self.ini_differs:
             lines.append(
@@ -348,6 +365,15 @@ def _only_restore(mailboxes: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _has_password(staged: int, account: str) -> bool:
+    """Whether a staged account holds a password hash (Mailboxes.password_hash's rule)."""
+    fd = nofollow.open_file(staged, f"{account}/{PASSWORD_FILE}")
+    if fd is None:
+        return False
+    with open(fd, "rb") as f:
+        return bool(f.read().strip())
+
+
 @dataclass
 class Restore:
     paths: fmt.RelayPaths
@@ -362,12 +388,12 @@ class Restore:
             staging = Staging(self.paths)
             try:
                 expect = None if self.other_domain else self.mail_domain
-                read_archive(stream, staging, expect, progress)
-                return self.apply(staging)
+                header = read_archive(stream, staging, expect, progress)
+                return self.apply(staging, header.domain)
             finally:
                 staging.cleanup()
 
-    def apply(self, staging: Staging) -> Report:
+    def apply(self, staging: Staging, domain: str) -> Report:
         report = Report()
         secret = staging.small.get(fmt.TURN_SECRET)
         if secret is not None and not TURN_SECRET_FORM.fullmatch(secret):
@@ -375,8 +401,17 @@ class Restore:
             raise ArchiveError(
                 "the archive's TURN secret is not one line of hex digits: nothing restored"
             )
+        report.other_domain = domain != self.mail_domain
         mail, live = staging.fds[fmt.MAILBOXES], staging.root_fds[fmt.MAILBOXES]
-        accounts = sorted(name for name in os.listdir(mail) if "@" in name)
+        accounts = []
+        for name in sorted(name for name in os.listdir(mail) if "@" in name):
+            if _has_password(mail, name):
+                accounts.append(name)
+            else:
+                # an account without its hash has no known owner: merged into one here, or
+                # created, its mail would go to whoever holds or next claims the address
+                nofollow.remove_tree(mail, name)
+                report.accounts_unowned += 1
         conflicts = self._conflicts(mail, live, accounts)
         if conflicts and not self.replace_accounts:
             raise ArchiveError(
@@ -386,7 +421,7 @@ class Restore:
         report.accounts_new = sum(nofollow.lstat(live, name) is None for name in accounts)
         self._small_files(staging, report)
         for area in (fmt.DKIM, fmt.REGISTRATION):
-            if area in staging.roots:
+            if area in staging.roots and not (report.other_domain and area in DOMAIN_AREAS):
                 self._tree(staging, area, report, archive_wins=True)
         stopped: list[str] = []
 
@@ -400,7 +435,8 @@ class Restore:
             if conflicts:
                 stop_mail()
                 for account in conflicts:
-                    nofollow.remove_tree(live, account)
+                    with _stop_at_symlink(fmt.MAILBOXES):
+                        nofollow.remove_tree(live, account)
                 report.accounts_replaced = len(conflicts)
             self._tree(staging, fmt.MAILBOXES, report, archive_wins=False, first_change=stop_mail)
         finally:
@@ -438,6 +474,8 @@ class Restore:
             target = targets.get(area)
             if target is None:
                 continue  # an external certificate for a relay that has none configured
+            if report.other_domain and area in DOMAIN_AREAS:
+                continue
             try:
                 here = target.read_bytes()
             except FileNotFoundError:
