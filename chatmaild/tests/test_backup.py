@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -268,8 +269,9 @@ def test_a_maildir_rename_during_backup_loses_and_doubles_nothing(source: Relay)
     deliver(home, ".DeltaChat", "cur", expunged)
     done: set[str] = set()
 
-    def listdir(path: Path) -> list[str]:
-        names = sorted(os.listdir(path)) if path.is_dir() else []
+    def listdir(fd: int, member: str) -> list[str]:
+        names = sorted(os.listdir(fd))
+        path = source.mailboxes / member.removeprefix("mailboxes/")
         if path == home / "new" and "moved" not in done:
             # after new/ was listed, before cur/: the message shows up in both listings
             done.add("moved")
@@ -339,6 +341,85 @@ def test_a_member_outside_its_place_is_refused(
     assert not (tmp_path / "escaped").exists()
 
 
+def pax(**records: str) -> bytes:
+    """The data of a pax extended header: `<length> <key>=<value>\\n` records."""
+    data = b""
+    for key, value in records.items():
+        body = f" {key.replace('_', '.')}={value}\n".encode()
+        length = len(body) + len(str(len(body)))
+        length = len(body) + len(str(length))
+        data += str(length).encode() + body
+    return data
+
+
+def raw_member(kind: bytes, name: str, data: bytes = b"") -> bytes:
+    """One tar header block of any type, and its data padded to whole blocks."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data)
+    pad = -len(data) % tarfile.BLOCKSIZE
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * pad
+
+
+def before_manifest(raw: bytes) -> bytes:
+    """An intact archive with `raw` put in just before its manifest."""
+    archive = crafted()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        at = tar.getmember(fmt.MANIFEST).offset
+    return archive[:at] + raw + archive[at:]
+
+
+STATE = "registration/state.json"
+HOSTILE_HEADERS = {
+    "pax over the bound": (
+        raw_member(tarfile.XHDTYPE, "x", pax(path=STATE, comment="x" * 1_000_000))
+        + raw_member(tarfile.REGTYPE, STATE),
+        "a pax header over 4096 bytes",
+    ),
+    "pax chain": (
+        raw_member(tarfile.XHDTYPE, "x", pax(path=STATE)) * 3 + raw_member(tarfile.REGTYPE, STATE),
+        "a pax header after a pax header",
+    ),
+    "pax sparse map": (
+        raw_member(tarfile.XHDTYPE, "x", pax(GNU_sparse_major="1", GNU_sparse_minor="0"))
+        + raw_member(tarfile.REGTYPE, STATE, b"9" * 2048),
+        "a pax header with keys this format does not use",
+    ),
+    "pax size below zero": (
+        raw_member(tarfile.XHDTYPE, "x", pax(size="-512")) + raw_member(tarfile.REGTYPE, STATE),
+        "damaged or incomplete archive",
+    ),
+    "GNU long name": (
+        raw_member(tarfile.GNUTYPE_LONGNAME, "././@LongLink", b"a" * 1_000_000)
+        + raw_member(tarfile.REGTYPE, STATE),
+        "member 2: a GNU long-name header: refused",
+    ),
+    "GNU sparse": (raw_member(tarfile.GNUTYPE_SPARSE, STATE), "a sparse file"),
+    "global pax": (
+        raw_member(tarfile.XGLTYPE, "g", pax(comment="x")) + raw_member(tarfile.REGTYPE, STATE),
+        "a global pax header",
+    ),
+    "fifo": (raw_member(tarfile.FIFOTYPE, STATE), "a link or device"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_HEADERS)
+def test_tar_headers_the_format_does_not_write_are_refused(target: Relay, case: str) -> None:
+    # left to itself tarfile holds an extended header of any size, follows chains of them by
+    # recursion and reads a sparse map of any length: a small archive could fill the memory
+    raw, why = HOSTILE_HEADERS[case]
+    refused(target, before_manifest(raw), why)
+
+
+def test_a_long_name_in_a_pax_header_is_read(target: Relay) -> None:
+    long = "registration/invites/" + "a" * 200
+    archive = crafted((long, b"{}\n"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert tar.getmember(long).pax_headers == {"path": long}  # the writer needed one
+    assert target.restore(archive).returncode == 0
+    assert (target.registration / "invites" / ("a" * 200)).read_bytes() == b"{}\n"
+
+
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE])
 def test_links_and_devices_are_refused(target: Relay, kind: bytes) -> None:
     archive = crafted()
@@ -394,6 +475,47 @@ def test_an_archive_of_another_relay_is_refused(target: Relay) -> None:
     refused(target, archive, "the archive is of other.example, this relay is example.org")
     result = target.restore(archive, "--other-domain")
     assert result.returncode == 0 and target.turn.read_bytes() == OTHER_SECRET
+
+
+def test_an_archive_of_another_domain_keeps_this_relays_dkim_key_and_certificate(
+    target: Relay,
+) -> None:
+    # the DKIM key is the one the target's DNS publishes, the certificate names its domain
+    cert, key = target.root / "cert.pem", target.root / "key.pem"
+    cert.write_text("this relay's certificate\n")
+    key.write_text("this relay's key\n")
+    with target.ini.open("a") as f:
+        f.write(f"tls_external_cert_and_key = {cert} {key}\n")
+    dkim = (target.dkim / "opendkim.private").read_bytes()
+    archive = crafted(
+        ("dkim/opendkim.private", b"other.example's DKIM key"),
+        ("tls/cert", b"other.example's certificate\n"),
+        ("tls/key", b"other.example's key\n"),
+        ("turn-secret", OTHER_SECRET),
+        domain="other.example",
+    )
+    result = target.restore(archive, "--other-domain")
+    assert result.returncode == 0, result.stderr
+    assert (target.dkim / "opendkim.private").read_bytes() == dkim
+    assert cert.read_text() == "this relay's certificate\n"
+    assert key.read_text() == "this relay's key\n"
+    assert target.turn.read_bytes() == OTHER_SECRET  # not the domain's: the archive's
+    assert "kept this relay's DKIM key and any external certificate" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "domain", ["example.org\x1b[2J", "other.example\nverified: an intact backup of example.org"]
+)
+def test_an_archive_domain_that_could_drive_the_terminal_is_refused(
+    target: Relay, domain: str
+) -> None:
+    # the domain comes from the archive and is printed: escapes or a newline could rewrite
+    # what the operator reads, so such a domain is neither echoed nor accepted
+    archive = crafted(domain=domain)
+    refused(target, archive, "names no valid mail domain", "--other-domain")
+    done = subprocess.run(target.tool("verify"), input=archive, capture_output=True, check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    assert b"\x1b" not in done.stderr and done.stderr.count(b"\n") == 1
 
 
 @pytest.mark.parametrize("secret", [b"x\nno-auth\n", b"abc\n", OTHER_SECRET + b"no-auth\n"])
@@ -462,6 +584,100 @@ def test_files_of_an_account_that_changed_here_stay(source: Relay, target: Relay
     result = target.restore(archive)
     assert "kept 1 account files that differ here" in result.stdout
     assert "newer-token" in TokenStore(target.mailboxes).valid_tokens(ALICE, time.time())
+
+
+def test_an_archive_account_without_a_password_is_left_out(target: Relay) -> None:
+    # without its hash an account has no known owner: merged into Alice's here, its mail
+    # would be hers; created, it would be whoever's claims the address first
+    Mailboxes(target.mailboxes).create(ALICE, "another-password")
+    alice_hash = Mailboxes(target.mailboxes).password_hash(ALICE)
+    message = "cur/1700000000.M1P1.relay,S=1,W=1:2,"
+    archive = crafted(
+        (f"mailboxes/{ALICE}/{message}", b"not Alice's"),
+        (f"mailboxes/{BOB}/password", b"\n"),  # an empty hash is none either
+        (f"mailboxes/{BOB}/{message}", b"nobody's"),
+        ("turn-secret", OTHER_SECRET),
+    )
+    result = target.restore(archive)
+    assert result.returncode == 0, result.stderr
+    assert "left out 2 archive accounts without a password hash" in result.stdout
+    assert "@" not in result.stdout
+    assert messages(target.home(ALICE)) == set()
+    assert Mailboxes(target.mailboxes).password_hash(ALICE) == alice_hash
+    assert not target.home(BOB).exists()
+    assert target.turn.read_bytes() == OTHER_SECRET  # the rest of the archive is restored
+
+
+# --- symlinks another user put into the trees (vmail, www-data) ----------------------------
+
+SHADOW = b"root:$y$secret-hash:20000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside every tree, with a file only root may read."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "shadow").write_bytes(SHADOW)
+    (directory / "shadow").chmod(0o600)
+    return directory
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        data = path.read_bytes() if path.is_file() else b""
+        found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, data)
+    return found
+
+
+def test_a_backup_follows_no_symlink_in_the_trees(source: Relay, outside: Path) -> None:
+    home = source.home(ALICE)
+    shutil.rmtree(home / ".DeltaChat" / "cur")
+    (home / ".DeltaChat" / "cur").symlink_to(outside)  # a directory on the way to messages
+    (home / "cur" / "1700000009.M9P1.relay,S=1,W=1:2,").symlink_to(outside / "shadow")
+    (home / "metadata.json").unlink()
+    (home / "metadata.json").symlink_to(outside / "shadow")  # a home file
+    (home / ".Evil").symlink_to(outside)  # a folder
+    (source.registration / "uses" / "planted").symlink_to(outside / "shadow")  # www-data's
+    archive, err = source.create()
+    assert SHADOW not in archive
+    assert "5 symlinks skipped, never followed" in err and "@" not in err
+    names = tarfile.open(fileobj=io.BytesIO(archive)).getnames()
+    assert f"mailboxes/{ALICE}/cur/1700000000.M1P1.relay,S=100,W=102:2,S" in names
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        f"mailboxes/{ALICE}/cur",  # messages would be renamed into the link's target
+        f"mailboxes/{ALICE}/.DeltaChat",  # a folder: made, chowned and filled through it
+        f"mailboxes/{ALICE}/dovecot-uidlist",  # a file: read and compared through it
+        f"mailboxes/{ALICE}/password",  # checked for a conflict before anything
+        "registration/uses",  # www-data's: the archive's files replace what is there
+    ],
+)
+def test_a_restore_goes_through_no_symlink_in_the_trees(
+    source: Relay, target: Relay, outside: Path, planted: str
+) -> None:
+    archive = archive_of(source)
+    home = target.home(ALICE)
+    home.mkdir()
+    if not planted.endswith("password"):  # the same account here: its files merge
+        shutil.copy(source.home(ALICE) / "password", home / "password")
+    link = target.root / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    link.symlink_to(outside if link.name in ("cur", ".DeltaChat", "uses") else outside / "shadow")
+    before = tree_state(outside)
+    result = target.restore(archive)
+    shown = planted.replace(ALICE, "<account>")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(f"chatmail-backup: {shown} is a symlink on this relay: ")
+    assert result.stderr.count("\n") == 1 and "@" not in result.stderr
+    assert tree_state(outside) == before
+    assert link.is_symlink()
 
 
 # --- owners, modes, services -------------------------------------------------------------
@@ -543,12 +759,11 @@ def test_a_failed_restore_starts_the_mail_services_again(
 
     real_install = restore_module._install
 
-    def install(staged: Path, target: Path) -> None:
-        if ".chatmail-restore" in str(staged) and target.is_relative_to(target_mailboxes):
+    def install(staged: int, live: int, name: str) -> None:
+        if name == "password":  # an account's first file: the mail services are stopped
             raise OSError(28, "No space left on device")
-        real_install(staged, target)
+        real_install(staged, live, name)
 
-    target_mailboxes = target.mailboxes
     monkeypatch.setattr(restore_module, "_install", install)
     with pytest.raises(OSError):
         restore.run(io.BytesIO(archive_of(source)))

@@ -19,11 +19,14 @@ Consistency while the relay runs:
   or unlink, so a message once opened is written whole;
 - Dovecot's uidlist is read before the folder's messages: a message that arrives meanwhile
   is in the archive without being in the uidlist, and gets a new UID after a restore.
+
+The trees belong to other users (vmail, www-data), who could put a symlink in them to make
+root read a file they may not (/etc/shadow) into the archive: they are walked by directory
+fds (`nofollow`), and a symlink met is never followed, only counted.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -37,19 +40,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import backupformat as fmt
+from . import nofollow
 from .fsutil import is_temporary_name
 from .pushqueue import SPOOL_DIR
 
 Progress = Callable[[int, int], None]  # (files, bytes) so far
-ListDir = Callable[[Path], list[str]]
+ListDir = Callable[[int, str], list[str]]  # an open directory and its member path: names
 CHUNK = 1 << 16
 
 
-def _listdir(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def _listdir(fd: int, path: str) -> list[str]:
+    return sorted(os.listdir(fd))
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Counts:
     messages: int = 0
     expunged: int = 0  # listed, then gone under every name before it could be read
     changed: int = 0  # shorter than it was when opened (written in place: never expected)
+    symlinks: int = 0  # met in a tree and not followed: nothing the relay makes
 
 
 class _HashingReader(io.RawIOBase):
@@ -135,22 +137,22 @@ class ArchiveWriter:
         sha = hashlib.sha256(data).hexdigest()
         self._record(fmt.Entry(path, "file", len(data), info.mode, int(info.mtime), sha))
 
-    def add_path(self, path: str, source: Path) -> bool:
-        """The regular file at `source` (never a symlink), or False if there is none now."""
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError as e:
-            if e.errno == errno.ELOOP:  # a symlink, not ours to follow
-                return False
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
+    def add_at(self, path: str, parent: int | None, name: str | Path) -> bool:
+        """The regular file `name` in the directory `parent` (None: a path), never through a
+        symlink (`nofollow.SymlinkMet`); False if there is none now."""
+        fd = nofollow.open_file(parent, name)
+        if fd is None:
             return False
         with os.fdopen(fd, "rb") as f:
             self.add_open_file(path, f)
         return True
+
+    def add_path(self, path: str, source: Path) -> bool:
+        """The regular file at `source`, a path the config names; a symlink is not carried."""
+        try:
+            return self.add_at(path, None, source)
+        except nofollow.SymlinkMet:
+            return False
 
     def close(self) -> None:
         size = self.manifest.tell()
@@ -159,6 +161,9 @@ class ArchiveWriter:
         self.tar.addfile(info, self.manifest)
         self.manifest.close()
         self.tar.close()
+
+
+Walk = Callable[[ArchiveWriter, str, int], None]  # what to write from an open directory
 
 
 class Backup:
@@ -179,86 +184,118 @@ class Backup:
         for area, path in self.paths.files().items():
             w.add_path(area, path)
         for area, root in self.paths.trees().items():
-            if area == fmt.MAILBOXES:
-                self._mailboxes(w, root)
-            elif root.is_dir():
-                self._tree(w, area, root)
+            self._enter(
+                w, area, None, root, self._mailboxes if area == fmt.MAILBOXES else self._tree
+            )
         w.close()
         return w.counts
 
-    def _dir(self, w: ArchiveWriter, path: str, source: Path) -> bool:
+    def _dir(self, w: ArchiveWriter, path: str, parent: int | None, name: str | Path) -> int | None:
+        """The directory `name` in `parent` opened, its member `path` written; None if it is
+        not a directory now (a symlink is counted, never followed)."""
         try:
-            st = os.lstat(source)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISDIR(st.st_mode):
-            return False
-        w.add_dir(path, st.st_mode, st.st_mtime)
-        return True
+            fd = nofollow.open_dir(parent, name)
+        except nofollow.SymlinkMet:
+            w.counts.symlinks += 1
+            return None
+        if fd is not None:
+            st = os.fstat(fd)
+            w.add_dir(path, st.st_mode, st.st_mtime)
+        return fd
 
-    def _tree(self, w: ArchiveWriter, prefix: str, root: Path) -> None:
-        """Every directory and regular file under `root`; symlinks and the like are not ours."""
-        if not self._dir(w, prefix, root):
-            return
-        for name in self.listdir(root):
-            if is_temporary_name(name):
+    def _enter(
+        self, w: ArchiveWriter, path: str, parent: int | None, name: str | Path, walk: Walk
+    ) -> None:
+        """The directory `name` in `parent` as `path`, and what `walk` finds in it."""
+        fd = self._dir(w, path, parent, name)
+        if fd is not None:
+            with nofollow.closing(fd):
+                walk(w, path, fd)
+
+    def _file(self, w: ArchiveWriter, path: str, parent: int, name: str) -> None:
+        """The regular file `name` in `parent` as `path`, if there is one (a symlink is counted,
+        never followed)."""
+        try:
+            w.add_at(path, parent, name)
+        except nofollow.SymlinkMet:
+            w.counts.symlinks += 1
+
+    def _tree(self, w: ArchiveWriter, prefix: str, fd: int) -> None:
+        """Every directory and regular file below `fd`; symlinks and the like are not ours."""
+        for name in self.listdir(fd, prefix):
+            st = nofollow.lstat(fd, name)
+            if st is None or is_temporary_name(name):
                 continue
-            source = root / name
-            if not w.add_path(f"{prefix}/{name}", source) and source.is_dir():
-                if not source.is_symlink():
-                    self._tree(w, f"{prefix}/{name}", source)
+            if stat.S_ISLNK(st.st_mode):
+                w.counts.symlinks += 1
+            elif stat.S_ISDIR(st.st_mode):
+                self._enter(w, f"{prefix}/{name}", fd, name, self._tree)
+            else:
+                self._file(w, f"{prefix}/{name}", fd, name)
 
-    def _mailboxes(self, w: ArchiveWriter, root: Path) -> None:
-        if not self._dir(w, fmt.MAILBOXES, root):
-            return
-        for name in self.listdir(root):
-            path = f"{fmt.MAILBOXES}/{name}"
+    def _mailboxes(self, w: ArchiveWriter, prefix: str, root: int) -> None:
+        for name in self.listdir(root, prefix):
+            path = f"{prefix}/{name}"
             if name == SPOOL_DIR:
-                self._tree(w, path, root / name)
+                self._enter(w, path, root, name, self._tree)
             elif fmt.member_error(path, "dir", self.address_domain) is None:
-                if self._dir(w, path, root / name):
-                    self._account(w, path, root / name)
+                self._enter(w, path, root, name, self._account)
 
-    def _account(self, w: ArchiveWriter, prefix: str, home: Path) -> None:
+    def _account(self, w: ArchiveWriter, prefix: str, home: int) -> None:
         w.counts.accounts += 1
         for name in fmt.HOME_FILES:
-            w.add_path(f"{prefix}/{name}", home / name)
+            self._file(w, f"{prefix}/{name}", home, name)
         self._folder(w, prefix, home)  # INBOX is the home itself (Maildir++)
-        for name in self.listdir(home):
+        for name in self.listdir(home, prefix):
             if name.startswith(".") and not is_temporary_name(name):
-                folder = home / name
-                if self._dir(w, f"{prefix}/{name}", folder):
-                    for file in fmt.FOLDER_FILES:
-                        w.add_path(f"{prefix}/{name}/{file}", folder / file)
-                    self._folder(w, f"{prefix}/{name}", folder)
+                self._enter(w, f"{prefix}/{name}", home, name, self._subfolder)
 
-    def _folder(self, w: ArchiveWriter, prefix: str, folder: Path) -> None:
-        for sub in fmt.MAILDIR_SUBDIRS:
-            self._dir(w, f"{prefix}/{sub}", folder / sub)
-        written: set[str] = set()
-        for sub in ("new", "cur"):
-            for name in self.listdir(folder / sub):
-                unique = fmt.unique_part(name)
-                if unique in written:
-                    continue  # moved from new/ to cur/ between the two listings
-                found = self._message(w, prefix, folder, sub, name)
-                if found:
-                    written.add(unique)
-                    w.counts.messages += 1
-                else:
-                    w.counts.expunged += 1
+    def _subfolder(self, w: ArchiveWriter, prefix: str, folder: int) -> None:
+        for name in fmt.FOLDER_FILES:
+            self._file(w, f"{prefix}/{name}", folder, name)
+        self._folder(w, prefix, folder)
 
-    def _message(self, w: ArchiveWriter, prefix: str, folder: Path, sub: str, name: str) -> bool:
+    def _folder(self, w: ArchiveWriter, prefix: str, folder: int) -> None:
+        subs: dict[str, int] = {}  # new/ and cur/, opened once: names below are looked up there
+        try:
+            for sub in fmt.MAILDIR_SUBDIRS:
+                fd = self._dir(w, f"{prefix}/{sub}", folder, sub)
+                if fd is not None:
+                    subs[sub] = fd
+            written: set[str] = set()
+            for sub in ("new", "cur"):
+                for name in self.listdir(subs[sub], f"{prefix}/{sub}") if sub in subs else []:
+                    unique = fmt.unique_part(name)
+                    if unique in written:
+                        continue  # moved from new/ to cur/ between the two listings
+                    try:
+                        found = self._message(w, prefix, subs, sub, name)
+                    except nofollow.SymlinkMet:
+                        w.counts.symlinks += 1
+                        continue
+                    if found:
+                        written.add(unique)
+                        w.counts.messages += 1
+                    else:
+                        w.counts.expunged += 1
+        finally:
+            for fd in subs.values():
+                os.close(fd)
+
+    def _message(
+        self, w: ArchiveWriter, prefix: str, subs: dict[str, int], sub: str, name: str
+    ) -> bool:
         """Write the message listed as `sub/name`, under the name it has now; False when no
         name holds its unique part any more (expunged)."""
         unique = fmt.unique_part(name)
         for _ in range(5):  # each miss means Dovecot renamed it again meanwhile
-            if w.add_path(f"{prefix}/{sub}/{name}", folder / sub / name):
+            if w.add_at(f"{prefix}/{sub}/{name}", subs[sub], name):
                 return True
             now = [
                 (s, n)
                 for s in ("new", "cur")
-                for n in self.listdir(folder / s)
+                if s in subs
+                for n in self.listdir(subs[s], f"{prefix}/{s}")
                 if fmt.unique_part(n) == unique
             ]
             if not now:

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("--coturn-conf", type=Path, default=COTURN_CONF)
         p.add_argument(
-            "--other-domain", action="store_true", help="restore an archive of another domain"
+            "--other-domain",
+            action="store_true",
+            help="restore an archive of another domain (keeps this relay's DKIM key, certificate)",
         )
         p.add_argument(
             "--replace-accounts",
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             expunged = f" ({counts.expunged} expunged while reading)" if counts.expunged else ""
             if counts.changed:  # only a file written in place can shrink; none should be
                 expunged += f" ({counts.changed} shrank while read: padded with NUL)"
+            if counts.symlinks:  # the relay makes none: someone put them there
+                expunged += (
+                    f" ({counts.symlinks} symlinks skipped, never followed: "
+                    f"`find {config.mailboxes_path} {config.registration_path} -type l` "
+                    "shows them)"
+                )
             print(
                 f"backup: {counts.accounts} accounts, {counts.messages} messages{expunged}, "
                 f"{counts.files} files, {megabytes(counts.bytes)}",

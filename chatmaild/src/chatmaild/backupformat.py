@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .accounts import address_error
-from .config import Config
+from .config import Config, parse_mail_domain
 from .fsutil import is_temporary_name
 from .pushqueue import SPOOL_DIR
 
@@ -150,7 +150,19 @@ def parse_header(data: bytes) -> Header:
         raise ArchiveError(f"{HEADER} is not a backup header") from None
     if header.format != FORMAT:
         raise ArchiveError(f"archive format {header.format}: this relay reads format {FORMAT}")
+    if not is_mail_domain(header.domain):
+        # it is printed to the operator's terminal: escape sequences or a newline there could
+        # rewrite what the terminal shows, so it is not echoed either
+        raise ArchiveError(f"{HEADER} names no valid mail domain: not a chatmail backup")
     return header
+
+
+def is_mail_domain(domain: str) -> bool:
+    """Whether `domain` is a mail domain exactly as a relay's config gives it."""
+    try:
+        return parse_mail_domain(domain) == domain
+    except ValueError:
+        return False
 
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")

@@ -4,6 +4,7 @@ The archive is input: it may be damaged, or made to harm. `read_archive` takes t
 member by member and hands each to a `Sink` (the restore's staging, or nothing for `verify`):
 
 - the header (first member) must name the expected domain, before anything is written;
+- the tar headers are read with bounds (`_Member`): only what the format writes;
 - every member must be a regular file or a directory with a name
   `backupformat.member_error` accepts: no absolute name, no `..`, no link, no device, no
   account of another domain; a single-file area at most 1 MiB;
@@ -60,6 +61,97 @@ class Discard:
         f.close()
 
 
+# A pax extended header carries a member's long name (at most MAX_PATH) and, for a file over
+# 8 GiB, its size: a few records. Anything larger is not one the writer made.
+MAX_PAX = 4 * fmt.MAX_PATH
+PAX_KEYS = ("path", "size", "mtime")  # what tarfile's pax writer puts there for this format
+_REFUSED_TYPES = {
+    tarfile.SYMTYPE: "a link or device",
+    tarfile.LNKTYPE: "a link or device",
+    tarfile.CHRTYPE: "a link or device",
+    tarfile.BLKTYPE: "a link or device",
+    tarfile.FIFOTYPE: "a link or device",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+    tarfile.GNUTYPE_LONGNAME: "a GNU long-name header",
+    tarfile.GNUTYPE_LONGLINK: "a GNU long-name header",
+    tarfile.XGLTYPE: "a global pax header",
+}
+
+
+class _Refused(ArchiveError):
+    """A member header the format does not use; read_archive adds the member's number."""
+
+
+class _Member(tarfile.TarInfo):
+    """tarfile's header reading, bounded: left to itself, tarfile holds an extended header
+    (pax, GNU long name) of any size in memory, follows a chain of them by recursion, and
+    reads a sparse map of any length. Here only what the format writes gets through: regular
+    files, directories, and before a member at most one pax header of at most MAX_PAX bytes
+    with the keys in PAX_KEYS (`_proc_member` is tarfile's hook for this)."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.XHDTYPE:
+            return self._proc_bounded_pax(tar)
+        if self.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+            raise _Refused(_REFUSED_TYPES.get(self.type, f"tar member type {self.type!r}"))
+        member: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return member
+
+    def _proc_bounded_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_PAX:
+            raise _Refused(f"a pax header over {MAX_PAX} bytes")
+        records = _pax_records(tar.fileobj.read(_blocks(self.size)))  # type: ignore[union-attr]
+        if any(key not in PAX_KEYS for key in records):
+            raise _Refused("a pax header with keys this format does not use")
+        buf = tar.fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+        try:
+            header = self.frombuf(buf, tar.encoding, tar.errors)  # type: ignore[arg-type]
+        except tarfile.HeaderError:
+            raise tarfile.ReadError("no member after a pax header") from None
+        if header.type == tarfile.XHDTYPE:
+            raise _Refused("a pax header after a pax header")
+        header.offset = self.offset
+        member: tarfile.TarInfo = header._proc_member(tar)
+        member.name = records.get("path", member.name)
+        member.size = _pax_number(records, "size", member.size)
+        member.mtime = _pax_number(records, "mtime", int(member.mtime))
+        if member.isreg() and "size" in records:  # the next header follows that much data
+            tar.offset = member.offset_data + _blocks(member.size)
+        return member
+
+
+def _pax_number(records: dict[str, str], key: str, default: int) -> int:
+    value = records.get(key)
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()):  # the writer puts whole seconds, sizes
+        raise tarfile.ReadError(f"a pax {key} that is not a whole number")
+    return int(value)
+
+
+def _blocks(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The records of a pax header, `<length> <key>=<value>` and a newline each (POSIX.1-2008,
+    pax)."""
+    records = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:  # NUL: the padding to the block's end
+        length, space, _ = data[pos : pos + 12].partition(b" ")
+        record = data[pos : pos + int(length)] if space and length.isdigit() else b""
+        key, equals, value = record[len(length) + 1 : -1].partition(b"=")
+        if not record.endswith(b"\n") or len(record) != int(length) or not equals:
+            raise tarfile.ReadError("a damaged pax header")
+        try:
+            records[key.decode()] = value.decode()
+        except UnicodeDecodeError:
+            raise tarfile.ReadError("a pax header that is not UTF-8") from None
+        pos += len(record)
+    return records
+
+
 def _where(index: int, path: str) -> str:
     """A member's place for an error line: its number and area, never its name."""
     area = path.split("/")[0] if path.split("/")[0] in fmt.TREES else "a single file"
@@ -76,9 +168,11 @@ def read_archive(
     not intact, not this relay's (`expect_domain`; None: any), or names anything outside
     the areas."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
+        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member)
     except tarfile.TarError:
         raise ArchiveError("not a tar archive") from None
+    except _Refused as e:
+        raise ArchiveError(f"member 1: {e}: refused") from None
     read = tempfile.TemporaryFile()  # the manifest lines of what was read, in order
     try:
         first = tar.next()
@@ -97,12 +191,12 @@ def read_archive(
         read.write(entry.line())
         files = size = 0
         for index in itertools.count(2):
-            member = tar.next()
+            member = _next(tar, index)
             if member is None:
                 raise ArchiveError(f"no {fmt.MANIFEST}: the archive is incomplete")
             if member.name == fmt.MANIFEST and member.isreg():
                 _compare_manifest(_extract(tar, member), read, header)
-                if tar.next() is not None:
+                if _next(tar, index + 1) is not None:
                     raise ArchiveError(f"members after {fmt.MANIFEST}")
                 return header
             entry = _member(tar, member, index, domain, sink)
@@ -117,6 +211,13 @@ def read_archive(
     finally:
         read.close()
     raise AssertionError("unreachable")
+
+
+def _next(tar: tarfile.TarFile, index: int) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except _Refused as e:
+        raise ArchiveError(f"member {index}: {e}: refused") from None
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
@@ -138,12 +239,12 @@ def _member(
     if reason is not None:
         raise ArchiveError(f"{_where(index, path)}: {reason}: refused")
     mode = member.mode & fmt.MODE_MASK
-    if kind == "dir":
-        sink.directory(path, mode)
-        return fmt.Entry(path, "dir", 0, mode, int(member.mtime), "")
     if path in fmt.FILES and member.size > fmt.MAX_SMALL_FILE:
         raise ArchiveError(f"{_where(index, path)}: larger than {fmt.MAX_SMALL_FILE} bytes")
     try:
+        if kind == "dir":
+            sink.directory(path, mode)
+            return fmt.Entry(path, "dir", 0, mode, int(member.mtime), "")
         out = sink.open_file(path)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise ArchiveError(f"{_where(index, path)}: appears twice: refused") from None

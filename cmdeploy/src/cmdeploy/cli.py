@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore_options = argparse.ArgumentParser(add_help=False)
     restore_options.add_argument(
-        "--other-domain", action="store_true", help="restore an archive of another mail domain"
+        "--other-domain",
+        action="store_true",
+        help="restore an archive of another mail domain (keeps the DKIM key, certificate)",
     )
     restore_options.add_argument(
         "--replace-accounts",
