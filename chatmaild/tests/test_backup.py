@@ -751,6 +751,26 @@ def test_an_external_certificate_is_restored_and_its_readers_restarted(
     assert ("restart", ["coturn", "dovecot", "nginx", "opendkim", "postfix"]) in units.calls
 
 
+def test_an_external_certificate_behind_symlinks_is_backed_up(tmp_path: Path) -> None:
+    # certbot's layout: live/<name>/*.pem are symlinks into archive/<name>/
+    relay = Relay(tmp_path / "old")
+    archive_dir, live = relay.root / "archive", relay.root / "live"
+    archive_dir.mkdir()
+    live.mkdir()
+    for name in ("cert", "key"):
+        (archive_dir / f"{name}1.pem").write_text(f"the {name}\n")
+        (live / f"{name}.pem").symlink_to(archive_dir / f"{name}1.pem")
+    with relay.ini.open("a") as f:
+        f.write(f"tls_external_cert_and_key = {live / 'cert.pem'} {live / 'key.pem'}\n")
+    relay.config = read_config(relay.ini)
+    with tarfile.open(fileobj=io.BytesIO(archive_of(relay))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for area, text in ((fmt.TLS_CERT, "the cert\n"), (fmt.TLS_KEY, "the key\n")):
+            assert members[area].isfile()
+            extracted = tar.extractfile(members[area])
+            assert extracted is not None and extracted.read().decode() == text
+
+
 def test_a_failed_restore_starts_the_mail_services_again(
     source: Relay, target: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -148,11 +148,18 @@ class ArchiveWriter:
         return True
 
     def add_path(self, path: str, source: Path) -> bool:
-        """The regular file at `source`, a path the config names; a symlink is not carried."""
+        """The regular file at `source`, a path root's config names in root's directories: a
+        symlink there is the operator's, and followed (certbot's `live/` names are symlinks
+        into `archive/`). False if there is no regular file."""
         try:
-            return self.add_at(path, None, source)
-        except nofollow.SymlinkMet:
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return False
+            self.add_open_file(path, f)
+        return True
 
     def close(self) -> None:
         size = self.manifest.tell()
