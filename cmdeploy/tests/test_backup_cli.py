@@ -320,6 +320,15 @@ def test_only_mail_for_the_relays_own_domain_counts(output: str) -> None:
     assert migrate.queued_for(output, "chat.example.org") == 0
 
 
+def test_a_queue_that_cannot_be_read_is_said_and_the_move_goes_on(tmp_path: Path) -> None:
+    fake = FakeHosts()
+    fake.queue = [migrate.UNREADABLE + "\n"] * 1000  # postqueue -j hung: `timeout` ended it
+    out = io.StringIO()
+    migration(fake, tmp_path / "a.tar", out).run()
+    assert f"{OLD}'s queue could not be read" in out.getvalue()
+    assert ("backup", OLD, "a.tar") in fake.calls
+
+
 def test_a_failure_after_mail_stopped_says_how_to_resume(tmp_path: Path) -> None:
     fake = FakeHosts(fail="restore")
     with pytest.raises(MigrationError) as failed:

@@ -293,7 +293,8 @@ def migration_hosts(args: argparse.Namespace, config: Config) -> Hosts:
             raise MigrationError(f"cmdeploy run onto {host} failed")
 
     def run(host: str, script: str) -> str:
-        result = run_script(host, script)
+        # a unit's stop may take systemd's whole stop timeout (90 s) before it kills
+        result = run_script(host, script, timeout=300)
         if result.returncode != 0:
             raise unreachable(host, f"`{script}` failed on {host}", result)
         return result.stdout

@@ -4,14 +4,15 @@ The steps, in this order, each one a function of `Hosts` so that tests run them 
 
 1. read both hosts' facts (both reachable over SSH; the old one's records for step 6);
 2. deploy the new host (`cmdeploy run`, DNS not checked: it still names the old host);
-3. stop the old relay taking mail: `/etc/chatmail-nocreate`, Postfix's public listeners
-   (25, 465, 587; its queue manager and delivery agents keep running) and
-   filtermail-incoming (/mxdeliv). Peers get "connection refused" or a 502 and keep their
-   mail queued for later, which reaches the new host once DNS names it (doc/transport.md).
-   Then Postfix delivers what it already accepted for the relay's own users, which the
-   backup then carries; then Dovecot stops (logins, so no client changes mail after the
-   backup). Mail queued for other relays stays on the old host, whose Postfix goes on
-   delivering it;
+3. stop the old relay taking mail: `/etc/chatmail-nocreate`, and both encryption gates
+   (filtermail for submissions, filtermail-incoming for port 25 and /mxdeliv). Postfix's
+   listeners stay open but answer every new message with a temporary error, as they do
+   whenever a gate is down; nginx answers /mxdeliv with a 502. Clients and peers keep their
+   mail for later, which reaches the new host once DNS names it (doc/transport.md).
+   Postfix itself runs on, unchanged: it delivers what it already accepted for the relay's
+   own users, which the backup then carries; then Dovecot stops (logins, so no client
+   changes mail after the backup). Mail queued for other relays stays on the old host,
+   whose Postfix goes on delivering it;
 4. back up the old relay into the archive file (kept: it is also the fallback);
 5. restore it onto the new host;
 6. print the DNS records whose data differs between the hosts: what the operator changes.
@@ -33,23 +34,14 @@ if TYPE_CHECKING:  # dnspython loads only for the commands that use it
     from .dns import Record
 
 NOCREATE = "/etc/chatmail-nocreate"
-MASTER_CF = "/etc/postfix/master.cf"
-KEPT_MASTER_CF = f"{MASTER_CF}.before-migrate"
-# the services of master.cf (cmdeploy/src/cmdeploy/postfix/master.cf.j2) that take mail from
-# outside; the re-injection listeners on loopback stay, for what is inside filtermail
-PUBLIC_LISTENERS = "smtp/inet submission/inet smtps/inet"
-STOP_TAKING_MAIL = (
-    f"touch {NOCREATE} && systemctl stop filtermail-incoming && "
-    f"{{ [ -e {KEPT_MASTER_CF} ] || cp -p {MASTER_CF} {KEPT_MASTER_CF}; }} && "
-    f"postconf -M# {PUBLIC_LISTENERS} && postfix reload && postqueue -f"
-)
-QUEUE = "postqueue -j"
+# Every message enters Postfix's queue through one of these (doc/contract.md §1.4): with both
+# stopped, Postfix accepts nothing new and needs no change of its own configuration.
+GATES = "filtermail filtermail-incoming"
+STOP_TAKING_MAIL = f"touch {NOCREATE} && systemctl stop {GATES} && postqueue -f"
+UNREADABLE = "queue unreadable"
+QUEUE = f"timeout 10 postqueue -j || echo '{UNREADABLE}'"
 STOP_LOGINS = "systemctl stop dovecot"
-RESUME_MAIL = (
-    f"{{ [ ! -e {KEPT_MASTER_CF} ] || mv {KEPT_MASTER_CF} {MASTER_CF}; }} && "
-    f"systemctl restart postfix && systemctl start dovecot filtermail-incoming && "
-    f"rm -f {NOCREATE}"
-)
+RESUME_MAIL = f"systemctl start dovecot {GATES} && rm -f {NOCREATE}"
 # Postfix hands a message to Dovecot in well under a second; a message still queued for a
 # local user after this long waits for a reason (Dovecot refuses it) that waiting won't fix.
 DRAIN_TIMEOUT = 120.0
@@ -71,10 +63,13 @@ class Hosts:
     restore: Callable[[str, Path], str]  # the archive onto the host; the relay's report
 
 
-def queued_for(postqueue_json: str, domain: str) -> int:
+def queued_for(postqueue_json: str, domain: str) -> int | None:
     """How many messages in Postfix's queue (`postqueue -j`, one JSON object a line) have a
     recipient in `domain`, the relay's own: mail it accepted and has not handed to Dovecot.
-    A held message counts too: its recipient gets it only if the operator releases it."""
+    A held message counts too: its recipient gets it only if the operator releases it.
+    None when the queue could not be read (`QUEUE` printed `UNREADABLE`)."""
+    if UNREADABLE in postqueue_json:
+        return None
     count = 0
     suffix = "@" + domain.lower()
     for line in postqueue_json.splitlines():
@@ -136,7 +131,9 @@ class Migration:
             say(3, f"stopping mail on {self.old} (SMTP, /mxdeliv, logins; no new accounts)")
             self.hosts.run(self.old, STOP_TAKING_MAIL)
             left = self.drain()
-            if left:
+            if left is None:
+                self.out.write(f"  {self.old}'s queue could not be read: `postqueue -p` there\n")
+            elif left:
                 self.out.write(
                     f"  {left} message(s) for the relay's users stay in {self.old}'s queue"
                     f" (`postqueue -p` there)\n"
@@ -157,9 +154,10 @@ class Migration:
             ) from None
         return changes
 
-    def drain(self) -> int:
-        """Wait until Postfix delivered what it accepted for the relay's users (the listeners
-        are closed, so nothing new comes); how many are left after `DRAIN_TIMEOUT`."""
+    def drain(self) -> int | None:
+        """Wait until Postfix delivered what it accepted for the relay's users (the gates are
+        stopped, so nothing new comes); how many are left after `DRAIN_TIMEOUT`, None if the
+        queue could not be read at all."""
         deadline = self.clock() + DRAIN_TIMEOUT
         while True:
             left = queued_for(self.hosts.run(self.old, QUEUE), self.domain)
