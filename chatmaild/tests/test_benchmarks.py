@@ -49,3 +49,19 @@ def test_auth_benchmark(tmp_path: Path) -> None:
     assert isinstance(results, dict)
     assert results["dict: first-login creations"] > 0
     assert results["dovecot: existing-account logins"] > 0
+
+
+def test_postlog_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "bench_postlog.py"), "--lines", "300", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["lines_per_message"] == {"incoming": 14, "submission": 15}
+    assert figures["process"]["lines"] == 300 and figures["process"]["cpu_seconds"] >= 0
+    assert figures["in_process_cpu_us_per_line"] > 0
