@@ -1,6 +1,9 @@
 """Benchmark of chatmail-postlog: its CPU per log line, and where that time goes.
 
-Run: `venv/bin/python chatmaild/tests/bench_postlog.py [--lines N] [--json FILE] [--profile]`.
+Run: `venv/bin/python chatmaild/tests/bench_postlog.py [--lines N] [--json FILE] [--profile]`,
+or with `--capture` (root, Debian's postfix and dovecot): the lines the real Postfix and
+Dovecot of chatmaild/tests/postfix_harness.py log for one message from a peer over port 25
+and one over /mxdeliv, each shown redacted and counted by origin.
 
 Issue #13 counts "other (mostly journald and chatmail-postlog)" among the relay's costs per
 message (doc/performance.md). This feeds the real process (`python -m chatmaild.postlog`,
@@ -13,7 +16,9 @@ this process and prints the functions that took the most time.
 The lines are those the relay's path writes for one message (`MESSAGE_LINES`), as the real
 Postfix and Dovecot of chatmaild/tests/postfix_harness.py wrote them for a message from a
 peer (port 25 and /mxdeliv), and as the submission path writes them (the harness has no
-submission listener; those lines are the ones of test_postlog's REAL_LINES). Queue ids,
+submission listener; those lines are the ones of test_postlog's REAL_LINES), with the
+header_checks "replace" lines the relay logged before it left a Subject of "[...]" alone and
+the re-injection's "connect", which its pooled connections log only now and then. Queue ids,
 pids, local parts and session ids vary per message, so no cache of any kind sees repeats.
 Loopback only; every wait has a deadline.
 """
@@ -27,6 +32,7 @@ import json
 import os
 import pstats
 import random
+import re
 import socket
 import string
 import subprocess
@@ -41,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # started with its socket on fd 3 the way systemd passes it, as in the process's own tests
 from test_postlog import SOCKET_ACTIVATE
 
-from chatmaild.postlog import scrub
+from chatmaild.postlog import redact, scrub
 
 # (syslog identifier, priority, message) of the lines one message causes, in order;
 # {qid} queue id, {qid2} the re-injected copy's, {pid} a process id, {local} a local part,
@@ -271,12 +277,73 @@ def profile(lines: list[bytes], top: int = 20) -> str:
     return text.getvalue()
 
 
+def capture() -> dict[str, dict[str, int]]:
+    """{path: {origin: lines}} of one delivered message per path, from the real daemons."""
+    import secrets
+
+    from dovecot_harness import running_relay
+    from postfix_harness import running_postfix
+    from test_postfix_gate import encrypted, imap, send_mxdeliv, send_smtp
+
+    counts: dict[str, dict[str, int]] = {}
+    with running_relay() as relay, running_postfix(relay) as postfix:
+        addr = f"g{secrets.token_hex(4)}@{postfix.domain}"
+        with imap(postfix, addr):
+            pass  # the first login creates the account
+        time.sleep(1)  # its login lines are not the message's
+        for path in ("port 25", "/mxdeliv", "port 25 again"):
+            marks = len(postfix.log().splitlines()), len(relay.dovecot_log().splitlines())
+            message = encrypted(secrets.token_hex(8), addr)
+            if path == "/mxdeliv":
+                send_mxdeliv(postfix, addr, message)
+            else:
+                send_smtp(postfix, f"<{addr}>", message)
+            postfix.wait_queue_settled()
+            time.sleep(1)  # Dovecot's lmtp logs its disconnect after Postfix's status=sent
+            lines = [
+                *(("postfix", x) for x in postfix.log().splitlines()[marks[0] :]),
+                *(("dovecot", x) for x in relay.dovecot_log().splitlines()[marks[1] :]),
+            ]
+            print(f"--- {path}")
+            counts[path] = {}
+            for daemon, line in lines:
+                origin, text = _origin(daemon, line)
+                print(f"{origin:45} {redact(text, dovecot=daemon == 'dovecot')}")
+                counts[path][origin] = counts[path].get(origin, 0) + 1
+    return counts
+
+
+# "Dec 06 17:09:32 host postfix/smtpd[5066]: QID: text" and "Dec 06 17:09:32 lmtp(5081): Info:
+# text" (Dovecot's log_path); the origin is the program and the first word of what it says
+_POSTFIX_LINE = re.compile(r"\S+ +\S+ \S+ \S+ ([^\[:]+)(?:\[\d+\])?: (?:[0-9A-F]{6,}: )?(.*)")
+_DOVECOT_LINE = re.compile(r"\S+ +\S+ \S+ ([a-z-]+)[(<].*?: (?:Info|Warning|Error): (.*)")
+
+
+def _origin(daemon: str, line: str) -> tuple[str, str]:
+    found = (_POSTFIX_LINE if daemon == "postfix" else _DOVECOT_LINE).match(line)
+    if found is None:
+        return daemon, line
+    program, text = found[1], found[2]
+    if daemon == "dovecot":
+        program = f"dovecot/{program}"
+        text = text.removeprefix(text.split(": ")[0] + ": ") if "msgid=" in text else text
+    word = re.split(r"[ =:]", text, maxsplit=1)[0]
+    return f"{program} {word}", text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--profile", action="store_true", help="cProfile of scrub, printed")
+    parser.add_argument("--capture", action="store_true", help="real daemons' lines, counted")
     args = parser.parse_args(argv)
+    if args.capture:
+        counts = capture()
+        print(json.dumps(counts, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(counts))
+        return
     lines = datagrams(args.lines)
     figures = {
         "lines_per_message": {name: len(t) for name, t in MESSAGE_LINES.items()},
