@@ -2,8 +2,10 @@
 
 Run: `venv/bin/python chatmaild/tests/bench_postlog.py [--lines N] [--json FILE] [--profile]`,
 or with `--capture` (root, Debian's postfix and dovecot): the lines the real Postfix and
-Dovecot of chatmaild/tests/postfix_harness.py log for one message from a peer over port 25
-and one over /mxdeliv, each shown redacted and counted by origin.
+Dovecot of chatmaild/tests/postfix_harness.py log for a message from a peer over port 25 and
+over /mxdeliv, and for one an account submits to another (the harness's Postfix with the
+templates' submission and local re-injection listeners added, `filtermail outgoing`, and
+Dovecot's SASL socket), each shown redacted and counted by origin.
 
 Issue #13 counts "other (mostly journald and chatmail-postlog)" among the relay's costs per
 message (doc/performance.md). This feeds the real process (`python -m chatmaild.postlog`,
@@ -13,19 +15,18 @@ figure is the process's own CPU time (utime + stime from /proc) while it scrubs 
 divided by N. With `--profile` it also runs `scrub` over the same lines under cProfile in
 this process and prints the functions that took the most time.
 
-The lines are those the relay's path writes for one message (`MESSAGE_LINES`), as the real
-Postfix and Dovecot of chatmaild/tests/postfix_harness.py wrote them for a message from a
-peer (port 25 and /mxdeliv), and as the submission path writes them (the harness has no
-submission listener; those lines are the ones of test_postlog's REAL_LINES), with the
-header_checks "replace" lines the relay logged before it left a Subject of "[...]" alone and
-the re-injection's "connect", which its pooled connections log only now and then. Queue ids,
-pids, local parts and session ids vary per message, so no cache of any kind sees repeats.
+The lines are those `--capture` shows for one message of each path (`MESSAGE_LINES`), in
+the relay's log format, with the header_checks "replace" lines the relay logged before it
+left a Subject of "[...]" alone and the re-injection's "connect", which its pooled
+connections log only now and then: the figures before and after that change are of the same
+stream. Queue ids, pids, local parts and session ids vary per message.
 Loopback only; every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -33,6 +34,8 @@ import os
 import pstats
 import random
 import re
+import secrets
+import smtplib
 import socket
 import string
 import subprocess
@@ -40,7 +43,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -277,39 +282,127 @@ def profile(lines: list[bytes], top: int = 20) -> str:
     return text.getvalue()
 
 
+# Dovecot's SASL socket for the submission listener (the relay's dovecot.conf has it in
+# Postfix's spool; the harness's Dovecot has none)
+SASL_LISTENER = "service auth {{\n  unix_listener {path} {{\n    mode = 0666\n  }}\n}}\n"
+CAPTURED = ("port 25", "/mxdeliv", "port 25 again", "submission", "submission again")
+
+
 def capture() -> dict[str, dict[str, int]]:
     """{path: {origin: lines}} of one delivered message per path, from the real daemons."""
-    import secrets
-
     from dovecot_harness import running_relay
     from postfix_harness import running_postfix
-    from test_postfix_gate import encrypted, imap, send_mxdeliv, send_smtp
 
     counts: dict[str, dict[str, int]] = {}
-    with running_relay() as relay, running_postfix(relay) as postfix:
-        addr = f"g{secrets.token_hex(4)}@{postfix.domain}"
-        with imap(postfix, addr):
-            pass  # the first login creates the account
-        time.sleep(1)  # its login lines are not the message's
-        for path in ("port 25", "/mxdeliv", "port 25 again"):
-            marks = len(postfix.log().splitlines()), len(relay.dovecot_log().splitlines())
-            message = encrypted(secrets.token_hex(8), addr)
-            if path == "/mxdeliv":
-                send_mxdeliv(postfix, addr, message)
-            else:
-                send_smtp(postfix, f"<{addr}>", message)
-            postfix.wait_queue_settled()
-            time.sleep(1)  # Dovecot's lmtp logs its disconnect after Postfix's status=sent
-            lines = [
-                *(("postfix", x) for x in postfix.log().splitlines()[marks[0] :]),
-                *(("dovecot", x) for x in relay.dovecot_log().splitlines()[marks[1] :]),
-            ]
-            print(f"--- {path}")
-            counts[path] = {}
-            for daemon, line in lines:
-                origin, text = _origin(daemon, line)
-                print(f"{origin:45} {redact(text, dovecot=daemon == 'dovecot')}")
-                counts[path][origin] = counts[path].get(origin, 0) + 1
+    with tempfile.TemporaryDirectory(prefix="bench-postlog-sasl-") as sasl_dir:
+        Path(sasl_dir).chmod(0o755)  # Postfix's smtpd connects as the postfix user
+        sasl = Path(sasl_dir) / "auth"
+        with (
+            running_relay(dovecot_settings=SASL_LISTENER.format(path=sasl)) as relay,
+            running_postfix(relay) as postfix,
+            _with_submission(postfix, sasl) as submission_port,
+        ):
+            sender, rcpt = _account(postfix), _account(postfix)
+            time.sleep(1)  # their login lines are not the messages'
+            for path in CAPTURED:
+                marks = len(postfix.log().splitlines()), len(relay.dovecot_log().splitlines())
+                _send(path, postfix, submission_port, sender, rcpt)
+                postfix.wait_queue_settled()
+                time.sleep(1)  # Dovecot's lmtp logs its disconnect after Postfix's status=sent
+                lines = [
+                    *(("postfix", x) for x in postfix.log().splitlines()[marks[0] :]),
+                    *(("dovecot", x) for x in relay.dovecot_log().splitlines()[marks[1] :]),
+                ]
+                counts[path] = _count_and_print(path, lines)
+    return counts
+
+
+def _account(postfix: Any) -> str:
+    from test_postfix_gate import imap
+
+    addr = f"g{secrets.token_hex(4)}@{postfix.domain}"
+    with imap(postfix, addr):
+        pass  # the first login creates the account
+    return addr
+
+
+def _send(path: str, postfix: Any, submission_port: int, sender: str, rcpt: str) -> None:
+    """One encrypted message to `rcpt`: from a peer, or from `sender`, logged in."""
+    from postfix_harness import LISTEN_ADDRESS, unverified_tls
+    from test_postfix_gate import PASSWORD, SENDER, encrypted, send_mxdeliv, send_smtp
+
+    message = encrypted(secrets.token_hex(8), rcpt)
+    if path.startswith("port 25"):
+        send_smtp(postfix, f"<{rcpt}>", message)
+    elif path == "/mxdeliv":
+        send_mxdeliv(postfix, rcpt, message)
+    else:
+        message = message.replace(f"From: {SENDER}".encode(), f"From: {sender}".encode())
+        with smtplib.SMTP(LISTEN_ADDRESS, submission_port, timeout=30) as smtp:
+            smtp.starttls(context=unverified_tls())
+            smtp.login(sender, PASSWORD)
+            smtp.sendmail(sender, [rcpt], message)
+
+
+@contextlib.contextmanager
+def _with_submission(postfix: Any, sasl: Path) -> Iterator[int]:
+    """The harness's Postfix with the relay's submission listener (on a loopback port) and
+    its local re-injection listener, as the templates have them, and `filtermail outgoing`."""
+    from dovecot_harness import free_port
+    from postfix_harness import FILTERMAIL, LISTEN_ADDRESS, _run_postfix, _smtp_greets
+
+    port = free_port()
+    local = f"{LISTEN_ADDRESS}:{postfix.config.postfix_reinject_port_local}"
+    _copy_service(postfix, "submission", f"{LISTEN_ADDRESS}:{port}")
+    _copy_service(postfix, local, local)
+    for name in ("mua_client_restrictions", "mua_helo_restrictions", "mua_sender_restrictions"):
+        value = postfix.postconf("-c", str(postfix.template_dir), "-h", name).strip()
+        postfix.postconf("-e", f"{name}={value}")
+    postfix.postconf("-e", f"smtpd_sasl_path={sasl}")
+    for path in postfix.config_dir.iterdir():
+        os.utime(path, (0, 0))  # as the harness does: Postfix would wait for a new main.cf
+    _run_postfix(postfix, "reload")
+    with open(postfix.base / "filtermail-outgoing.log", "wb") as out:
+        proc = subprocess.Popen(
+            [str(FILTERMAIL), str(postfix.ini), "outgoing"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        for each in (postfix.config.filtermail_smtp_port, port):
+            _wait(lambda p=each: _smtp_greets(p), f"port {each}")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _copy_service(postfix: Any, service: str, name: str) -> None:
+    """A master.cf inet service of the rendered templates, with its -o options, as `name`."""
+    template = ["-c", str(postfix.template_dir)]
+    entry = postfix.postconf(*template, "-M", f"{service}/inet").strip()
+    postfix.postconf("-M", f"{name}/inet={name} {entry.partition(' ')[2]}")
+    prefix = f"{service}/inet/"
+    for line in postfix.postconf(*template, "-P").splitlines():
+        key, _, value = line.partition(" = ")
+        if key.startswith(prefix):
+            postfix.postconf("-P", f"{name}/inet/{key.removeprefix(prefix)}={value}")
+
+
+def _wait(ready: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+
+
+def _count_and_print(path: str, lines: list[tuple[str, str]]) -> dict[str, int]:
+    """Each line redacted, with its origin; how many lines of each origin."""
+    print(f"--- {path}")
+    counts: dict[str, int] = {}
+    for daemon, line in lines:
+        origin, text = _origin(daemon, line)
+        print(f"{origin:45} {redact(text, dovecot=daemon == 'dovecot')}")
+        counts[origin] = counts.get(origin, 0) + 1
     return counts
 
 

@@ -82,11 +82,12 @@ def test_postlog_capture_counts_the_real_daemons_lines(tmp_path: Path) -> None:
     dovecot_or_skip()
     postfix_or_skip()
     counts, printed = run_postlog_bench(tmp_path, "--capture")
-    for path in ("port 25", "/mxdeliv"):
+    for path in ("port 25", "/mxdeliv", "submission"):
         assert counts[path]["postfix/lmtp to"] == 1
         assert counts[path]["dovecot/lmtp saved"] == 1
         # Subject is "[...]" already: header_checks leave it alone and log nothing
         assert not any("replace" in origin for origin in counts[path])
     assert "postfix/smtpd connect" not in counts["/mxdeliv"]
+    assert counts["submission"]["postfix/submission/smtpd NOQUEUE"] == 1
     # what the peer's message printed went through `redact`: no address is left whole
     assert not re.search(r"[a-z0-9]@example\.org", printed)
