@@ -76,11 +76,11 @@ def test_postlog_benchmark(tmp_path: Path) -> None:
 
 @pytest.mark.dovecot
 def test_postlog_capture_counts_the_real_daemons_lines(tmp_path: Path) -> None:
-    from conftest import dovecot_or_skip
     from postfix_harness import postfix_or_skip
 
-    dovecot_or_skip()
-    postfix_or_skip()
+    postfix_or_skip()  # root and Postfix: skipped without, failed in CI
+    if shutil.which("dovecot") is None and not os.environ.get("CI"):
+        pytest.skip("needs Debian's dovecot-imapd (scripts/test installs it)")
     counts, printed = run_postlog_bench(tmp_path, "--capture")
     for path in ("port 25", "/mxdeliv", "submission"):
         assert counts[path]["postfix/lmtp to"] == 1
