@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,43 @@ def test_auth_benchmark(tmp_path: Path) -> None:
     assert isinstance(results, dict)
     assert results["dict: first-login creations"] > 0
     assert results["dovecot: existing-account logins"] > 0
+
+
+def run_postlog_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """bench_postlog.py's JSON figures and what it printed."""
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "bench_postlog.py"), "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dict(json.loads(out.read_text())), result.stdout
+
+
+def test_postlog_benchmark(tmp_path: Path) -> None:
+    figures, _printed = run_postlog_bench(tmp_path, "--lines", "300")
+    assert figures["lines_per_message"] == {"incoming": 14, "submission": 15}
+    assert figures["process"]["lines"] == 300 and figures["process"]["cpu_seconds"] >= 0
+    assert figures["in_process_cpu_us_per_line"] > 0
+
+
+@pytest.mark.dovecot
+def test_postlog_capture_counts_the_real_daemons_lines(tmp_path: Path) -> None:
+    from postfix_harness import postfix_or_skip
+
+    postfix_or_skip()  # root and Postfix: skipped without, failed in CI
+    if shutil.which("dovecot") is None and not os.environ.get("CI"):
+        pytest.skip("needs Debian's dovecot-imapd (scripts/test installs it)")
+    counts, printed = run_postlog_bench(tmp_path, "--capture")
+    for path in ("port 25", "/mxdeliv", "submission"):
+        assert counts[path]["postfix/lmtp to"] == 1
+        assert counts[path]["dovecot/lmtp saved"] == 1
+        # Subject is "[...]" already: header_checks leave it alone and log nothing
+        assert not any("replace" in origin for origin in counts[path])
+    assert "postfix/smtpd connect" not in counts["/mxdeliv"]
+    assert counts["submission"]["postfix/submission/smtpd NOQUEUE"] == 1
+    # what the peer's message printed went through `redact`: no address is left whole
+    assert not re.search(r"[a-z0-9]@example\.org", printed)
