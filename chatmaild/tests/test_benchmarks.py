@@ -49,3 +49,22 @@ def test_auth_benchmark(tmp_path: Path) -> None:
     assert isinstance(results, dict)
     assert results["dict: first-login creations"] > 0
     assert results["dovecot: existing-account logins"] > 0
+
+
+@pytest.mark.skipif(
+    (os.geteuid() != 0 or shutil.which("dovecot") is None) and not os.environ.get("CI"),
+    reason="needs root and dovecot",
+)
+def test_lmtp_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    argv = [sys.executable, str(HERE / "bench_lmtp.py"), "--messages", "20", "--runs", "1"]
+    argv += ["--accounts", "2", "--variant", "relay", "--variant", "lua-before"]
+    result = subprocess.run(
+        [*argv, "--json", str(out)], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"relay", "lua-before"}
+    for runs in figures.values():
+        assert len(runs) == 1 and runs[0]["dovecot_ms"] > 0
+        assert set(runs[0]["services_ms"]) == {"doveauth", "lastlogin", "metadata"}
