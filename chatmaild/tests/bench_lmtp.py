@@ -1,21 +1,25 @@
 """Benchmark of Dovecot's CPU per LMTP delivery, with the relay's configuration and without parts.
 
-Run as root: `scripts/bench-lmtp [--messages N] [--runs R] [--variant NAME ...]`. For each
-variant and run it starts a fresh private relay (chatmaild/tests/dovecot_harness.py: the
+Run as root: `scripts/bench-lmtp [--messages N] [--runs R] [--payload B] [--variant V ...]`.
+For each variant and run it starts a fresh private relay (chatmaild/tests/dovecot_harness.py: the
 relay's generated Dovecot configuration, doveauth, lastlogin, chatmail-metadata, a fake push
 service), creates the accounts, warms up, then delivers N messages of about 2 KB over LMTP,
 one recipient each, round-robin over the accounts, a few messages per LMTP connection as
 Postfix's connection cache reuses them.
 
-CPU is read from /proc (utime + stime, doc/performance.md) before and after the deliveries, for
-every process of the Dovecot instance (its master and all descendants) plus the master's
-cutime + cstime, which hold the CPU of children that exited and were reaped in between; and
-for the three chatmaild services. A process alive at both reads counts its difference; one
-that exits in between counts its whole time in the master's cutime less what the first
-read saw: the sum is exact to the clock tick. The benchmark client is not counted.
+CPU is read from /proc (utime + stime, as `cmdeploy bench` profiles a lab host, see
+doc/performance.md) before and after the deliveries, for every process of the Dovecot
+instance (its master and all descendants) plus the master's cutime + cstime, which hold the
+CPU of children that exited and were reaped in between; and for the three chatmaild
+services. A process alive at both reads counts its difference; one that exits in between
+counts its whole time in the master's cutime less what the first read saw. The benchmark
+client and the fake push service are not counted.
 
-Variants change only the LMTP side (settings appended after the relay's, which take
-precedence, or a rewritten file); each prints CPU ms per delivery, median and spread.
+Variants change the relay's configuration (settings appended after the relay's, which take
+precedence, or a rewritten file); each prints CPU ms per delivery, median and spread, and
+the median difference to `relay` within the same round. Rounds run the variants one after
+another, so a drift of the machine's load touches all alike. The figures depend on how
+much mail waits in each mailbox (`--accounts`: fewer accounts, fuller maildirs).
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ VARIANTS = {
         Variant("relay+tokens", tokens=True),
         Variant("no-zlib", lmtp_plugins("zlib")),
         Variant("no-quota", lmtp_plugins("quota")),
+        Variant("gzip-level-1", "plugin {\n  zlib_save_level = 1\n}\n"),
+        Variant("zstd", "plugin {\n  zlib_save = zstd\n  zlib_save_level = 3\n}\n"),
         Variant(
             "no-push",
             lmtp_plugins("mail_lua", "notify", "push_notification", "push_notification_lua"),
@@ -112,6 +118,7 @@ VARIANTS = {
         Variant("static-userdb", edit=static_userdb),
         Variant("fsync-optimized", "mail_fsync = optimized\n"),
         Variant("lua-sync", edit=lua_sync),
+        Variant("lua-sync+tokens", edit=lua_sync, tokens=True),
         Variant("lua-always-writes", edit=lua_always_writes),
         Variant("lua-before", edit=lua_before),
         Variant("lua-before+tokens", edit=lua_before, tokens=True),
@@ -124,10 +131,10 @@ VARIANTS = {
 }
 
 
-def message(rcpt: str, n: int, rng: random.Random) -> bytes:
+def message(rcpt: str, n: int, rng: random.Random, payload: int) -> bytes:
     """About 2 KB, shaped like chatmail's traffic: an ASCII-armored OpenPGP message
     (RFC 3156, RFC 9580 §6), i.e. base64 of random bytes, which compresses little."""
-    armored = base64.encodebytes(rng.randbytes(1300)).decode().replace("\n", "\r\n")
+    armored = base64.encodebytes(rng.randbytes(payload)).decode().replace("\n", "\r\n")
     return (
         f"From: {SENDER}\r\nTo: {rcpt}\r\nSubject: [...]\r\n"
         f"Message-ID: <bench{n}@elsewhere.example>\r\nMIME-Version: 1.0\r\n"
@@ -153,16 +160,24 @@ def create_accounts(relay: Relay, count: int, tokens: bool) -> list[str]:
     return accounts
 
 
-def deliver(relay: Relay, accounts: list[str], count: int, per_connection: int, first: int) -> None:
+def deliver(
+    relay: Relay, accounts: list[str], count: int, options: argparse.Namespace, first: int
+) -> int:
+    """Deliver `count` messages; the bytes delivered."""
     rng = random.Random(first)
+    per_connection = options.per_connection
+    delivered = 0
     n = first
     while n < first + count:
         with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
             for _ in range(min(per_connection, first + count - n)):
                 rcpt = accounts[n % len(accounts)]
-                refused = lmtp.sendmail(SENDER, [rcpt], message(rcpt, n, rng))
+                data = message(rcpt, n, rng, options.payload)
+                refused = lmtp.sendmail(SENDER, [rcpt], data)
+                delivered += len(data)
                 assert not refused, refused
                 n += 1
+    return delivered
 
 
 def proc_stat(pid: int) -> tuple[int, list[int]] | None:
@@ -221,28 +236,36 @@ class Result:
     dovecot_ms: float
     services_ms: dict[str, float]
     wall_s: float
+    stored_ratio: float  # bytes in the maildirs / bytes delivered: what compression saved
 
 
-def run_once(variant: Variant, accounts: int, messages: int, per_connection: int) -> Result:
+def run_once(variant: Variant, options: argparse.Namespace) -> Result:
+    accounts, messages = options.accounts, options.messages
     with running_relay(dovecot_settings=variant.settings, edit_config=variant.edit) as relay:
         addrs = create_accounts(relay, accounts, variant.tokens)
-        deliver(relay, addrs, 2 * accounts, per_connection, first=0)  # warm-up
+        delivered = deliver(relay, addrs, 2 * accounts, options, first=0)  # warm-up
         settle(relay, variant, 2 * accounts)
         before = snapshot(relay)
         start = time.monotonic()
-        deliver(relay, addrs, messages, per_connection, first=2 * accounts)
+        delivered += deliver(relay, addrs, messages, options, first=2 * accounts)
         wall = time.monotonic() - start
         settle(relay, variant, 2 * accounts + messages)
         after = snapshot(relay)
         errors = [line for line in relay.dovecot_log().splitlines() if "Error" in line]
         if errors:
             raise RuntimeError(f"{variant.name}: Dovecot logged errors: {errors[:3]}")
+        stored = sum(stored_bytes(relay.mailboxes / addr) for addr in addrs)
     per = 1000 / TICK / messages
     return Result(
         (after.dovecot - before.dovecot) * per,
         {s: (after.services[s] - before.services.get(s, 0)) * per for s in after.services},
         wall,
+        stored / delivered,
     )
+
+
+def stored_bytes(home: Path) -> int:
+    return sum(f.stat().st_size for d in ("new", "cur") for f in (home / d).iterdir())
 
 
 def settle(relay: Relay, variant: Variant, delivered: int) -> None:
@@ -269,6 +292,7 @@ def line(name: str, results: list[Result], relay: list[Result] | None) -> str:
         + f"{paired_difference(results, relay)}    "
         + " ".join(f"{s}={v:.3f}" for s, v in services.items())
         + f"  wall={statistics.median(r.wall_s for r in results):.1f}s"
+        + f"  stored/delivered={statistics.median(r.stored_ratio for r in results):.2f}"
     )
 
 
@@ -282,6 +306,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--per-connection", type=int, default=10)
+    # bytes of OpenPGP data; armored in a PGP/MIME message, 1300 make about 2 KB
+    parser.add_argument("--payload", type=int, default=1300)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -290,7 +316,7 @@ def main() -> None:
     # runs interleaved: a drift of the machine's load spreads over all variants alike
     for run in range(args.runs):
         for name in names:
-            result = run_once(VARIANTS[name], args.accounts, args.messages, args.per_connection)
+            result = run_once(VARIANTS[name], args)
             results[name].append(result)
             print(f"run {run + 1} {name}: {result.dovecot_ms:.3f} ms", file=sys.stderr)
     print("variant                   runs  dovecot ms/msg med [min-max]  vs relay  services ms/msg")
