@@ -241,12 +241,17 @@ def _write_config(relay: Relay, static_password_hash: str | None) -> None:
 
 @contextlib.contextmanager
 def running_relay(
-    static_password_hash: str | None = None, extra_params: str = "", dovecot_settings: str = ""
+    static_password_hash: str | None = None,
+    extra_params: str = "",
+    dovecot_settings: str = "",
+    edit_config: Callable[[Path], None] | None = None,
 ) -> Iterator[Relay]:
     """Start the services and Dovecot; with `static_password_hash`, Dovecot alone (baseline).
 
     `extra_params` go into chatmail.ini; `dovecot_settings` after the relay's Dovecot
     configuration, where they take precedence (e.g. a short `imap_hibernate_timeout`).
+    `edit_config(base)` may rewrite the written files before Dovecot starts, for what a later
+    setting cannot undo (a userdb block, the Lua script): the delivery benchmark's variants.
     """
     if os.geteuid() != 0 or shutil.which("dovecot") is None:
         raise RuntimeError("needs root and Debian's dovecot-imapd (scripts/test installs it)")
@@ -285,6 +290,8 @@ def running_relay(
             _write_config(relay, static_password_hash)
             with relay.dovecot_conf.open("a") as conf:
                 conf.write(dovecot_settings)
+            if edit_config is not None:
+                edit_config(base)
             if static_password_hash is None:
                 shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
                 for name, (module, extra) in SERVICES.items():

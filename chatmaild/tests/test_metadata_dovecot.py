@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import imaplib
 import json
+import os
 import smtplib
 import time
 from collections.abc import Iterator
 
 import pytest
-from dovecot_harness import Relay, wait_for
+from chatmaild_testing import dovecot_or_skip
+from dovecot_harness import Relay, running_relay, wait_for
 
 from chatmaild import turn
 from chatmaild.appversions import bundled_path, check, compact
 from chatmaild.pushqueue import SPOOL_DIR
+from chatmaild.tokens import METADATA_FILE
 
 pytestmark = pytest.mark.dovecot
 
@@ -153,6 +156,44 @@ def test_mail_to_oneself_pushes_nothing(relay: Relay) -> None:
     before = len(relay.push.tokens)
     deliver(relay, "other@elsewhere.example", addr)
     assert relay.push.wait_for(before + 1)[before:] == ["device-selfsend1"]
+
+
+def test_the_push_hook_does_not_rescan_the_mailbox(relay: Relay) -> None:
+    """The hook only opens the mailbox to write its entry: a sync on every delivery would
+    reread new/, whose size grows with the mail not yet fetched (doc/performance.md). A file
+    put into new/ behind Dovecot's back shows it: a sync would give it a UID."""
+    addr = "norescan1@example.org"
+    conn = logged_in(relay, addr)
+    set_token(conn, "device-norescan1")
+    conn.select("INBOX")  # creates the maildir
+    conn.logout()
+    unseen = "1700000000.M1P1.elsewhere,S=17"
+    path = relay.mailboxes / addr / "new" / unseen
+    path.write_bytes(b"Subject: x\r\n\r\nx\r\n")
+    os.chown(path, path.parent.stat().st_uid, path.parent.stat().st_gid)
+    before = len(relay.push.tokens)
+    deliver(relay, "someone@elsewhere.example", addr)
+    assert relay.push.wait_for(before + 1)[before:] == ["device-norescan1"]
+    assert unseen not in (relay.mailboxes / addr / "dovecot-uidlist").read_text()
+
+
+def test_the_push_hook_asks_nothing_for_an_account_without_tokens() -> None:
+    """Without a device token there is no device to wake (doc/contract.md §5.7): the hook
+    neither opens the mailbox nor writes to chatmail-metadata. Here the metadata dict is out
+    of reach, so any write the hook tries shows in Dovecot's log as an error."""
+    dovecot_or_skip()
+    unreachable = "mail_attribute_dict = proxy:/nonexistent/metadata.socket:metadata\n"
+    with running_relay(dovecot_settings=unreachable) as relay:
+        for addr in ("notokens1@example.org", "hastoken1@example.org"):
+            logged_in(relay, addr).logout()  # creates the account
+        tokens = relay.mailboxes / "hastoken1@example.org" / METADATA_FILE
+        tokens.write_text("{}")
+        os.chown(tokens, tokens.parent.stat().st_uid, tokens.parent.stat().st_gid)
+        deliver(relay, "someone@elsewhere.example", "notokens1@example.org")
+        assert "rror" not in relay.dovecot_log()
+        # the same relay's hook does write for an account that has a token file
+        deliver(relay, "someone@elsewhere.example", "hastoken1@example.org")
+        wait_for(lambda: "Cannot set attribute" in relay.dovecot_log(), what="the hook's write")
 
 
 def test_gone_token_is_forgotten(relay: Relay) -> None:

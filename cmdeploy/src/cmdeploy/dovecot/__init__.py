@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from chatmaild.tokens import METADATA_FILE
+
 from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
 from ..release import BOOKWORM, RELEASES, TRIXIE
@@ -106,7 +108,9 @@ def dovecot_files(
         "dovecot", auth_template, doveauth_socket=layout.doveauth_socket
     )
     # the same push hook for both: 2.4 kept the Lua push API that it uses
-    files[str(conf_dir / "push_notification.lua")] = render("dovecot", "push_notification.lua")
+    files[str(conf_dir / "push_notification.lua")] = render(
+        "dovecot", "push_notification.lua", tokens_file=METADATA_FILE
+    )
     return files
 
 
