@@ -229,6 +229,19 @@ def restart_dns(state: State) -> None:
         services.wait_for_dns(zone)
 
 
+UNBOUND_CONTROL = "unbound-control -c /etc/unbound/unbound.conf"
+
+
+def forget_dns_failures(state: State, key: Path) -> None:
+    """The relays' resolvers forget what they learnt while the lab DNS restarted: unbound
+    takes a server that did not answer for down for minutes (its infra cache) and keeps the
+    SERVFAILs it gave meanwhile, so a relay's own checks (its health check's DNS section)
+    would fail for a while after every `lab up`. A relay without unbound yet is left as is."""
+    flush = f"{UNBOUND_CONTROL} flush_infra all; {UNBOUND_CONTROL} flush_zone test; true"
+    for relay in state.relays:
+        hosts.ssh(key, relay.ip, flush)
+
+
 def releases_of(text: str, relay_count: int) -> list[str]:
     """`--debian`: one release for all relays ("13"), or one per relay in order ("12,13"),
     the last one standing for the relays after it."""
@@ -301,6 +314,7 @@ def up(relay_count: int = 2, deploy: bool = True, debian: list[str] | None = Non
         for relay in state.relays:
             deploy_relay(relay)
         restart_dns(state)
+        forget_dns_failures(state, key)
         for relay in state.relays:
             check_dns(relay)
         start_prometheus(state)
@@ -358,6 +372,7 @@ def serve_zone(state: State, relay: Relay, zone: str) -> None:
     the operator makes at their provider)."""
     (LAB / f"{relay.name}.zone").write_text(zone)
     restart_dns(state)
+    forget_dns_failures(state, hosts.ensure_ssh_key(LAB))
 
 
 def start_prometheus(state: State) -> None:
