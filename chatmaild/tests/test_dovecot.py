@@ -3,6 +3,7 @@ blocking and deleting accounts (doc/accounts.md) against it."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import smtplib
 import socket
@@ -16,6 +17,7 @@ from imap_logins import login, plain_login, refused
 
 from chatmaild import accounts, pwhash
 from chatmaild.accountsadmin import Admin
+from cmdeploy.bench import remote_helper
 
 pytestmark = pytest.mark.dovecot
 
@@ -254,3 +256,28 @@ def test_no_address_reaches_the_logs(relay: Relay) -> None:
     admin(relay).block(addr)
     refused(relay, addr, PASSWORD)
     assert "blocked04" not in relay.service_log("doveauth")
+
+
+def test_mail_is_stored_zstd_and_older_gzip_mail_stays_readable(relay: Relay) -> None:
+    # doc/contract.md §5.4: new mail is zstd-compressed; a relay that stored gzip before the
+    # switch keeps serving those files, since Dovecot reads a file by its magic bytes
+    addr = "stored001@example.org"
+    login(relay, addr, PASSWORD).logout()
+    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
+        lmtp.sendmail("a@elsewhere.example", [addr], b"Message-ID: <new@x>\r\n\r\nzstd body\r\n")
+    [stored] = (relay.mailboxes / addr / "new").iterdir()
+    assert stored.read_bytes().startswith(remote_helper.ZSTD_MAGIC)
+    # the bench's fault run counts delivered mail by reading these files
+    assert remote_helper._message_id(str(stored)) == "new@x"
+    older = relay.mailboxes / addr / "new" / "1700000000.M1P1.earlier"
+    older.write_bytes(gzip.compress(b"Message-ID: <old@x>\r\n\r\ngzip body\r\n"))
+    os.chown(older, stored.stat().st_uid, stored.stat().st_gid)
+    conn = login(relay, addr, PASSWORD)
+    conn.select("INBOX")
+    bodies = set()
+    for seq in (b"1", b"2"):
+        typ, data = conn.fetch(seq.decode(), "(BODY[TEXT])")
+        assert typ == "OK" and isinstance(data[0], tuple), data
+        bodies.add(data[0][1])
+    conn.logout()
+    assert bodies == {b"zstd body\r\n", b"gzip body\r\n"}

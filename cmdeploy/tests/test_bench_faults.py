@@ -4,6 +4,7 @@ the relay's maildirs and account files."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gzip
 import io
 import os
@@ -77,10 +78,24 @@ def test_every_fault_has_a_unique_name_and_unknown_names_are_refused() -> None:
         faults.fault_named("nginx")
 
 
-def maildir_file(path: Path, msgid: str, compressed: bool) -> None:
+def zstd_compress(data: bytes) -> bytes:
+    lib = ctypes.CDLL("libzstd.so.1")
+    lib.ZSTD_compressBound.restype = ctypes.c_size_t
+    lib.ZSTD_compress.restype = ctypes.c_size_t
+    lib.ZSTD_compress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+    lib.ZSTD_compress.argtypes += [ctypes.c_size_t, ctypes.c_int]
+    bound = lib.ZSTD_compressBound(ctypes.c_size_t(len(data)))
+    out = ctypes.create_string_buffer(bound)
+    size = lib.ZSTD_compress(out, bound, data, len(data), 3)
+    return out.raw[:size]
+
+
+def maildir_file(path: Path, msgid: str, compressed: str = "", body: bytes = b"") -> None:
     data = f"From: <a@x>\r\nMessage-ID: <{msgid}>\r\n\r\nbody Message-ID: <fake>\r\n".encode()
+    data += body
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if compressed else data)
+    compress = {"": bytes, "gz": gzip.compress, "zstd": zstd_compress}[compressed]
+    path.write_bytes(compress(data))
 
 
 def run_helper(monkeypatch: pytest.MonkeyPatch, names: list[str], action, *args):  # type: ignore[no-untyped-def]
@@ -92,13 +107,24 @@ def test_message_ids_are_read_from_compressed_and_plain_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     box = tmp_path / "r@relay1.test"
-    maildir_file(box / "new" / "1", "one@bench", compressed=True)
-    maildir_file(box / "cur" / "2:2,S", "one@bench", compressed=False)  # a copy
-    maildir_file(box / "new" / "3", "two@bench", compressed=True)
-    (box / "new" / "4").write_bytes(b"\x1f\x8b broken")
-    maildir_file(tmp_path / "other@relay1.test" / "new" / "5", "three@bench", compressed=False)
+    maildir_file(box / "new" / "1", "one@bench", "zstd")
+    maildir_file(box / "cur" / "2:2,S", "one@bench")  # a copy, plain
+    maildir_file(box / "new" / "3", "two@bench", "gz")  # stored by an earlier relay
+    maildir_file(box / "new" / "4", "four@bench", "zstd", body=os.urandom(300_000).hex().encode())
+    (box / "new" / "5").write_bytes(b"\x1f\x8b broken")
+    (box / "new" / "6").write_bytes(remote_helper.ZSTD_MAGIC + b" broken")
+    maildir_file(tmp_path / "other@relay1.test" / "new" / "7", "three@bench", "zstd")
     found = run_helper(monkeypatch, ["r@relay1.test"], remote_helper.message_ids, str(tmp_path))
-    assert found == {"ids": {"one@bench": 2, "two@bench": 1}, "unreadable": 1}
+    assert found == {"ids": {"one@bench": 2, "two@bench": 1, "four@bench": 1}, "unreadable": 2}
+
+
+def test_only_the_head_of_a_large_zstd_message_is_unpacked() -> None:
+    data = b"Message-ID: <x@bench>\r\n\r\n" + os.urandom(100_000).hex().encode()
+    head = remote_helper.zstd_head(zstd_compress(data))
+    assert head == data[: remote_helper.HEAD_BYTES]
+    assert remote_helper.zstd_head(zstd_compress(b"short")) == b"short"
+    truncated = zstd_compress(data)[:2000]
+    assert data.startswith(remote_helper.zstd_head(truncated))
 
 
 def test_a_torn_password_file_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

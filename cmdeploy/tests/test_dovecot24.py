@@ -188,7 +188,7 @@ def test_lmtp_delivery_lands_in_the_maildir(relay: Relay24) -> None:
     with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
         lmtp.sendmail("sender@elsewhere.example", [addr], body)
     [stored] = (relay.mailboxes / addr / "new").iterdir()
-    assert stored.read_bytes()[:2] == b"\x1f\x8b"  # gzip: mail_compress is on
+    assert stored.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd: mail_compress is on
     conn = login(relay, addr, PASSWORD)
     conn.select("INBOX")
     typ, data = conn.fetch("1", "(BODY[TEXT])")

@@ -17,6 +17,8 @@ like an address: nothing here follows a name with `/` or `..`.
 """
 
 import contextlib
+import ctypes
+import functools
 import gzip
 import json
 import os
@@ -90,13 +92,67 @@ def deliveries(root: str, since: float) -> dict[str, Any]:
     return {"files": files}
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+HEAD_BYTES = 16384
+
+
+class ZstdError(Exception):
+    pass
+
+
+class _ZstdBuffer(ctypes.Structure):
+    # ZSTD_inBuffer and ZSTD_outBuffer share this layout: pointer, size, position
+    _fields_ = (("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t))
+
+
+@functools.cache
+def _libzstd() -> ctypes.CDLL:
+    # Dovecot's zlib plugin links libzstd, so a relay has it; Debian's python3 has no module
+    lib = ctypes.CDLL("libzstd.so.1")
+    lib.ZSTD_createDStream.restype = ctypes.c_void_p
+    lib.ZSTD_freeDStream.argtypes = [ctypes.c_void_p]
+    lib.ZSTD_decompressStream.restype = ctypes.c_size_t
+    lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+    return lib
+
+
+def zstd_head(data: bytes, limit: int = HEAD_BYTES) -> bytes:
+    """The first `limit` bytes (or fewer) of a zstd stream, as Dovecot writes with
+    `zlib_save = zstd`."""
+    lib = _libzstd()
+    stream = lib.ZSTD_createDStream()
+    if not stream:
+        raise ZstdError("no memory")
+    try:
+        source = ctypes.create_string_buffer(data, len(data))
+        target = ctypes.create_string_buffer(limit)
+        inbuf = _ZstdBuffer(ctypes.cast(source, ctypes.c_void_p), len(data), 0)
+        outbuf = _ZstdBuffer(ctypes.cast(target, ctypes.c_void_p), limit, 0)
+        while outbuf.pos < limit:
+            before = (inbuf.pos, outbuf.pos)
+            ret = lib.ZSTD_decompressStream(stream, ctypes.byref(outbuf), ctypes.byref(inbuf))
+            if lib.ZSTD_isError(ret):
+                raise ZstdError("damaged stream")
+            if ret == 0 or (inbuf.pos, outbuf.pos) == before:
+                break  # the frame's end, or the file's
+        return target.raw[: outbuf.pos]
+    finally:
+        lib.ZSTD_freeDStream(stream)
+
+
 def _message_id(path: str) -> str | None:
-    """The Message-ID of a maildir file, stored gzip-compressed (Dovecot's zlib) or plain."""
+    """The Message-ID of a maildir file: Dovecot's zlib plugin stores it zstd- or (before
+    the relay switched) gzip-compressed, or plain."""
     with open(path, "rb") as f:
-        head = f.read(2)
+        head = f.read(4)
         f.seek(0)
-        stream = gzip.GzipFile(fileobj=f) if head == b"\x1f\x8b" else f
-        text = stream.read(16384)
+        if head.startswith(ZSTD_MAGIC):
+            text = zstd_head(f.read())
+        elif head.startswith(b"\x1f\x8b"):
+            text = gzip.GzipFile(fileobj=f).read(HEAD_BYTES)
+        else:
+            text = f.read(HEAD_BYTES)
     for line in text.split(b"\r\n\r\n", 1)[0].splitlines():
         if line.lower().startswith(b"message-id:"):
             return line.split(b":", 1)[1].strip().strip(b"<>").decode(errors="replace")
@@ -116,7 +172,7 @@ def message_ids(root: str) -> dict[str, Any]:
             for entry in entries:
                 try:
                     msgid = _message_id(entry.path)
-                except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
+                except (OSError, EOFError, gzip.BadGzipFile, zlib.error, ZstdError):
                     unreadable += 1
                     continue
                 if msgid is not None:
