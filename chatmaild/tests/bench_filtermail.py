@@ -6,8 +6,8 @@ Run: `scripts/bench-filtermail [--seconds S] [--clients N] [--json FILE]` (needs
 - filtermail: the real `filtermail INI outgoing` process (rate limit off);
 - baseline: an aiosmtpd handler that only re-injects (no checks), in its own process.
 
-For 2 KB and 1 MB PGP/MIME messages over N client connections it prints messages per second
-and the server's CPU microseconds per message, and the ratio filtermail / baseline. The
+For 2 KB, 200 KB and 1 MB PGP/MIME messages over N client connections it prints messages per
+second and the server's CPU microseconds per message, and the ratio filtermail / baseline. The
 messages are structurally valid OpenPGP (a real PKESK from the corpus and a SEIPD of random
 bytes): the gate checks structure, never decrypts. Loads are bounded by time and target only
 loopback.
@@ -173,7 +173,7 @@ def main() -> None:
             print(
                 f"# {args.clients} clients, {args.seconds:g} s per figure, {os.cpu_count()} cores"
             )
-            for label, size in (("2KB", 2048), ("1MB", 2**20)):
+            for label, size in (("2KB", 2048), ("200KB", 200 * 1024), ("1MB", 2**20)):
                 message = pgp_message(size)
                 base = measure(base_port, base_pid, message, args.clients, args.seconds)
                 gate = measure(gate_port, gate_pid, message, args.clients, args.seconds)

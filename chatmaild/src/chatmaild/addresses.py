@@ -13,6 +13,7 @@ are not UTF-8 show up as surrogates and are refused).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ def _is_host_name(domain: str) -> bool:
     )
 
 
+# The gate reads the same sender and recipient several times per message (MAIL, RCPT, the
+# From field, the choice of re-injection port): a pure function, so the answer is kept.
+@functools.lru_cache(maxsize=1024)
 def parse_mailbox(text: str) -> Mailbox | None:
     """`local@domain` in the one syntax of §1.1, or None for anything else."""
     local, at, domain = text.partition("@")

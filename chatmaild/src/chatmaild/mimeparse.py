@@ -72,32 +72,46 @@ MAX_LINE = 998
 
 def has_bare_newline(data: bytes, start: int = 0, end: int | None = None) -> bool:
     """Whether `data[start:end]` holds a CR not followed by LF, or an LF not after a CR."""
-    end = len(data) if end is None else end
-    pairs = data.count(CRLF, start, end)
-    return data.count(b"\r", start, end) != pairs or data.count(b"\n", start, end) != pairs
+    # replace() drops exactly the CRLFs that count() would find, so a CR or LF left is a bare
+    # one. Two passes at memchr speed: CPython 3.11 counts a single byte in a slow loop, and
+    # three counts were most of the gate's CPU for a large message.
+    rest = data[start:end].replace(CRLF, b"")
+    return b"\r" in rest or b"\n" in rest
 
 
 def crlf_only(data: bytes, window: int = 1 << 18) -> bool:
     """Whether every CR and LF in `data` is part of a CRLF. Judged a window of whole lines at a
     time, so that a thread doing this for a 25 MB message lets the others run meanwhile."""
-    return all(_windows_ok(data, window, max_line=None))
+    return not any(has_bare_newline(data, pos, stop) for pos, stop in _windows(data, window))
 
 
 def lines_within_limit(data: bytes, window: int = 1 << 18) -> bool:
     """Whether `data` has only CRLF line ends and no line over `MAX_LINE` octets; judged a
     window at a time like `crlf_only`."""
-    return all(_windows_ok(data, window, max_line=MAX_LINE))
+    return crlf_only(data, window) and _no_line_longer(data, MAX_LINE + 1)  # with its CR
 
 
-def _windows_ok(data: bytes, window: int, max_line: int | None) -> Iterator[bool]:
+def _windows(data: bytes, window: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive windows of about `window` bytes, each ending just after an
+    LF (or at the end), so that no CRLF is split between two of them."""
     pos, end = 0, len(data)
     while pos < end:
-        stop = data.find(b"\n", min(pos + window, end) - 1) + 1 or end  # just after an LF
-        pairs = data.count(CRLF, pos, stop)
-        yield data.count(b"\r", pos, stop) == pairs and data.count(b"\n", pos, stop) == pairs
-        if max_line is not None:
-            yield max(map(len, data[pos:stop].split(b"\n"))) <= max_line + 1  # with its CR
+        stop = data.find(b"\n", min(pos + window, end) - 1) + 1 or end
+        yield pos, stop
         pos = stop
+
+
+def _no_line_longer(data: bytes, limit: int) -> bool:
+    """Whether no run of bytes without an LF is longer than `limit`: the last LF within
+    `limit + 1` bytes of a line's start skips all the short lines before it at once, so a
+    message of 70-octet lines costs one short search per kilobyte, not one per line."""
+    pos, end = 0, len(data)
+    while end - pos > limit:
+        newline = data.rfind(b"\n", pos, pos + limit + 1)
+        if newline < 0:
+            return False
+        pos = newline + 1
+    return True
 
 
 @dataclass(frozen=True)

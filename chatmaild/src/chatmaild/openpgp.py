@@ -123,11 +123,10 @@ def _decode_base64_lines(body: bytes, start: int, end: int) -> bytes | None:
         window = body[pos:stop]
         if window.startswith(_CRLF) or _CRLF + _CRLF in window:
             return None  # an empty line, within the window or where it starts
-        if window.count(b"\r") != window.count(b"\n"):
-            return None
-        text = carry + window.replace(_CRLF, b"")
-        if len(text) != len(carry) + len(window) - 2 * window.count(_CRLF):
-            return None  # a CR or LF that is not part of a CRLF
+        lines = window.replace(_CRLF, b"")
+        if b"\r" in lines or b"\n" in lines:
+            return None  # a CR or LF that is not part of a CRLF (see mimeparse.has_bare_newline)
+        text = carry + lines
         usable = len(text) - len(text) % 4
         try:
             chunk = binascii.a2b_base64(text[:usable], strict_mode=True)

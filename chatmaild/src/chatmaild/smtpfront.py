@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from .gatemetrics import GateCounters
+from .mimeparse import has_bare_newline
 from .smtpreject import Reject, message_too_large
 
 log = logging.getLogger("filtermail")
@@ -76,10 +77,7 @@ def _newlines_checked(buffer: bytearray, start: int) -> int | None:
     buffer is checked. A CR last in the buffer may yet get its LF: it is looked at again
     once more data has arrived."""
     end = len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)
-    pairs = buffer.count(b"\r\n", start, end)
-    if buffer.count(b"\n", start, end) != pairs or buffer.count(b"\r", start, end) != pairs:
-        return None
-    return end
+    return None if has_bare_newline(buffer, start, end) else end
 
 
 def unstuff(data: bytearray) -> bytearray:
@@ -130,7 +128,10 @@ class SmtpSession:
         try:
             if timeout <= 0:
                 raise TimeoutError
-            chunk = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every read in a new
+            # task, a few loop iterations more per command line
+            async with asyncio.timeout(timeout):
+                chunk = await self.reader.read(READ_SIZE)
         except TimeoutError:
             log.info("closing connection: timeout")
             raise ConnectionClosed from None
