@@ -68,6 +68,19 @@ def test_the_command_asks_for_the_three_names_with_an_ecdsa_key(tmp_path: Path) 
     assert "--register-unsafely-without-email" in acme.certbot_command(make_layout(tmp_path))
 
 
+def test_a_changed_external_certificate_reloads_all_three_servers(tmp_path: Path) -> None:
+    # Postfix's smtpd reads the certificate only when a process starts: without the reload a
+    # running one would go on serving the replaced certificate
+    external = make_layout(
+        tmp_path, tls_external_cert_and_key=f"{tmp_path}/cert.pem {tmp_path}/key.pem"
+    )
+    service = acme.external_reload_files(external)["/etc/systemd/system/tls-cert-reload.service"]
+    [start] = [line for line in service[0].splitlines() if line.startswith("ExecStart=")]
+    command = start.removeprefix("ExecStart=").split()
+    assert command[:2] == ["/usr/bin/systemctl", "try-reload-or-restart"]
+    assert sorted(command[2:]) == ["dovecot.service", "nginx.service", "postfix.service"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd")
 def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     layout = make_layout(tmp_path)

@@ -93,8 +93,8 @@ def placeholder_command(layout: Layout, days: int, names: list[str]) -> str:
 
 
 def external_reload_files(layout: Layout) -> dict[str, tuple[str, str]]:
-    """External certificates (doc/contract.md §6.1): a path unit reloads Dovecot and nginx when the
-    operator's certificate or key changes; Postfix reads them at each new connection."""
+    """External certificates (doc/contract.md §6.1): a path unit reloads Dovecot, nginx and
+    Postfix when the operator's certificate or key changes."""
     tls = layout.tls
     path = render(COMPONENT, "tls-cert-reload.path.j2", watched=[tls.cert, tls.key])
     service = render(COMPONENT, "tls-cert-reload.service.j2")
