@@ -83,8 +83,8 @@ class Variant:
     name: str
     doc: str
     # main.cf settings, and master.cf -o settings as {service role: {parameter: value}};
-    # a role is "smtp" (the port-25 listener) or "reinject" (reinject_incoming); value None
-    # removes the -o
+    # a role is "smtp" (the port-25 listener), "reinject" (reinject_incoming), "cleanup" or
+    # "lmtp"; value None removes the -o
     main: dict[str, str] = field(default_factory=dict)
     services: dict[str, dict[str, str | None]] = field(default_factory=dict)
     attribution: bool = True
@@ -122,6 +122,16 @@ VARIANTS = {
             main={"max_use": "1000"},
             services={"smtp": {"max_use": "100"}},
             attribution=False,
+        ),
+        *(
+            Variant(
+                f"restart-each-{role}",
+                f"max_use = 1 on {role}: a new process per connection, so the figure less"
+                " `relay`'s is that daemon's start-up cost; divided by max_use (100) it is what"
+                " the restarts cost per connection on a relay",
+                services={role: {"max_use": "1"}},
+            )
+            for role in ("smtp", "cleanup", "lmtp")
         ),
         Variant(
             "ri-no-addrmap",
@@ -176,6 +186,8 @@ def adapter(variant: Variant) -> Callable[[PostfixRelay], None]:
         names = {
             "smtp": postfix.smtp_service,
             "reinject": f"{LISTEN_ADDRESS}:{postfix.reinject_port}/inet",
+            "cleanup": "cleanup/unix",
+            "lmtp": "lmtp/unix",
         }
         for role, params in variant.services.items():
             for param, value in params.items():
