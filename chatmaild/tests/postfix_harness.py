@@ -423,8 +423,14 @@ def _stop_postfix(postfix: PostfixRelay) -> None:
 
 
 @contextlib.contextmanager
-def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
-    """Start filtermail incoming and a private Postfix in front of the Dovecot of `relay`."""
+def running_postfix(
+    relay: Relay, adapt: Callable[[PostfixRelay], None] | None = None
+) -> Iterator[PostfixRelay]:
+    """Start filtermail incoming and a private Postfix in front of the Dovecot of `relay`.
+
+    `adapt(postfix)` may change the instance further (with `postfix.postconf`) before Postfix
+    starts: the variants of bench_postfix.py. The tests pass none.
+    """
     missing = postfix_missing()
     if missing:
         raise RuntimeError(missing)
@@ -471,6 +477,9 @@ def running_postfix(relay: Relay) -> Iterator[PostfixRelay]:
         _render(config, postfix.template_dir)
         _render(config, postfix.config_dir)
         _adapt(postfix, relay)
+        if adapt is not None:
+            adapt(postfix)
+            _settle_mtimes(postfix.config_dir)
         postfix.settings = _parse_postconf(postfix.postconf("-n"))
         _self_signed_certificate(base / "tls", config.address_domain)
         postfix.queue_dir.mkdir()
