@@ -110,3 +110,25 @@ def test_lmtp_benchmark(tmp_path: Path) -> None:
     for runs in figures.values():
         assert len(runs) == 1 and runs[0]["dovecot_ms"] > 0
         assert set(runs[0]["services_ms"]) == {"doveauth", "lastlogin", "metadata"}
+
+
+@pytest.mark.skipif(
+    (os.geteuid() != 0 or shutil.which("postfix") is None) and not os.environ.get("CI"),
+    reason="needs root, postfix and dovecot",
+)
+def test_postfix_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    argv = [sys.executable, str(HERE / "bench_postfix.py"), "--messages", "200", "--runs", "1"]
+    argv += ["--warmup", "2", "--accounts", "2", "--variant", "relay", "--variant", "one-pass"]
+    result = subprocess.run(
+        [*argv, "--json", str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"relay", "one-pass"}
+    [relay], [one_pass] = figures["relay"], figures["one-pass"]
+    # the re-injection smtpd works only when the gate is in front of Postfix
+    assert relay["ms"]["POSTFIX TOTAL"] > 0 and one_pass["ms"]["POSTFIX TOTAL"] > 0
+    assert relay["ms"].get("smtpd reinject", 0) > 0
+    assert one_pass["ms"].get("smtpd reinject", 0) == 0
+    assert "smtpd port 25" in result.stdout
