@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from unittest import mock
 
@@ -110,3 +111,19 @@ def test_a_relay_of_an_older_lab_state_runs_debian_12(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(json.dumps(state))
     with mock.patch.object(lab, "LAB", tmp_path):
         assert lab.State.load().relays[0].debian == "12"
+
+
+def test_a_reboot_that_hangs_ends_with_the_power_cut() -> None:
+    from cmdeploy.lab import hosts
+
+    # a host whose shutdown hangs: its process does not end by itself
+    stuck = subprocess.Popen(["sleep", "100"])
+    try:
+        assert hosts.finish_reboot(stuck.pid, grace=0.5) is True
+        assert stuck.wait(timeout=40) != 0  # ended by a signal
+    finally:
+        stuck.kill()
+    # a host that goes down by itself is left alone
+    quick = subprocess.Popen(["sleep", "0.2"])
+    assert hosts.finish_reboot(quick.pid, grace=30) is False
+    quick.wait()

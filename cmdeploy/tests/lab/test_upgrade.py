@@ -61,11 +61,7 @@ def reboot(state: lab.State, relay: lab.Relay) -> None:
     to kill here, as `bench --faults` found): its shutdown hangs. A real server's does not.
     So after a minute the lab cuts the power, by ending the host's init, as a reset would."""
     hosts.ssh(KEY, relay.ip, "systemctl reboot")
-    deadline = time.monotonic() + 60
-    while hosts.alive(relay.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if hosts.alive(relay.pid):
-        hosts.power_off(relay.pid)
+    hosts.finish_reboot(relay.pid)
     lab.up(len(state.relays), deploy=False)
 
 

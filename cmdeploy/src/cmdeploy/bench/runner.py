@@ -663,7 +663,12 @@ class Bench:
             started = time.monotonic()
             try:
                 if fault.command == faults.REBOOT:
-                    hit["reboot_seconds"] = round(await asyncio.to_thread(relay1.reboot), 1)
+                    seconds, power_cut = await asyncio.to_thread(relay1.reboot)
+                    hit["reboot_seconds"], hit["power_cut"] = round(seconds, 1), power_cut
+                    if power_cut:
+                        self.say(
+                            "  its shutdown hung after the services stopped: the lab cut the power"
+                        )
                 elif fault.command == faults.DISK_FULL:
                     hit.update(await self.fill_disk(relay1, users))
                 else:

@@ -175,6 +175,22 @@ def power_off(pid: int, timeout: float = 30) -> None:
     stop_process(pid, timeout)
 
 
+def finish_reboot(pid: int, grace: float = 60) -> bool:
+    """Wait for a host told to reboot to end its nspawn process `pid`; after `grace` seconds
+    cut its power (`power_off`), as a machine's reset would. True if the power was cut.
+
+    Debian 13's systemd in the lab's containers cannot end processes whose control groups
+    are not its to kill here, so its shutdown can hang once every service has stopped; a real
+    server's does not. The services' own stop sequence has run either way."""
+    deadline = time.monotonic() + grace
+    while alive(pid):
+        if time.monotonic() > deadline:
+            power_off(pid)
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def stop_process(pid: int, timeout: float = 30) -> None:
     """SIGTERM (nspawn turns it into a clean shutdown of the host), SIGKILL after `timeout`."""
     if not alive(pid):
