@@ -28,7 +28,6 @@ import argparse
 import base64
 import imaplib
 import json
-import os
 import random
 import smtplib
 import statistics
@@ -41,13 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dovecot_harness import Relay, running_relay, wait_for
+from proctable import TICK, cmdline, descends, process_table
 
 for _command in ("SETMETADATA",):
     imaplib.Commands.setdefault(_command, ("AUTH", "SELECTED"))
 
 PASSWORD = "bench-password-1"
 SENDER = "sender@elsewhere.example"
-TICK = os.sysconf("SC_CLK_TCK")
 SERVICES = ("doveauth", "lastlogin", "metadata")
 LMTP_PLUGINS = "zlib quota mail_lua notify push_notification push_notification_lua"
 
@@ -180,23 +179,6 @@ def deliver(
     return delivered
 
 
-def proc_stat(pid: int) -> tuple[int, list[int]] | None:
-    """(ppid, [utime, stime, cutime, cstime]) in clock ticks, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # the name in () may hold spaces
-    return int(fields[1]), [int(x) for x in fields[11:15]]
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
-
-
 @dataclass
 class CpuSnapshot:
     dovecot: int = 0
@@ -205,29 +187,15 @@ class CpuSnapshot:
 
 def snapshot(relay: Relay) -> CpuSnapshot:
     master = int((relay.base / "run" / "master.pid").read_text())
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = proc_stat(int(entry.name))
-            if stat is not None:
-                stats[int(entry.name)] = stat
-    parents = {pid: ppid for pid, (ppid, _) in stats.items()}
-
-    def under_master(pid: int) -> bool:
-        while pid > 1:
-            if pid == master:
-                return True
-            pid = parents.get(pid, 0)
-        return False
-
+    table = process_table()
     snap = CpuSnapshot()
     lib = str(relay.base / "lib")
-    for pid, (_, (utime, stime, cutime, cstime)) in stats.items():
-        if under_master(pid):
-            snap.dovecot += utime + stime + (cutime + cstime if pid == master else 0)
-        elif lib in (line := cmdline(pid)):
+    for pid, stat in table.items():
+        if descends(table, pid, master):
+            snap.dovecot += stat.own + (stat.reaped if pid == master else 0)
+        elif lib in (line := " ".join(cmdline(pid))):
             name = next(s for s in SERVICES if f"chatmaild.{s} " in line or f".{s} import" in line)
-            snap.services[name] = utime + stime + cutime + cstime
+            snap.services[name] = stat.own + stat.reaped
     return snap
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import imaplib
 import json
-import os
 import smtplib
 import statistics
 import sys
@@ -70,8 +69,8 @@ from postfix_harness import (
     running_postfix,
     unverified_tls,
 )
+from proctable import TICK, cmdline, descends, process_table
 
-TICK = os.sysconf("SC_CLK_TCK")
 SENDER = "x@[192.0.2.1]"  # an IP-literal domain: the gate's DKIM check does not apply
 PASSWORD = "bench-postfix-password"
 ATTRIBUTION = {"max_use": "100000", "max_idle": "3600s"}
@@ -267,24 +266,6 @@ def wait_delivered(postfix: PostfixRelay, total: int) -> None:
     wait_for(done, SETTLE_TIMEOUT, f"{total} deliveries")
 
 
-def proc_stat(pid: int) -> tuple[str, int, list[int]] | None:
-    """(name, ppid, [utime, stime, cutime, cstime]) in clock ticks, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    name = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return name, int(fields[1]), [int(x) for x in fields[11:15]]
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
 @dataclass
 class Snapshot:
     # pid: (row name, utime + stime)
@@ -295,19 +276,7 @@ class Snapshot:
 
 
 def snapshot(postfix: PostfixRelay, relay: Relay) -> Snapshot:
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := proc_stat(int(entry.name))) is not None:
-            stats[int(entry.name)] = stat
-    parents = {pid: ppid for pid, (_, ppid, _) in stats.items()}
-
-    def under(pid: int, root: int) -> bool:
-        while pid > 1:
-            if pid == root:
-                return True
-            pid = parents.get(pid, 0)
-        return False
-
+    table = process_table()
     pf_master = int((postfix.queue_dir / "pid" / "master.pid").read_text().split()[0])
     dc_master = int((relay.base / "run" / "master.pid").read_text())
     smtpd_rows = {
@@ -316,25 +285,26 @@ def snapshot(postfix: PostfixRelay, relay: Relay) -> Snapshot:
     }
     snap = Snapshot(others={"filtermail": 0, "dovecot": 0, "chatmaild services": 0})
     lib = str(relay.base)
-    for pid, (name, _, (utime, stime, cutime, cstime)) in stats.items():
+    for pid, stat in table.items():
         if pid == pf_master:
-            snap.master_own, snap.master_reaped = utime + stime, cutime + cstime
-        elif under(pid, pf_master):
+            snap.master_own, snap.master_reaped = stat.own, stat.reaped
+        elif descends(table, pid, pf_master):
+            name = stat.name
             if name == "smtpd":
                 args = cmdline(pid)
                 service = args[args.index("-n") + 1] if "-n" in args else "?"
                 name = smtpd_rows.get(service, f"smtpd {service}")
-            snap.postfix[pid] = (name, utime + stime)
+            snap.postfix[pid] = (name, stat.own)
         elif pid == dc_master:
-            snap.others["dovecot"] += utime + stime + cutime + cstime
-        elif under(pid, dc_master):
-            snap.others["dovecot"] += utime + stime
+            snap.others["dovecot"] += stat.own + stat.reaped
+        elif descends(table, pid, dc_master):
+            snap.others["dovecot"] += stat.own
         else:
             args = cmdline(pid)
             if str(FILTERMAIL) in args and str(postfix.ini) in args:
-                snap.others["filtermail"] += utime + stime + cutime + cstime
+                snap.others["filtermail"] += stat.own + stat.reaped
             elif any(lib in a for a in args) and "chatmaild" in " ".join(args):
-                snap.others["chatmaild services"] += utime + stime + cutime + cstime
+                snap.others["chatmaild services"] += stat.own + stat.reaped
     return snap
 
 
@@ -366,6 +336,19 @@ def difference(before: Snapshot, after: Snapshot, messages: int) -> tuple[dict, 
     return ms, started
 
 
+def wait_lmtp_sessions_ended(relay: Relay) -> int:
+    """Wait until every LMTP session Dovecot logged as begun has ended (it ends one after
+    Postfix logged `status=sent`, or when Postfix's connection cache lets it go), so that
+    its CPU falls inside the window it belongs to; the sessions begun so far."""
+
+    def count() -> tuple[int, int]:
+        log = relay.dovecot_log()
+        return log.count("Connect from local"), log.count("Disconnect from local")
+
+    wait_for(lambda: len(set(count())) == 1, SETTLE_TIMEOUT, "Dovecot's LMTP sessions to end")
+    return count()[0]
+
+
 def run_once(variant: Variant, options: argparse.Namespace) -> Result:
     with (
         running_relay() as relay,
@@ -375,16 +358,14 @@ def run_once(variant: Variant, options: argparse.Namespace) -> Result:
         warm = options.warmup
         send(postfix, accounts, 0, warm, options)
         wait_delivered(postfix, warm)
-        time.sleep(0.5)
-        lmtp0 = relay.dovecot_log().count("Connect from local")
+        lmtp0 = wait_lmtp_sessions_ended(relay)
         before = snapshot(postfix, relay)
         start = time.monotonic()
         send(postfix, accounts, warm, options.messages, options)
         wait_delivered(postfix, warm + options.messages)
         wall = time.monotonic() - start
-        time.sleep(0.5)  # Dovecot's lmtp ends its sessions after Postfix logs status=sent
+        lmtp = wait_lmtp_sessions_ended(relay) - lmtp0
         after = snapshot(postfix, relay)
-        lmtp = relay.dovecot_log().count("Connect from local") - lmtp0
     ms, started = difference(before, after, options.messages)
     return Result(ms, started, lmtp, wall, options.messages)
 

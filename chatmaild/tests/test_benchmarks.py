@@ -32,6 +32,13 @@ def run_bench(script: str, tmp_path: Path, *args: str) -> dict[str, object]:
     return dict(json.loads(out.read_text()))
 
 
+def needs_root_and(*programs: str) -> pytest.MarkDecorator:
+    """Skip without root or one of `programs`, except in CI, where they must be there."""
+    missing = os.geteuid() != 0 or any(shutil.which(p) is None for p in programs)
+    reason = "needs root and " + " and ".join(programs)
+    return pytest.mark.skipif(missing and not os.environ.get("CI"), reason=reason)
+
+
 @pytest.mark.skipif(
     shutil.which("smtp-sink") is None and not os.environ.get("CI"), reason="needs postfix"
 )
@@ -93,10 +100,7 @@ def test_postlog_capture_counts_the_real_daemons_lines(tmp_path: Path) -> None:
     assert not re.search(r"[a-z0-9]@example\.org", printed)
 
 
-@pytest.mark.skipif(
-    (os.geteuid() != 0 or shutil.which("dovecot") is None) and not os.environ.get("CI"),
-    reason="needs root and dovecot",
-)
+@needs_root_and("dovecot")
 def test_lmtp_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     argv = [sys.executable, str(HERE / "bench_lmtp.py"), "--messages", "20", "--runs", "1"]
@@ -112,10 +116,7 @@ def test_lmtp_benchmark(tmp_path: Path) -> None:
         assert set(runs[0]["services_ms"]) == {"doveauth", "lastlogin", "metadata"}
 
 
-@pytest.mark.skipif(
-    (os.geteuid() != 0 or shutil.which("postfix") is None) and not os.environ.get("CI"),
-    reason="needs root, postfix and dovecot",
-)
+@needs_root_and("postfix", "dovecot")
 def test_postfix_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     argv = [sys.executable, str(HERE / "bench_postfix.py"), "--messages", "200", "--runs", "1"]
