@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -691,6 +692,56 @@ def test_without_a_journal_lines_are_dropped_and_the_process_lives_on(
     assert received[1] == "connect from unknown[IP]"
     assert scrubber.process.poll() is None
     assert not any("alice" in line or "10.1.2.3" in line for line in said)
+
+
+def numbered_lines(n: int) -> list[bytes]:
+    return [f"<22>Nov 26 03:38:34 postfix/qmgr[9]: line {i}".encode() for i in range(n)]
+
+
+def send_in_background(scrubber: Scrubber, lines: list[bytes]) -> threading.Thread:
+    """Postfix's side: each send waits while the scrubber's own queue is full, as syslog() does."""
+    thread = threading.Thread(target=lambda: [scrubber.send(line) for line in lines])
+    thread.start()
+    return thread
+
+
+def test_a_journal_busy_for_a_moment_loses_no_line(scrubber: Scrubber) -> None:
+    # journald's queue holds net.unix.max_dgram_qlen datagrams, 10 by default: a journal that
+    # reads nothing for a fifth of a second under a burst of 100 lines must still get all
+    lines = numbered_lines(100)
+    with fake_journald(scrubber.journal) as journald:
+        sending = send_in_background(scrubber, lines)
+        time.sleep(0.2)  # journald waiting for a core
+        received = [journal_fields(journald.recv(65536))["MESSAGE"] for _ in lines]
+        sending.join(timeout=10)
+    assert received == [f"line {i}" for i in range(100)]
+    scrubber.process.terminate()
+    _, stderr = scrubber.process.communicate(timeout=10)
+    assert "dropped" not in stderr
+
+
+def test_a_stuck_journal_holds_postfix_up_once_and_then_lines_are_dropped(
+    scrubber: Scrubber,
+) -> None:
+    stderr = scrubber.process.stderr
+    assert stderr is not None
+    stderr.readline()  # its start
+    with fake_journald(scrubber.journal) as journald:
+        sending = send_in_background(scrubber, numbered_lines(200))
+        assert "dropped" in stderr.readline()  # reported while the journal reads nothing
+        # one wait of a second at most, then each line is dropped at once: well under the
+        # 200 seconds that a wait per line would take
+        sending.join(timeout=30)
+        assert not sending.is_alive()
+        while True:  # what the queue took before it was full
+            journald.settimeout(0.5)
+            try:
+                journald.recv(65536)
+            except TimeoutError:
+                break
+        journald.settimeout(10)
+        scrubber.send(GLIBC_DATAGRAM)  # the journal reads again: so do we
+        assert journal_fields(journald.recv(65536))["MESSAGE"] == "connect from unknown[IP]"
 
 
 def test_the_process_refuses_to_run_without_a_socket_from_systemd(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ entry--> journald.
   explicit fields. Chosen over re-sending a syslog line to journald's dev-log: nothing gets
   parsed twice, and MESSAGE is length-prefixed, so no text in it can pose as another field.
   `journalctl -t postfix/smtpd` works as before; `_SYSTEMD_UNIT` is now this service.
-- Never holding Postfix up: sends to journald never block (`MSG_DONTWAIT`); a line journald
-  cannot take at once is dropped and counted. One datagram is in memory at a time.
+- Never holding Postfix up for long: a line waits at most a second for room in journald's
+  queue, and while journald takes none, lines are dropped at once and counted (`Journal`).
+  One datagram is in memory at a time.
   While this process is down, Postfix's syslog() waits on a full socket queue until systemd
   has restarted it (`Restart=always`); if the socket unit itself fails, the socket closes and
   glibc drops the lines: mail never stops for logging.
@@ -267,6 +268,7 @@ LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 DATAGRAM_MAX = 65536
 REPORT_INTERVAL = 60.0  # seconds between reports of dropped lines
+JOURNAL_WAIT = 1.0  # seconds a line may wait for room in journald's queue (`Journal`)
 
 
 class NoSocket(Exception):
@@ -295,15 +297,62 @@ def listen_socket() -> socket.socket:
     return sock
 
 
-def serve(listen: socket.socket, journal: str, clock: Callable[[], float] = time.monotonic) -> None:
-    """Forever: receive a datagram, scrub it, hand it to journald without waiting."""
-    out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+class Journal:
+    """journald's native socket, connected so that a full queue can be waited for.
+
+    journald takes datagrams from a queue of `net.unix.max_dgram_qlen` entries, 10 by the
+    kernel's default (Debian sets no other), and a burst of mail fills that while journald
+    waits a few milliseconds for a core: sending without waiting dropped hundreds of lines a
+    minute under load. A line therefore waits up to `wait` seconds for room. Should journald
+    not take one in that time, it is stuck, and lines are dropped at once until it takes one
+    again: a stuck journal holds Postfix up (whose syslog() waits on this process) for one
+    `wait` only, and mail never stops for logging."""
+
+    def __init__(self, path: str, wait: float) -> None:
+        self.path = path
+        self.wait = wait
+        self.sock: socket.socket | None = None
+        self.stuck = False
+
+    def send(self, entry: bytes) -> bool:
+        """Whether journald took the entry."""
+        for attempt in range(2):
+            try:
+                if self.sock is None:
+                    self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self.sock.connect(self.path)
+                self.sock.settimeout(0 if self.stuck else self.wait)
+                self.sock.send(entry)
+            except (TimeoutError, BlockingIOError):
+                self.stuck = True
+                return False
+            except OSError:  # journald restarted (a new socket at the path) or is not there
+                self.close()
+                if attempt:
+                    return False
+                continue
+            self.stuck = False
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def serve(
+    listen: socket.socket,
+    journal: str,
+    clock: Callable[[], float] = time.monotonic,
+    wait: float = JOURNAL_WAIT,
+) -> None:
+    """Forever: receive a datagram, scrub it, hand it to journald (`Journal`)."""
+    out = Journal(journal, wait)
     dropped, last_report = 0, float("-inf")  # the first drop is reported at once
     while True:
         data = listen.recv(DATAGRAM_MAX)  # a longer datagram is cut: `redact` copes
-        try:
-            out.sendto(scrub(data), socket.MSG_DONTWAIT, journal)
-        except OSError:  # journald busy or restarting: drop rather than hold Postfix up
+        if not out.send(scrub(data)):
             dropped += 1
         if dropped and clock() - last_report >= REPORT_INTERVAL:
             log.warning("dropped %d line(s): the journal did not take them", dropped)
