@@ -125,6 +125,49 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
     assert run(scenario()) == "421 4.3.2 Service shutting down"
 
 
+def test_a_connection_lost_after_the_end_of_data_is_not_retried_behind_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postfix may have queued a message whose reply to DATA was lost: sending it again on a
+    fresh connection would deliver it twice unseen. The 451 makes the resend the sender's,
+    and the log says that a duplicate may follow."""
+
+    async def scenario() -> tuple[list[str], int]:
+        queued = 0
+
+        async def loses_the_second_reply(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            nonlocal queued
+            writer.write(b"220 relay.example ESMTP\r\n")
+            while line := await reader.readline():
+                if line.upper().startswith(b"DATA"):
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    queued += 1
+                    if queued == 2:
+                        writer.close()  # queued, and the smtpd dies before its reply
+                        return
+                    writer.write(b"250 2.0.0 Ok: queued\r\n")
+                else:
+                    writer.write(b"250 ok\r\n")
+
+        listener = await asyncio.start_server(loses_the_second_reply, "127.0.0.1", 0)
+        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+        replies = [
+            await injector.deliver("a@example.org", ["b@example.org"], MESSAGE) for _ in range(2)
+        ]
+        await injector.close()
+        listener.close()
+        return replies, queued
+
+    replies, queued = run(scenario())
+    assert replies == ["250 OK", reinject.TEMPORARY_FAILURE]
+    assert queued == 2  # not 3: the pooled connection's message was not sent again
+    assert reinject.AFTER_END_OF_DATA in caplog.text
+
+
 @pytest.mark.parametrize(
     ("message", "payload"),
     [

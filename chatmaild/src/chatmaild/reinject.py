@@ -35,6 +35,9 @@ OFF_LOOP_SIZE = 256 * 1024
 IDLE_LIFETIME = 120.0  # seconds
 CLOSING = 421  # "service not available, closing transmission channel"
 TEMPORARY_FAILURE = "451 4.3.0 Could not hand the message on, please try again later"
+# logged when the connection failed after the whole message was sent: Postfix may hold it
+# already, and a resend after the 451 may then deliver it twice (at-least-once)
+AFTER_END_OF_DATA = "re-injection failed after the end of DATA; Postfix may have queued it"
 
 
 class ReplyError(Exception):
@@ -70,6 +73,9 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.idle_since = time.monotonic()
+        # the current message's end of DATA was written: from here on, a connection that
+        # fails may have left the message queued in Postfix
+        self.data_ended = False
 
     async def reply(self) -> tuple[int, str]:
         """Read one (possibly multi-line) reply: its code and its text on one line."""
@@ -122,6 +128,7 @@ class Reinjector:
         for rcpt in rcpts:
             await conn.command(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
         await conn.command(b"DATA\r\n", 354)
+        conn.data_ended = True
         await conn.command(payload, 250)
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
@@ -152,6 +159,11 @@ class Reinjector:
                 return e.reply
             except (OSError, TimeoutError, EOFError) as e:
                 conn.close()
+                if conn.data_ended:
+                    # Postfix may have queued it: sending it again here would hide the
+                    # duplicate; the 451 lets whoever resends it know (doc/contract.md §4.1)
+                    log.error("%s: %s", AFTER_END_OF_DATA, type(e).__name__)
+                    return TEMPORARY_FAILURE
                 if pooled:
                     continue  # Postfix closed the idle connection: try a fresh one
                 log.error("re-injection failed: %s", type(e).__name__)
