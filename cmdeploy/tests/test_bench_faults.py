@@ -3,10 +3,12 @@ the relay's maildirs and account files."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import gzip
 import io
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from chatmaild.pwhash import hash_password
-from cmdeploy.bench import faults, remote_helper
+from chatmaild.reinject import AFTER_END_OF_DATA
+from cmdeploy.bench import command, faults, remote_helper
 from cmdeploy.bench.faults import Attempt, Letter
+from cmdeploy.bench.hosts import BenchError
 from cmdeploy.bench.protocol import IMAPClient
 
 OK, LOST_REPLY, BUSY = Attempt(250, True), Attempt(0, True), Attempt(451, False)
@@ -60,6 +64,96 @@ def test_a_copy_after_a_lost_reply_is_explained_and_any_other_is_not() -> None:
     assert v["duplicate_examples"] == [
         {"copies": 2, "stream": "relay1>relay1", "attempts": [[451, True], [250, True]]}
     ]
+
+
+def journal_counts(saved: int = 0, acknowledged: int = 0, **kw: int) -> dict[str, int]:
+    counts = {"saved": saved, "acknowledged": acknowledged, "dropped": 0}
+    return {**counts, "sent_unsure": 0, "queued_unsure": 0, **kw}
+
+
+def test_a_copy_the_client_did_not_cause_is_explained_only_by_the_relays_journals() -> None:
+    def once(msgid: str, stream: str) -> Letter:
+        return Letter(msgid, "r@x", stream, [OK])
+
+    cross = [once("a", "relay2>relay1"), once("b", "relay2>relay1")]
+    two_copies_each = {"a": 2, "b": 2}
+    # relay2's transport lost relay1's answer after sending one message whole: one copy of
+    # that stream is explained, a second is not
+    sender_unsure = {"relay1": journal_counts(4, 4), "relay2": journal_counts(sent_unsure=1)}
+    v = faults.verdict(cross, two_copies_each, "x", sender_unsure)
+    assert v["duplicate_causes"] == {faults.RELAYED_AGAIN: 1, faults.UNEXPLAINED: 1}
+    # relay1's filtermail lost its own Postfix's reply after DATA, twice: both explained
+    receiver_unsure = {"relay1": journal_counts(4, 4, queued_unsure=2), "relay2": journal_counts()}
+    v = faults.verdict(cross, two_copies_each, "x", receiver_unsure)
+    assert v["duplicate_causes"] == {faults.RELAYED_AGAIN: 2}
+    # the receiver's doubt says nothing about mail that stayed on the sending relay, nor the
+    # sender's about another relay's mail
+    v = faults.verdict([once("a", "relay1>relay1")], {"a": 2}, "x", receiver_unsure)
+    assert v["duplicate_causes"] == {faults.UNEXPLAINED: 1}
+    relay1_sent_unsure = {"relay1": journal_counts(4, 4, sent_unsure=5), "relay2": journal_counts()}
+    v = faults.verdict(cross, two_copies_each, "x", relay1_sent_unsure)
+    assert v["duplicate_causes"] == {faults.UNEXPLAINED: 2}
+    # Dovecot saved one copy more than Postfix saw acknowledged: Postfix delivered it again,
+    # whatever the fault, on the relay that stored it
+    local = [once("a", "relay1>relay1"), once("b", "relay1>relay1")]
+    cut = {"relay1": journal_counts(saved=5, acknowledged=4), "relay2": journal_counts()}
+    v = faults.verdict(local, two_copies_each, "x", cut)
+    assert v["duplicate_causes"] == {faults.REDELIVERED: 1, faults.UNEXPLAINED: 1}
+    # an unacknowledged save is a certain copy, a lost answer between relays a possible one:
+    # where both could explain a copy, the certain one does
+    both = {"relay1": journal_counts(5, 4, queued_unsure=3), "relay2": journal_counts()}
+    v = faults.verdict(cross, two_copies_each, "x", both)
+    assert v["duplicate_causes"] == {faults.REDELIVERED: 1, faults.RELAYED_AGAIN: 1}
+    # a journal that lost lines on the way, or holds fewer saves than the maildirs hold
+    # copies, proves nothing
+    dropped = {"relay1": journal_counts(6, 4, dropped=120), "relay2": journal_counts()}
+    short = {"relay1": journal_counts(saved=3, acknowledged=1), "relay2": journal_counts()}
+    for evidence in (dropped, short):
+        v = faults.verdict(local, two_copies_each, "x", evidence)
+        assert v["duplicate_causes"] == {faults.UNEXPLAINED: 2}
+
+
+def test_the_journal_counts_come_from_the_relays_own_lines() -> None:
+    lines = [
+        [1.0, "dovecot", "lmtp<Xy>: msgid=<…>: saved mail to INBOX"],
+        [1.0, "dovecot", "lmtp<Xz>: msgid=<…>: saved mail to INBOX"],
+        [
+            1.1,
+            "postfix/lmtp",
+            "4ZQ: to=<…@relay1.test>, relay=relay1.test[private/dovecot-lmtp]"
+            ", delay=0.02, status=sent (250 2.0.0 <…@relay1.test> Xy Saved)",
+        ],
+        [
+            1.2,
+            "postfix/transport/lmtp",
+            "4ZR: to=<…@relay2.test>, status=deferred (lost "
+            "connection with relay1.test[private/transport] while sending end of data -- message "
+            "may be sent more than once)",
+        ],
+        [
+            1.3,
+            "postfix/transport/lmtp",
+            "4ZS: to=<…@relay2.test>, status=deferred (host IP[IP] "
+            "said: 451 4.3.0 Could not hand the message on (in reply to end of DATA command))",
+        ],
+        [1.4, "filtermail-incoming.service", f"{AFTER_END_OF_DATA}: ConnectionResetError"],
+        [1.5, "filtermail-incoming.service", "re-injection failed: ConnectionRefusedError"],
+        # the same words from another source count for nothing
+        [1.6, "postfix/qmgr", "4ZQ: status=sent saved mail to"],
+    ]
+    assert remote_helper.count_hand_overs(lines) == {
+        "saved": 2,
+        "acknowledged": 1,
+        "sent_unsure": 1,
+        "queued_unsure": 1,
+    }
+    for line, n in (
+        ("Suppressed 1530 messages from chatmail-postlog.service", 1530),
+        ("chatmail-postlog: dropped 140 line(s): the journal did not take them", 140),
+    ):
+        found = remote_helper.DROPPED.match(line)
+        assert found is not None and int(found.group(1)) == n
+    assert remote_helper.DROPPED.match("chatmail-postlog: scrubbing Postfix's lines") is None
 
 
 def test_what_the_relay_never_accepted_is_given_up_or_refused_not_lost() -> None:
@@ -239,3 +333,26 @@ def test_a_message_text_that_looks_like_the_tagged_reply_is_read_as_text() -> No
     size, sent = asyncio.run(fetch())
     assert size == len(b"b1 OK this line is inside the message\r\n")
     assert sent == b"b1 FETCH 1 (BODY.PEEK[])\r\n"
+
+
+def test_a_run_that_stops_half_way_still_writes_what_it_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class StopsAtTheSecondPhase:
+        def __init__(self, *args: object) -> None:
+            self.doc: dict[str, object] = {"faults": {"phases": []}}
+
+        def fault_run(self, names: list[str], per_fault: int) -> dict[str, object]:
+            self.doc["faults"]["phases"].append({"fault": names[0]})  # type: ignore[index]
+            raise BenchError("relay1 did not come back from its reboot")
+
+    monkeypatch.setattr(command, "Bench", StopsAtTheSecondPhase)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    out = tmp_path / "faults.json"
+    args = parser.parse_args(["--faults", "dovecot,reboot", "--json", str(out)])
+    with pytest.raises(BenchError, match="did not come back"):
+        command.run(args)
+    doc = json.loads(out.read_text())
+    assert doc["faults"]["phases"] == [{"fault": "dovecot"}]
+    assert doc["stopped"] == "relay1 did not come back from its reboot"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import report
 from .faults import FAULTS, fault_named
@@ -141,21 +142,33 @@ def say(text: str) -> None:
     print(f"bench: {text}", flush=True)
 
 
+def _write_partial(doc: dict[str, Any], path: Path | None, why: str) -> None:
+    if path is None:
+        return
+    report.write_json({**doc, "stopped": why}, path)
+    print(f"cmdeploy bench: wrote what was measured before it stopped to {path}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """The whole command; a `BenchError` is left to the CLI, which prints it as one paragraph."""
     if args.plot is not None:
         from .plots import ensure_available
 
         ensure_available()
+    bench = Bench(workload_from(args), say)
     try:
-        bench = Bench(workload_from(args), say)
         if args.faults:
             doc = bench.fault_run(args.faults, args.fault_messages)
         else:
             doc = bench.run()
     except KeyboardInterrupt:
         print("cmdeploy bench: interrupted; the accounts it created were removed", file=sys.stderr)
+        _write_partial(bench.doc, args.json, "interrupted")
         return 130
+    except BenchError as e:
+        # what the run measured before it stopped (the phases done, for a fault run) is kept
+        _write_partial(bench.doc, args.json, str(e))
+        raise
     if args.faults:
         print()
         print(faults_table(doc["faults"]["phases"]))

@@ -10,7 +10,8 @@ Then the maildirs are read. For every message:
 
 - accepted: the relay said 250 to one of its attempts;
 - delivered: its Message-ID is in the recipient's maildir at least once;
-- duplicated: more than once, each with its cause (`duplicate_cause`);
+- duplicated: more than once, each with its cause (`duplicate_cause`): the client's own
+  resends, or a relay's second hand-over as that relay's journal counted it (`HandOvers`);
 - lost: accepted but not delivered — the number that must be 0. It is counted once the
   relays' queues are empty after the last phase, since mail deferred by a fault waits there
   for its retry; what arrived only then is shown as late.
@@ -120,31 +121,88 @@ DEFERRED_BUT_QUEUED = "resent after a 4xx to DATA for a message already queued"
 # Dovecot saves a message, then answers Postfix's LMTP; a fault between the two leaves
 # Postfix without the answer, so it delivers the message again after the restart.
 REDELIVERED = "delivered again by Postfix: the fault fell between Dovecot's save and its reply"
+# The hand-over between two relays lost its answer after the whole message was sent: the
+# sender's transport lost the peer's reply, or the peer's filtermail lost its own Postfix's
+# reply and answered 451. Either way the peer may hold it already, and the sender sends again.
+RELAYED_AGAIN = "sent again by the sending relay: the hand-over's answer was lost after DATA"
 UNEXPLAINED = "unexplained: delivered more often than the client could have caused"
-# the faults that can cut an LMTP delivery between the save and the reply
+# the faults that can cut an LMTP delivery between the save and the reply; for a reboot the
+# relay's journal of the moment is gone with the host, so the fault itself is the evidence
 INTERRUPTS_DELIVERY = frozenset({"dovecot", "reboot"})
 
 
-def duplicate_cause(letter: Letter, copies: int, fault: str = "") -> str:
+class HandOvers:
+    """How many copies each relay's journal says it may have handed over twice during a phase
+    (`remote_helper.hand_overs`, per relay: "relay1", "relay2"). Each duplicate the client
+    did not cause takes its extra copies from these counts, so no count explains more copies
+    than it saw. A relay's journal is no evidence when lines were lost on the way to it, or
+    when it logged fewer saves than the copies its maildirs hold (`stored`)."""
+
+    def __init__(self, counts: Mapping[str, Mapping[str, int]], stored: Mapping[str, int]) -> None:
+        self.left: dict[tuple[str, str], int] = {}
+        for relay, c in counts.items():
+            if c["dropped"] or c["saved"] < stored.get(relay, 0):
+                continue
+            self.left[relay, "redelivered"] = max(0, c["saved"] - c["acknowledged"])
+            self.left[relay, "sent_unsure"] = c["sent_unsure"]
+            self.left[relay, "queued_unsure"] = c["queued_unsure"]
+
+    def take(self, relay: str, kind: str, copies: int) -> bool:
+        if self.left.get((relay, kind), 0) < copies:
+            return False
+        self.left[relay, kind] -= copies
+        return True
+
+
+def duplicate_cause(
+    letter: Letter, copies: int, fault: str = "", seen: HandOvers | None = None
+) -> str:
     """Why a message is in the maildir `copies` (> 1) times. Client side: each extra copy
     needs an earlier attempt that ended after DATA without a 250, which the client then
-    sent again. Relay side: a fault that cut a delivery after the save (`REDELIVERED`). Both
-    are at-least-once, as mail promises; Delta Chat drops a copy by its Message-ID."""
+    sent again. Relay side, from the relays' journals (`seen`): Postfix delivered it again
+    after Dovecot's reply was cut (`REDELIVERED`), or the sending relay handed it to the peer
+    again (`RELAYED_AGAIN`). All are at-least-once, as mail promises; Delta Chat drops a
+    copy by its Message-ID."""
     extra = copies - 1
     if letter.unanswered_after_data >= extra:
         return LOST_REPLY
-    if letter.unanswered_after_data + letter.deferred_after_data >= extra:
+    by_client = letter.unanswered_after_data + letter.deferred_after_data
+    if by_client >= extra:
         return DEFERRED_BUT_QUEUED
+    sender, receiver = letter.stream.split(">")
+    if seen is not None:
+        extra -= by_client
+        # first what is certain: a save Postfix never saw acknowledged is always delivered
+        # again; a lost answer between relays only may have left a copy behind
+        if seen.take(receiver, "redelivered", extra):
+            return REDELIVERED
+        if sender != receiver and (
+            seen.take(sender, "sent_unsure", extra) or seen.take(receiver, "queued_unsure", extra)
+        ):
+            return RELAYED_AGAIN
     if fault in INTERRUPTS_DELIVERY:
         return REDELIVERED
     return UNEXPLAINED
 
 
-def verdict(letters: list[Letter], copies: Mapping[str, int], fault: str = "") -> dict[str, Any]:
-    """Counts of one phase; `copies`: Message-ID -> files found in the recipients' maildirs."""
+def verdict(
+    letters: list[Letter],
+    copies: Mapping[str, int],
+    fault: str = "",
+    hand_overs: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, Any]:
+    """Counts of one phase; `copies`: Message-ID -> files found in the recipients' maildirs;
+    `hand_overs`: the relays' journal counts of the phase (`HandOvers`)."""
     accepted = [letter for letter in letters if letter.accepted]
     delivered = [letter for letter in accepted if copies.get(letter.msgid, 0) > 0]
     lost = [letter.msgid for letter in accepted if copies.get(letter.msgid, 0) == 0]
+    seen = None
+    if hand_overs is not None:
+        stored: dict[str, int] = {}
+        for letter in letters:
+            receiver = letter.stream.split(">")[1]
+            stored[receiver] = stored.get(receiver, 0) + copies.get(letter.msgid, 0)
+        seen = HandOvers(hand_overs, stored)
     causes: dict[str, int] = {}
     examples: list[dict[str, Any]] = []
     duplicated = 0
@@ -152,7 +210,7 @@ def verdict(letters: list[Letter], copies: Mapping[str, int], fault: str = "") -
         n = copies.get(letter.msgid, 0)
         if n > 1:
             duplicated += 1
-            cause = duplicate_cause(letter, n, fault)
+            cause = duplicate_cause(letter, n, fault, seen)
             causes[cause] = causes.get(cause, 0) + 1
             if len(examples) < 10:
                 attempts = [[a.reply, a.after_data] for a in letter.attempts]

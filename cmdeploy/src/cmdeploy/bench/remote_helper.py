@@ -11,6 +11,7 @@ like an address: nothing here follows a name with `/` or `..`.
     load                        the 1-minute load average (doveauth refuses creations above a limit)
     remove ROOT                 delete the named mailboxes (the bench's own accounts)
     journal SINCE               the mail path's log lines since a moment: time, source, text
+    hand_overs SINCE            the journal's counts of repeated hand-overs (the fault run)
     disk_small ROOT BYTES       move the mailboxes onto a tmpfs of their own (the disk-full fault)
     disk_fill / disk_free       fill that tmpfs to the last byte / empty it again
     disk_restore ROOT           the mailboxes back onto the relay's disk, the tmpfs gone
@@ -388,6 +389,49 @@ def journal(since: float) -> dict[str, Any]:
     return {"lines": lines}
 
 
+# --- the fault run's evidence for duplicates (issue 13) --------------------------------------
+# A copy the client did not cause was handed over twice by a relay, and each way of doing so
+# leaves its mark in a relay's journal:
+# - Dovecot saved a copy whose LMTP reply Postfix never read (the fault cut the connection or
+#   killed the lmtp client), so Postfix delivered it again: Dovecot's "saved mail to" lines
+#   outnumber Postfix's LMTP "status=sent";
+# - the sending relay's transport lost the peer's answer after the whole message was sent:
+#   Postfix's own words for it, "message may be sent more than once";
+# - the receiving relay's filtermail lost Postfix's reply after the end of DATA and answered
+#   451, so the peer sent the message again (chatmaild.reinject.AFTER_END_OF_DATA).
+HAND_OVERS = (
+    ("saved", "dovecot", "saved mail to"),
+    ("acknowledged", "postfix/lmtp", "status=sent"),
+    ("sent_unsure", "postfix/transport/lmtp", "may be sent more than once"),
+    ("queued_unsure", "filtermail-incoming.service", "re-injection failed after the end of DATA"),
+)
+# lines that never reached the journal: journald's rate limit, chatmail-postlog's drops
+DROPPED = re.compile(r"^(?:Suppressed|chatmail-postlog: dropped) (\d+) (?:messages|line)")
+
+
+def count_hand_overs(lines: list[list[Any]]) -> dict[str, int]:
+    """`HAND_OVERS` counted in `journal`'s lines."""
+    counts = {name: 0 for name, _, _ in HAND_OVERS}
+    for _, source, text in lines:
+        for name, wanted_source, phrase in HAND_OVERS:
+            if source == wanted_source and phrase in text:
+                counts[name] += 1
+    return counts
+
+
+def hand_overs(since: float) -> dict[str, Any]:
+    """`HAND_OVERS` since a moment, and how many lines were lost on the way to the journal
+    meanwhile (then the counts may be short, and the fault run does not rely on them)."""
+    counts: dict[str, Any] = count_hand_overs(journal(since)["lines"])
+    argv = ["journalctl", "--no-pager", "-o", "cat", f"--since=@{since:.6f}"]
+    argv += ["SYSLOG_IDENTIFIER=systemd-journald", "+", "SYSLOG_IDENTIFIER=chatmail-postlog"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    counts["dropped"] = sum(
+        int(m.group(1)) for m in map(DROPPED.match, result.stdout.splitlines()) if m
+    )
+    return counts
+
+
 # --- the disk-full fault (issue 13) ----------------------------------------------------------
 # Filling the relay's own disk would fill this machine's, which holds the lab. So for the
 # phase the mailboxes live on a tmpfs of their own, its size the mail there plus a margin;
@@ -506,6 +550,8 @@ def main() -> None:
         result = accounts_intact(args[0])
     elif action == "journal":
         result = journal(float(args[0]))
+    elif action == "hand_overs":
+        result = hand_overs(float(args[0]))
     elif action == "disk_small":
         result = disk_small(args[0], int(args[1]))
     elif action == "disk_fill":

@@ -613,7 +613,10 @@ class Bench:
             for phase, letters in zip(phases, all_letters, strict=True):
                 everything = [x for stream in letters.values() for x in stream]
                 phase["verdict"] = faults.verdict(
-                    everything, self.count_letters(relay1, relay2, letters), phase["fault"]
+                    everything,
+                    self.count_letters(relay1, relay2, letters),
+                    phase["fault"],
+                    phase["hand_overs"],
                 )
         finally:
             with sigint_ignored():
@@ -706,7 +709,7 @@ class Bench:
                 await asyncio.gather(striking, return_exceptions=True)
 
         restarts_before = self.restarts(relay1, fault)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         try:
             if fault.command == faults.DISK_FULL:
                 # room for the phase's mail and above doveauth's free-space gate, so that the
@@ -726,7 +729,12 @@ class Bench:
                         relay1.helper("disk_free")
                     finally:
                         hit["restored"] = relay1.helper("disk_restore", relay1.mailboxes)
-        at_end = faults.verdict(everything, copies, fault.name)
+        # each relay's journal of the phase: what it may have handed over twice
+        hand_overs = {
+            h.label: h.helper("hand_overs", f"{h.to_host_clock(started_wall):.6f}")
+            for h in (relay1, relay2)
+        }
+        at_end = faults.verdict(everything, copies, fault.name, hand_overs)
         if fault.unit is not None:
             # systemd counts the restarts a death caused: the proof that the kill happened
             hit["restarts"] = self.restarts(relay1, fault) - restarts_before
@@ -737,6 +745,7 @@ class Bench:
             "load_seconds": round(load_seconds, 1),
             "delivery_wait_seconds": round(time.monotonic() - started - load_seconds, 1),
             "connect_errors": [e.as_dict() for e in errors],
+            "hand_overs": hand_overs,
             # at the phase's end; the run replaces it after the queues emptied (`fault_run`)
             "verdict": at_end,
             "at_phase_end": at_end,
