@@ -17,6 +17,8 @@ from chatmaild.mailcheck import check_outgoing
 from chatmaild.mailshape import is_encrypted, parse_message
 from chatmaild.smtpreject import Reject
 from cmdeploy.bench import drivers, hops, profile, protocol, remote_helper, stats, workload
+from cmdeploy.bench.hosts import BenchHost
+from cmdeploy.bench.runner import Bench, Workload
 
 
 @pytest.mark.parametrize("size", [2048, 200 * 1024])
@@ -241,3 +243,29 @@ def test_a_cgroup_tree_shared_with_other_hosts_is_not_used(tmp_path: Path) -> No
     assert not remote_helper._holds_others(str(tmp_path))
     (own / "cgroup.procs").write_text("812\n0\n813\n")
     assert remote_helper._holds_others(str(tmp_path))
+
+
+def test_the_relay_and_the_bare_host_take_turns_at_each_throughput_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The machine's speed drifts within minutes: each step runs on both hosts, in an order
+    that alternates, so neither host gets all of a slow stretch."""
+    bench = Bench(Workload(concurrency=(4, 16, 32)), lambda text: None)
+    relay1, bare = (
+        BenchHost(label, f"{label}.test", "10.0.0.1", Path("/k")) for label in ("relay1", "bare")
+    )
+    order: list[tuple[str, int, int]] = []
+
+    def fake_run(host, pool, recipients, body, count, c):  # type: ignore[no-untyped-def]
+        order.append((host.label, body.size, c))
+        return {"delivered_per_s": 100.0 + c if host is relay1 else 200.0, "concurrency": c}
+
+    monkeypatch.setattr(bench, "throughput_run", fake_run)
+    pool = drivers.SenderPool([], 0, 10)
+    relay_result, bare_result = bench.throughput_phase([(relay1, pool, []), (bare, pool, [])])
+    hosts = [label for label, _, _ in order]
+    assert hosts == ["relay1", "bare", "bare", "relay1"] * 3
+    # each host got every size at every concurrency, and its own best
+    assert [c for label, _, c in order if label == "relay1"] == [4, 16, 32] * 2
+    assert relay_result["best"]["2k"]["concurrency"] == 32
+    assert bare_result["best"]["200k"]["delivered_per_s"] == 200.0

@@ -375,20 +375,27 @@ class Bench:
         return result
 
     def throughput_phase(
-        self, host: BenchHost, pool: SenderPool, recipients: list[Account]
-    ) -> dict[str, Any]:
-        runs: dict[str, list[dict[str, Any]]] = {}
+        self, targets: list[tuple[BenchHost, SenderPool, list[Account]]]
+    ) -> list[dict[str, Any]]:
+        """Every size and concurrency on each target (host, senders, recipients) in turn, the
+        order rotated from one step to the next: this machine's speed drifts by a quarter
+        within minutes (doc/performance.md), and a drift then touches the relay and the bare
+        host alike instead of whichever ran in that stretch. One result per target."""
+        runs: list[dict[str, list[dict[str, Any]]]] = [{} for _ in targets]
+        step = 0
         for size, count in (
             (self.w.small_size, self.w.messages),
             (self.w.large_size, self.w.large_messages),
         ):
             body = MessageBody.of_size(size)
             key = size_key(size)
-            runs[key] = [
-                self.throughput_run(host, pool, recipients, body, count, c)
-                for c in self.w.concurrency
-            ]
-        return {"runs": runs, "best": {k: best_run(v) for k, v in runs.items()}}
+            for c in self.w.concurrency:
+                for i in rotated(range(len(targets)), step):
+                    host, pool, recipients = targets[i]
+                    result = self.throughput_run(host, pool, recipients, body, count, c)
+                    runs[i].setdefault(key, []).append(result)
+                step += 1
+        return [{"runs": r, "best": {k: best_run(v) for k, v in r.items()}} for r in runs]
 
     def latency_run(
         self,
@@ -851,8 +858,21 @@ class Bench:
         pool = SenderPool(
             accounts, config.max_user_send_per_minute, config.max_user_send_burst_size
         )
-        self.say("throughput through the full chatmail path")
-        self.doc["throughput"] = self.throughput_phase(relay1, pool, accounts)
+        targets = [(relay1, pool, accounts)]
+        bare_accounts: list[Account] = []
+        if bare is not None and bare_host is not None:
+            bare_accounts, bare_logins = self.bare_accounts(bare, bare_host.password, len(accounts))
+            self.doc["bare"] = {"logins_per_s": bare_logins}
+            # no rate limit on the bare stack
+            targets.append((bare, SenderPool(bare_accounts, 0, 10), bare_accounts))
+        if len(targets) > 1:
+            self.say("throughput through the full chatmail path and the bare one, in turn")
+        else:
+            self.say("throughput through the full chatmail path")
+        throughputs = self.throughput_phase(targets)
+        self.doc["throughput"] = throughputs[0]
+        if len(throughputs) > 1:
+            self.doc["bare"]["throughput"] = throughputs[1]
 
         best = self.doc["throughput"]["best"].get(size_key(w.small_size)) or {}
         max_rate = best.get("delivered_per_s") or 1.0
@@ -919,46 +939,44 @@ class Bench:
                     f"{relay1.label} -> {relay2.label}", relay1, relay2, accounts[-2], remote[0]
                 )
 
-        if bare is not None and bare_host is not None:
-            self.doc["bare"] = self.bare_phase(
-                bare, bare_host.password, rate, workers, len(accounts)
+        if bare is not None and bare_accounts:
+            self.say("the bare baseline's latency")
+            n_bare = max(1, min(64, len(bare_accounts) // 3))
+            self.doc["bare"]["latency"] = self.latency_run(
+                "bare",
+                bare,
+                bare,
+                SenderPool(bare_accounts, 0, 10),
+                bare_accounts[:n_bare],
+                bare_accounts[n_bare:] or bare_accounts,
+                rate,
+                workers,
             )
 
         self.say("idle IMAP connections")
         self.doc["idle"] = self.idle_phase(relay1, idle_accounts)
 
-    def bare_phase(
-        self, bare: BenchHost, password: str, rate: float, workers: int, n: int
-    ) -> dict[str, Any]:
-        w = self.w
+    def bare_accounts(
+        self, bare: BenchHost, password: str, n: int
+    ) -> tuple[list[Account], float | None]:
+        """The bare host's accounts (one static password), and its logins per second."""
         factory = AccountFactory(self.run_id, bare.domain, 9, len(password))
         accounts = factory.make(n, password=password)
         self.registry.add(bare, accounts)
-        self.say("the bare baseline: logins, throughput, latency")
-        deadline = time.monotonic() + w.duration
+        self.say("the bare baseline: logins")
+        deadline = time.monotonic() + self.w.duration
         logins = asyncio.run(
-            drivers.login_all(bare.endpoint, accounts, w.login_concurrency, deadline)
+            drivers.login_all(bare.endpoint, accounts, self.w.login_concurrency, deadline)
         )
         if logins.ok == 0:
             raise BenchError(f"cannot log in to the bare baseline host: {logins.errors.first()}")
-        pool = SenderPool(accounts, 0, 10)  # no rate limit on the bare stack
-        throughput = self.throughput_phase(bare, pool, accounts)
-        n_idle = max(1, min(64, len(accounts) // 3))
-        latency = self.latency_run(
-            "bare",
-            bare,
-            bare,
-            pool,
-            accounts[:n_idle],
-            accounts[n_idle:] or accounts,
-            rate,
-            workers,
-        )
-        return {
-            "logins_per_s": stats.rate(logins.ok, logins.seconds),
-            "throughput": throughput,
-            "latency": latency,
-        }
+        return accounts, stats.rate(logins.ok, logins.seconds)
+
+
+def rotated(items: range, by: int) -> list[int]:
+    """`items` starting at position `by` (modulo their number), wrapping around."""
+    k = by % len(items) if len(items) else 0
+    return [*items[k:], *items[:k]]
 
 
 def size_key(size: int) -> str:
