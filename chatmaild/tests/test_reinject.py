@@ -125,6 +125,42 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
     assert run(scenario()) == "421 4.3.2 Service shutting down"
 
 
+def test_a_pooled_connection_found_dead_before_the_message_is_replaced() -> None:
+    """After a message went through, the pooled connection dies without a word (Postfix
+    restarted): the next message is not 'after the end of DATA' and goes on a fresh one."""
+
+    async def scenario() -> tuple[list[str], int]:
+        queued = 0
+
+        async def one_message_per_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            nonlocal queued
+            writer.write(b"220 relay.example ESMTP\r\n")
+            while line := await reader.readline():
+                if line.upper().startswith(b"DATA"):
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    queued += 1
+                    writer.write(b"250 2.0.0 Ok: queued\r\n")
+                    await writer.drain()
+                    writer.transport.abort()  # gone, as a killed smtpd is
+                    return
+                writer.write(b"250 ok\r\n")
+
+        listener = await asyncio.start_server(one_message_per_connection, "127.0.0.1", 0)
+        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+        replies = [
+            await injector.deliver("a@example.org", ["b@example.org"], MESSAGE) for _ in range(2)
+        ]
+        await injector.close()
+        listener.close()
+        return replies, queued
+
+    assert run(scenario()) == (["250 OK", "250 OK"], 2)
+
+
 def test_a_connection_lost_after_the_end_of_data_is_not_retried_behind_the_client(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -321,7 +321,9 @@ class Journal:
                 if self.sock is None:
                     self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                     self.sock.connect(self.path)
-                self.sock.settimeout(0 if self.stuck else self.wait)
+                timeout = 0.0 if self.stuck else self.wait
+                if self.sock.gettimeout() != timeout:  # a system call: only on a change
+                    self.sock.settimeout(timeout)
                 self.sock.send(entry)
             except (TimeoutError, BlockingIOError):
                 self.stuck = True

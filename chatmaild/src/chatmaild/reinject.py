@@ -74,7 +74,7 @@ class Connection:
         self.writer = writer
         self.idle_since = time.monotonic()
         # the current message's end of DATA was written: from here on, a connection that
-        # fails may have left the message queued in Postfix
+        # fails may have left the message queued in Postfix (reset at each MAIL FROM)
         self.data_ended = False
 
     async def reply(self) -> tuple[int, str]:
@@ -124,6 +124,7 @@ class Reinjector:
     async def _transaction(
         self, conn: Connection, mail_from: str, rcpts: list[str], payload: list[bytes]
     ) -> None:
+        conn.data_ended = False
         await conn.command(f"MAIL FROM:<{mail_from}>\r\n".encode(), 250)
         for rcpt in rcpts:
             await conn.command(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
