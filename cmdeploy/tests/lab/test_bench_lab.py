@@ -67,6 +67,8 @@ def test_bench_tiny_workload_writes_every_figure(tmp_path: Path) -> None:
             for run in runs:
                 assert run["delivered"] == run["accepted"] > 0, run
                 assert run["delivered_per_s"] > 0
+                # a connection carries at most a burst, and at least one message
+                assert 0 < run["logins"] <= run["accepted"], run
             assert figure(side, "throughput", "best", key, "delivered_per_s") > 0
     # the path across relays has its own throughput run, which sets its latency load
     cross = figure(doc, "throughput", "cross_relay")

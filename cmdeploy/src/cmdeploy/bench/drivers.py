@@ -179,6 +179,9 @@ class SendResult:
     started_mono: float
     seconds: float  # until the last 250
     sender_wait: float
+    # SMTP logins it took: each costs the relay a password verification, so the messages a
+    # connection carries (bounded by the rate limit's burst) weigh on its CPU per message
+    logins: int = 0
 
     @property
     def accepted(self) -> int:
@@ -200,10 +203,10 @@ async def throughput(
     errors = Errors()
     sent: list[Sent] = []
     remaining = messages
-    counter = 0
+    counter = logins = 0
 
     async def worker() -> None:
-        nonlocal remaining, counter
+        nonlocal remaining, counter, logins
         while remaining > 0 and time.monotonic() < deadline:
             sender, allowed = await pool.acquire(min(batch, remaining))
             if remaining <= 0:
@@ -214,6 +217,7 @@ async def throughput(
             done = 0
             try:
                 client = await SMTPClient.login(endpoint, ctx, sender.addr, sender.password)
+                logins += 1
                 try:
                     for _ in range(allowed):
                         rcpt = recipients[counter % len(recipients)].addr
@@ -233,7 +237,9 @@ async def throughput(
     started_wall, started_mono = time.time(), time.monotonic()
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     last = max((s.accepted for s in sent), default=time.monotonic())
-    return SendResult(sent, errors, started_wall, started_mono, last - started_mono, pool.waited)
+    return SendResult(
+        sent, errors, started_wall, started_mono, last - started_mono, pool.waited, logins
+    )
 
 
 async def resend_until_accepted(

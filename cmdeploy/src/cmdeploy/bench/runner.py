@@ -361,6 +361,7 @@ class Bench:
             "delivered_per_s": stats.rate(delivered, span),
             "accepted_per_s": stats.rate(sent.accepted, sent.seconds),
             "sender_wait_s": round(sent.sender_wait, 3),
+            "logins": sent.logins,
             "errors": sent.errors.as_dict(),
             "load_generator_cores": gen_cpu / sent.seconds if sent.seconds > 0 else None,
             "profile": cpu,
@@ -370,7 +371,8 @@ class Bench:
         path = host.label if receive is host else f"{host.label} -> {receive.label}"
         self.say(
             f"  {path} {body.size // 1024} KB x{concurrency}: {sent.accepted} accepted, "
-            f"{delivered} delivered, {fmt(result['delivered_per_s'])} msg/s"
+            f"{delivered} delivered, {fmt(result['delivered_per_s'])} msg/s, "
+            f"{sent.logins} logins"
         )
         return result
 
