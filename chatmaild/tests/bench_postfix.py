@@ -156,6 +156,12 @@ VARIANTS = {
             main={"lmtp_connection_cache_destinations": "static:all"},
         ),
         Variant(
+            "no-lmtp-header-checks",
+            "lmtp_header_checks = (empty): the LMTP client streams the message as queued "
+            "(CHANGES what is stored: Received, DKIM-Signature and Subject stay)",
+            main={"lmtp_header_checks": ""},
+        ),
+        Variant(
             "lmtp-nocache",
             "lmtp_connection_cache_on_demand = no: one LMTP connection per delivery",
             main={"lmtp_connection_cache_on_demand": "no"},
