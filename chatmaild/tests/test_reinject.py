@@ -125,40 +125,61 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
     assert run(scenario()) == "421 4.3.2 Service shutting down"
 
 
+class DyingServer:
+    """Queues every message, then dies as a killed smtpd does: `die_after(n)` after the n-th
+    message's 250 (the pooled connection is gone before the next MAIL), `die_before(n)`
+    after queueing the n-th but before its reply."""
+
+    def __init__(self, die_after: int = 0, die_before: int = 0) -> None:
+        self.die_after = die_after
+        self.die_before = die_before
+        self.queued = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay.example ESMTP\r\n")
+        while line := await reader.readline():
+            if not line.upper().startswith(b"DATA"):
+                writer.write(b"250 ok\r\n")
+                continue
+            writer.write(b"354 go ahead\r\n")
+            while await reader.readline() != b".\r\n":
+                pass
+            self.queued += 1
+            if self.queued == self.die_before:
+                return  # closed without a reply
+            writer.write(b"250 2.0.0 Ok: queued\r\n")
+            if self.queued == self.die_after:
+                await writer.drain()
+                writer.transport.abort()
+                return
+
+    def deliver_twice(self) -> list[str]:
+        async def scenario() -> list[str]:
+            listener = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+            replies = [
+                await injector.deliver("a@example.org", ["b@example.org"], MESSAGE)
+                for _ in range(2)
+            ]
+            await injector.close()
+            listener.close()
+            return replies
+
+        return run(scenario())  # type: ignore[no-any-return]
+
+
 def test_a_pooled_connection_found_dead_before_the_message_is_replaced() -> None:
     """After a message went through, the pooled connection dies without a word (Postfix
     restarted): the next message is not 'after the end of DATA' and goes on a fresh one."""
-
-    async def scenario() -> tuple[list[str], int]:
-        queued = 0
-
-        async def one_message_per_connection(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            nonlocal queued
-            writer.write(b"220 relay.example ESMTP\r\n")
-            while line := await reader.readline():
-                if line.upper().startswith(b"DATA"):
-                    writer.write(b"354 go ahead\r\n")
-                    while await reader.readline() != b".\r\n":
-                        pass
-                    queued += 1
-                    writer.write(b"250 2.0.0 Ok: queued\r\n")
-                    await writer.drain()
-                    writer.transport.abort()  # gone, as a killed smtpd is
-                    return
-                writer.write(b"250 ok\r\n")
-
-        listener = await asyncio.start_server(one_message_per_connection, "127.0.0.1", 0)
-        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
-        replies = [
-            await injector.deliver("a@example.org", ["b@example.org"], MESSAGE) for _ in range(2)
-        ]
-        await injector.close()
-        listener.close()
-        return replies, queued
-
-    assert run(scenario()) == (["250 OK", "250 OK"], 2)
+    server = DyingServer(die_after=1)
+    assert server.deliver_twice() == ["250 OK", "250 OK"]
+    assert server.queued == 2
 
 
 def test_a_connection_lost_after_the_end_of_data_is_not_retried_behind_the_client(
@@ -167,40 +188,9 @@ def test_a_connection_lost_after_the_end_of_data_is_not_retried_behind_the_clien
     """Postfix may have queued a message whose reply to DATA was lost: sending it again on a
     fresh connection would deliver it twice unseen. The 451 makes the resend the sender's,
     and the log says that a duplicate may follow."""
-
-    async def scenario() -> tuple[list[str], int]:
-        queued = 0
-
-        async def loses_the_second_reply(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            nonlocal queued
-            writer.write(b"220 relay.example ESMTP\r\n")
-            while line := await reader.readline():
-                if line.upper().startswith(b"DATA"):
-                    writer.write(b"354 go ahead\r\n")
-                    while await reader.readline() != b".\r\n":
-                        pass
-                    queued += 1
-                    if queued == 2:
-                        writer.close()  # queued, and the smtpd dies before its reply
-                        return
-                    writer.write(b"250 2.0.0 Ok: queued\r\n")
-                else:
-                    writer.write(b"250 ok\r\n")
-
-        listener = await asyncio.start_server(loses_the_second_reply, "127.0.0.1", 0)
-        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
-        replies = [
-            await injector.deliver("a@example.org", ["b@example.org"], MESSAGE) for _ in range(2)
-        ]
-        await injector.close()
-        listener.close()
-        return replies, queued
-
-    replies, queued = run(scenario())
-    assert replies == ["250 OK", reinject.TEMPORARY_FAILURE]
-    assert queued == 2  # not 3: the pooled connection's message was not sent again
+    server = DyingServer(die_before=2)
+    assert server.deliver_twice() == ["250 OK", reinject.TEMPORARY_FAILURE]
+    assert server.queued == 2  # not 3: the pooled connection's message was not sent again
     assert reinject.AFTER_END_OF_DATA in caplog.text
 
 
