@@ -862,11 +862,13 @@ class Bench:
         )
         targets = [(relay1, pool, accounts)]
         bare_accounts: list[Account] = []
+        bare_pool: SenderPool | None = None
         if bare is not None and bare_host is not None:
             bare_accounts, bare_logins = self.bare_accounts(bare, bare_host.password, len(accounts))
             self.doc["bare"] = {"logins_per_s": bare_logins}
             # no rate limit on the bare stack
-            targets.append((bare, SenderPool(bare_accounts, 0, 10), bare_accounts))
+            bare_pool = SenderPool(bare_accounts, 0, 10)
+            targets.append((bare, bare_pool, bare_accounts))
         if len(targets) > 1:
             self.say("throughput through the full chatmail path and the bare one, in turn")
         else:
@@ -941,14 +943,14 @@ class Bench:
                     f"{relay1.label} -> {relay2.label}", relay1, relay2, accounts[-2], remote[0]
                 )
 
-        if bare is not None and bare_accounts:
+        if bare is not None and bare_pool is not None:
             self.say("the bare baseline's latency")
             n_bare = max(1, min(64, len(bare_accounts) // 3))
             self.doc["bare"]["latency"] = self.latency_run(
                 "bare",
                 bare,
                 bare,
-                SenderPool(bare_accounts, 0, 10),
+                bare_pool,
                 bare_accounts[:n_bare],
                 bare_accounts[n_bare:] or bare_accounts,
                 rate,
