@@ -92,16 +92,31 @@ def send(ip: str, sender: User, rcpt: User) -> str:
     return msgid
 
 
-def wait_for(ip: str, user: User, msgid: str, flush: str | None = None) -> dict[str, Any]:
+def wait_for(ip: str, user: User, msgid: str, flush: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The user's INBOX once `msgid` is in it; the relays at the addresses in `flush` try
+    their queued mail again meanwhile, instead of at their next retry."""
     deadline = time.monotonic() + WAIT
     while True:
         box = inbox(ip, user)
         if msgid in box["messages"]:
             return box
-        assert time.monotonic() < deadline, f"{msgid} did not reach {user.addr} at {ip}"
-        if flush:  # instead of waiting for the peer's next retry
-            ssh(flush, "postqueue -f")
+        if time.monotonic() >= deadline:
+            held = "".join(f"; {host} holds {queued_reasons(host, user)}" for host in flush)
+            raise AssertionError(f"{msgid} did not reach {user.addr} at {ip}{held}")
+        for host in flush:
+            ssh(host, "postqueue -f")
         time.sleep(2)
+
+
+def queued_reasons(ip: str, user: User) -> list[str]:
+    """Why the relay at `ip` still holds mail for `user`: each entry's queue and delay reason."""
+    reasons = []
+    for line in ssh(ip, "postqueue -j").splitlines():
+        entry = json.loads(line)
+        for rcpt in entry.get("recipients", []):
+            if rcpt.get("address") == user.addr:
+                reasons.append(f"{entry.get('queue_name')}: {rcpt.get('delay_reason', '')}")
+    return reasons
 
 
 def deferred_for(ip: str, user: User) -> bool:

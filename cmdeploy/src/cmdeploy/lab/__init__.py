@@ -236,10 +236,13 @@ def forget_dns_failures(state: State, key: Path) -> None:
     """The relays' resolvers forget what they learnt while the lab DNS restarted: unbound
     takes a server that did not answer for down for minutes (its infra cache) and keeps the
     SERVFAILs it gave meanwhile, so a relay's own checks (its health check's DNS section)
-    would fail for a while after every `lab up`. A relay without unbound yet is left as is."""
+    would fail for a while after every `lab up`. The spare host counts too while it is up: a
+    relay moved onto it checks its peers' DKIM keys through its own unbound, and one SERVFAIL
+    cached there defers their mail for minutes. A host without unbound yet is left as is."""
     flush = f"{UNBOUND_CONTROL} flush_infra all; {UNBOUND_CONTROL} flush_zone test; true"
-    for relay in state.relays:
-        hosts.ssh(key, relay.ip, flush)
+    spare = [SPARE_IP] if state.pids.get(SPARE) else []
+    for ip in [relay.ip for relay in state.relays] + spare:
+        hosts.ssh(key, ip, flush)
 
 
 def releases_of(text: str, relay_count: int) -> list[str]:
