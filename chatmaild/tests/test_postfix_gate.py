@@ -19,6 +19,7 @@ no DNS is needed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import imaplib
@@ -42,6 +43,7 @@ from postfix_harness import (
 )
 
 from chatmaild.accounts import BLOCKED_FILE, ENFORCE_E2EE_FILE
+from chatmaild.reinject import Reinjector
 
 pytestmark = pytest.mark.dovecot
 
@@ -495,3 +497,31 @@ def test_a_blocked_account_is_refused_over_mxdeliv(postfix: PostfixRelay, accoun
     expected = [("HTTP", 400, "550 5.2.1 Mailbox disabled, not accepting messages")]
     assert outcome.replies == expected, outcome.describe()
     assert not outcome.delivered, outcome.describe()
+
+
+def test_re_injection_sends_no_message_when_postfix_refuses_one_of_its_recipients(
+    postfix: PostfixRelay, account: Account
+) -> None:
+    """filtermail pipelines MAIL, RCPT and DATA to Postfix (RFC 2920). Postfix's incoming
+    re-injection listener refuses a recipient elsewhere, accepts the account, and answers DATA
+    with 354 all the same: the message must not follow (the sender hears the refusal), and the
+    next message still gets through."""
+    refused_marker, marker = secrets.token_hex(8), secrets.token_hex(8)
+
+    async def scenario() -> list[str]:
+        injector = Reinjector("127.0.0.1", postfix.reinject_port)
+        try:
+            to_both = [account.addr, "someone@elsewhere.example"]
+            return [
+                await injector.deliver(SENDER, to_both, encrypted(refused_marker, account.addr)),
+                await injector.deliver(SENDER, [account.addr], encrypted(marker, account.addr)),
+            ]
+        finally:
+            await injector.close()
+
+    refused, passed = asyncio.run(scenario())
+    assert refused.startswith("554 5.7.1 ") and "Relay access denied" in refused, refused
+    assert passed == "250 OK"
+    postfix.wait_queue_settled()
+    assert holding(postfix, account, refused_marker) == []
+    assert holding(postfix, account, marker) == ["INBOX"]

@@ -125,6 +125,96 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
     assert run(scenario()) == "421 4.3.2 Service shutting down"
 
 
+class PipeliningServer:
+    """Announces PIPELINING and answers only once a whole envelope, up to DATA, has arrived:
+    a client that waits for each reply before its next command gets none. `refuse`: RCPT
+    arguments it refuses with a 550, answering DATA with 354 all the same when another
+    recipient was accepted, as Postfix does."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.refuse = refuse
+        self.connections = 0
+        self.messages: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"220 relay.example ESMTP\r\n")
+        try:
+            await reader.readline()
+            writer.write(b"250-relay.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            while envelope := await self._envelope(reader, writer):
+                accepted = [line for line in envelope[1:-1] if not self._refused(line)]
+                replies = [b"250 ok\r\n"]
+                replies += [b"550 5.1.1 no\r\n" if self._refused(r) else b"250 ok\r\n"
+                            for r in envelope[1:-1]]  # fmt: skip
+                replies.append(b"354 go ahead\r\n" if accepted else b"554 5.5.1 none\r\n")
+                writer.writelines(replies)
+                if not accepted:
+                    continue
+                body = b""
+                while (line := await reader.readline()) not in (b".\r\n", b""):
+                    body += line
+                if line:
+                    self.messages.append(body)
+                    writer.write(b"250 2.0.0 Ok: queued\r\n")
+        finally:
+            writer.close()
+
+    def _refused(self, rcpt_line: bytes) -> bool:
+        return any(address.encode() in rcpt_line for address in self.refuse)
+
+    @staticmethod
+    async def _envelope(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[bytes]:
+        lines: list[bytes] = []
+        while line := await reader.readline():
+            if line.upper().startswith(b"RSET"):
+                writer.write(b"250 ok\r\n")
+                continue
+            lines.append(line)
+            if line.upper().startswith(b"DATA"):
+                return lines
+        return []
+
+
+def deliver_all(server: PipeliningServer, rcpts: list[list[str]]) -> list[str]:
+    async def scenario() -> list[str]:
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        injector = Reinjector("127.0.0.1", listener.sockets[0].getsockname()[1])
+        replies = [await injector.deliver("a@example.org", to, MESSAGE) for to in rcpts]
+        await injector.close()
+        listener.close()
+        return replies
+
+    return run(scenario())  # type: ignore[no-any-return]
+
+
+def test_mail_rcpt_and_data_go_together_where_postfix_pipelines() -> None:
+    """One round trip for the envelope instead of one per command (RFC 2920)."""
+    server = PipeliningServer()
+    to = ["b@example.org", "c@example.org"]
+    assert deliver_all(server, [to, to]) == ["250 OK", "250 OK"]
+    assert server.messages == [MESSAGE, MESSAGE] and server.connections == 1
+
+
+def test_a_message_with_a_refused_recipient_is_not_sent_to_the_accepted_ones() -> None:
+    """Pipelined, a refused RCPT is known only after DATA got its 354: the message must not
+    follow (the client hears the refusal, and would resend to all), so the connection is
+    dropped, and the next message goes on a fresh one."""
+    server = PipeliningServer(refuse=("c@example.org",))
+    replies = deliver_all(server, [["b@example.org", "c@example.org"], ["b@example.org"]])
+    assert replies == ["550 5.1.1 no", "250 OK"]
+    assert server.messages == [MESSAGE] and server.connections == 2
+
+
+def test_the_first_refusal_is_the_answer_and_the_connection_serves_on() -> None:
+    """Every recipient refused: DATA is refused too, the first refusal reaches the client and
+    the connection, back in step, takes the next message."""
+    server = PipeliningServer(refuse=("c@example.org",))
+    replies = deliver_all(server, [["c@example.org"], ["b@example.org"]])
+    assert replies == ["550 5.1.1 no", "250 OK"]
+    assert server.messages == [MESSAGE] and server.connections == 1
+
+
 class DyingServer:
     """Queues every message, then dies as a killed smtpd does: `die_after(n)` after the n-th
     message's 250 (the pooled connection is gone before the next MAIL), `die_before(n)`

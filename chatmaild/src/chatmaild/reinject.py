@@ -8,8 +8,8 @@ failure without any reply (Postfix down, connection lost) becomes a 451, so the 
 retried later and never lost.
 
 A small asyncio SMTP client (RFC 5321) with a pool of idle connections: a message costs
-MAIL, RCPT and DATA round trips on an open connection, not a new connection and EHLO each
-time. A pooled connection that turns out to be dead is replaced once, transparently: one that
+two round trips on an open connection, not a new connection and EHLO each time: MAIL, RCPT
+and DATA go in one write, as Postfix announces PIPELINING (RFC 2920), then the message. A pooled connection that turns out to be dead is replaced once, transparently: one that
 was lost, and one Postfix closed for idleness, which it does by writing
 `421 4.4.2 ... Error: timeout exceeded` first, a line read only when we use the connection
 again (that 421 must not reach the client as the verdict on its message). Idle connections
@@ -41,11 +41,14 @@ AFTER_END_OF_DATA = "re-injection failed after the end of DATA; Postfix may have
 
 
 class ReplyError(Exception):
-    """Postfix refused a step; `reply` is its reply line, to pass on."""
+    """Postfix refused a step; `reply` is its reply line, to pass on. `in_data`: Postfix
+    waits for a message that must not be sent (a recipient refused, a later one accepted,
+    DATA accepted): only closing the connection ends that transaction."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(self, reply: str, in_data: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
+        self.in_data = in_data
 
 
 class BareNewline(ValueError):
@@ -73,6 +76,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.idle_since = time.monotonic()
+        self.pipelining = False  # announced in the reply to EHLO
         # the current message's end of DATA was written: from here on, a connection that
         # fails may have left the message queued in Postfix (reset at each MAIL FROM)
         self.data_ended = False
@@ -90,13 +94,41 @@ class Connection:
             if line[3:4] != b"-":
                 return int(line[:3]), " ".join(t for t in texts if t)
 
-    async def command(self, line: bytes | list[bytes], expect: int) -> None:
-        self.writer.writelines([line] if isinstance(line, bytes) else line)
-        async with asyncio.timeout(TIMEOUT):
-            await self.writer.drain()
+    async def command(self, line: bytes | list[bytes], expect: int) -> str:
+        """Send one command (or the message); its reply text. ReplyError on another code."""
+        await self._write([line] if isinstance(line, bytes) else line)
         code, text = await self.reply()
         if code != expect:
             raise ReplyError(f"{code} {text}".rstrip())
+        return text
+
+    async def envelope(self, mail_from: str, rcpts: list[str]) -> None:
+        """MAIL, each RCPT, then DATA, expecting its 354: in one write when Postfix announced
+        PIPELINING, else one by one. ReplyError with the first refusal, as the same commands
+        one by one would give it."""
+        commands = [f"MAIL FROM:<{mail_from}>\r\n".encode()]
+        commands += [f"RCPT TO:<{rcpt}>\r\n".encode() for rcpt in rcpts]
+        commands.append(b"DATA\r\n")
+        groups = [commands] if self.pipelining else [[command] for command in commands]
+        refusal = ""
+        for group in groups:
+            await self._write(group)
+            for command in group:  # every reply is read: the next transaction must not see it
+                code, text = await self.reply()
+                reply = f"{code} {text}".rstrip()
+                if code == CLOSING:  # Postfix is closing the connection: nothing follows
+                    raise ReplyError(refusal or reply)
+                if code != (354 if command == b"DATA\r\n" else 250) and not refusal:
+                    refusal = reply
+                if code == 354 and refusal:
+                    raise ReplyError(refusal, in_data=True)
+            if refusal:
+                raise ReplyError(refusal)
+
+    async def _write(self, lines: list[bytes]) -> None:
+        self.writer.writelines(lines)
+        async with asyncio.timeout(TIMEOUT):
+            await self.writer.drain()
 
     def close(self) -> None:
         self.writer.close()
@@ -118,17 +150,15 @@ class Reinjector:
         if code != 220:
             conn.close()
             raise ConnectionError("no SMTP greeting")
-        await conn.command(f"EHLO {self.hostname}\r\n".encode(), 250)
+        features = await conn.command(f"EHLO {self.hostname}\r\n".encode(), 250)
+        conn.pipelining = "PIPELINING" in features.upper().split()
         return conn
 
     async def _transaction(
         self, conn: Connection, mail_from: str, rcpts: list[str], payload: list[bytes]
     ) -> None:
         conn.data_ended = False
-        await conn.command(f"MAIL FROM:<{mail_from}>\r\n".encode(), 250)
-        for rcpt in rcpts:
-            await conn.command(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
-        await conn.command(b"DATA\r\n", 354)
+        await conn.envelope(mail_from, rcpts)
         conn.data_ended = True
         await conn.command(payload, 250)
 
@@ -156,6 +186,9 @@ class Reinjector:
                 if pooled and e.reply.startswith(f"{CLOSING} "):
                     conn.close()
                     continue  # Postfix had closed the idle connection: try a fresh one
+                if e.in_data:
+                    conn.close()  # never a message with part of its recipients
+                    return e.reply
                 await self._release_after_refusal(conn)
                 return e.reply
             except (OSError, TimeoutError, EOFError) as e:
