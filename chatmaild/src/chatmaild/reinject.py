@@ -9,7 +9,12 @@ retried later and never lost.
 
 A small asyncio SMTP client (RFC 5321) with a pool of idle connections: a message costs
 two round trips on an open connection, not a new connection and EHLO each time: MAIL, RCPT
-and DATA go in one write, as Postfix announces PIPELINING (RFC 2920), then the message. A pooled connection that turns out to be dead is replaced once, transparently: one that
+and DATA go in one write, as Postfix announces PIPELINING (RFC 2920), then the message.
+Pipelined, a refused recipient is known only after DATA got its 354 when another recipient
+was accepted: the connection is then closed instead of sending the message, so that no
+recipient gets a message whose sender was told it was refused.
+
+A pooled connection that turns out to be dead is replaced once, transparently: one that
 was lost, and one Postfix closed for idleness, which it does by writing
 `421 4.4.2 ... Error: timeout exceeded` first, a line read only when we use the connection
 again (that 421 must not reach the client as the verdict on its message). Idle connections
