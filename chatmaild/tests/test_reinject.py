@@ -127,12 +127,12 @@ def test_a_421_on_a_fresh_connection_reaches_the_client() -> None:
 
 class PipeliningServer:
     """Announces PIPELINING and answers only once a whole envelope, up to DATA, has arrived:
-    a client that waits for each reply before its next command gets none. `refuse`: RCPT
-    arguments it refuses with a 550, answering DATA with 354 all the same when another
-    recipient was accepted, as Postfix does."""
+    a client that waits for each reply before its next command gets none. `refuse`: the
+    reply line to RCPT for these addresses; DATA gets its 354 all the same when another
+    recipient was accepted, as Postfix does. It never hangs up by itself."""
 
-    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
-        self.refuse = refuse
+    def __init__(self, refuse: dict[str, bytes] | None = None) -> None:
+        self.refuse = refuse or {}
         self.connections = 0
         self.messages: list[bytes] = []
 
@@ -143,10 +143,9 @@ class PipeliningServer:
             await reader.readline()
             writer.write(b"250-relay.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
             while envelope := await self._envelope(reader, writer):
-                accepted = [line for line in envelope[1:-1] if not self._refused(line)]
-                replies = [b"250 ok\r\n"]
-                replies += [b"550 5.1.1 no\r\n" if self._refused(r) else b"250 ok\r\n"
-                            for r in envelope[1:-1]]  # fmt: skip
+                rcpt_replies = [self._rcpt_reply(line) for line in envelope[1:-1]]
+                accepted = rcpt_replies.count(b"250 ok\r\n")
+                replies = [b"250 ok\r\n", *rcpt_replies]
                 replies.append(b"354 go ahead\r\n" if accepted else b"554 5.5.1 none\r\n")
                 writer.writelines(replies)
                 if not accepted:
@@ -160,8 +159,11 @@ class PipeliningServer:
         finally:
             writer.close()
 
-    def _refused(self, rcpt_line: bytes) -> bool:
-        return any(address.encode() in rcpt_line for address in self.refuse)
+    def _rcpt_reply(self, rcpt_line: bytes) -> bytes:
+        for address, reply in self.refuse.items():
+            if address.encode() in rcpt_line:
+                return reply
+        return b"250 ok\r\n"
 
     @staticmethod
     async def _envelope(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[bytes]:
@@ -174,6 +176,9 @@ class PipeliningServer:
             if line.upper().startswith(b"DATA"):
                 return lines
         return []
+
+
+REFUSED = b"550 5.1.1 no\r\n"
 
 
 def deliver_all(server: PipeliningServer, rcpts: list[list[str]]) -> list[str]:
@@ -200,19 +205,31 @@ def test_a_message_with_a_refused_recipient_is_not_sent_to_the_accepted_ones() -
     """Pipelined, a refused RCPT is known only after DATA got its 354: the message must not
     follow (the client hears the refusal, and would resend to all), so the connection is
     dropped, and the next message goes on a fresh one."""
-    server = PipeliningServer(refuse=("c@example.org",))
+    server = PipeliningServer(refuse={"c@example.org": REFUSED})
     replies = deliver_all(server, [["b@example.org", "c@example.org"], ["b@example.org"]])
     assert replies == ["550 5.1.1 no", "250 OK"]
     assert server.messages == [MESSAGE] and server.connections == 2
 
 
-def test_the_first_refusal_is_the_answer_and_the_connection_serves_on() -> None:
-    """Every recipient refused: DATA is refused too, the first refusal reaches the client and
-    the connection, back in step, takes the next message."""
-    server = PipeliningServer(refuse=("c@example.org",))
+def test_after_a_pipelined_refusal_the_next_message_takes_a_fresh_connection() -> None:
+    """Every recipient refused: DATA is refused too and the first refusal reaches the client.
+    Postfix counted the refused DATA as an error of the session as well (enough of them and
+    it answers slowly, then hangs up), so the connection is not reused."""
+    server = PipeliningServer(refuse={"c@example.org": REFUSED})
     replies = deliver_all(server, [["c@example.org"], ["b@example.org"]])
     assert replies == ["550 5.1.1 no", "250 OK"]
-    assert server.messages == [MESSAGE] and server.connections == 1
+    assert server.messages == [MESSAGE] and server.connections == 2
+
+
+def test_a_421_in_the_envelope_ends_the_connection_even_if_the_server_stays() -> None:
+    """A 421 means the server is closing: the replies after it are not taken as answers to
+    anything else, the client hears the 421, and the next message goes on a fresh connection
+    (not on one left waiting for a message)."""
+    server = PipeliningServer(refuse={"c@example.org": b"421 4.3.2 shutting down\r\n"})
+    # a 250 (to b) and the 354 follow the 421: an RSET would take that 250 for its own reply
+    replies = deliver_all(server, [["c@example.org", "b@example.org"], ["b@example.org"]])
+    assert replies == ["421 4.3.2 shutting down", "250 OK"]
+    assert server.messages == [MESSAGE] and server.connections == 2
 
 
 class DyingServer:

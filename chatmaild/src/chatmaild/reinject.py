@@ -10,9 +10,11 @@ retried later and never lost.
 A small asyncio SMTP client (RFC 5321) with a pool of idle connections: a message costs
 two round trips on an open connection, not a new connection and EHLO each time: MAIL, RCPT
 and DATA go in one write, as Postfix announces PIPELINING (RFC 2920), then the message.
-Pipelined, a refused recipient is known only after DATA got its 354 when another recipient
-was accepted: the connection is then closed instead of sending the message, so that no
-recipient gets a message whose sender was told it was refused.
+After a refusal in a pipelined envelope the connection is closed, not reset and reused:
+with a refused recipient beside an accepted one, Postfix answers DATA with 354 and waits for
+a message that must not be sent (its sender is told it was refused); and Postfix counts each
+reply after the refusal (503 to RCPT and DATA after a refused MAIL) as an error of the
+session, whose `smtpd_soft_error_limit` would slow every later message on it.
 
 A pooled connection that turns out to be dead is replaced once, transparently: one that
 was lost, and one Postfix closed for idleness, which it does by writing
@@ -46,14 +48,13 @@ AFTER_END_OF_DATA = "re-injection failed after the end of DATA; Postfix may have
 
 
 class ReplyError(Exception):
-    """Postfix refused a step; `reply` is its reply line, to pass on. `in_data`: Postfix
-    waits for a message that must not be sent (a recipient refused, a later one accepted,
-    DATA accepted): only closing the connection ends that transaction."""
+    """Postfix refused a step; `reply` is its reply line, to pass on. `drop`: the connection
+    cannot take the next message (Postfix is closing it, or a pipelined envelope was refused)."""
 
-    def __init__(self, reply: str, in_data: bool = False) -> None:
+    def __init__(self, reply: str, drop: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
-        self.in_data = in_data
+        self.drop = drop
 
 
 class BareNewline(ValueError):
@@ -118,17 +119,15 @@ class Connection:
         refusal = ""
         for group in groups:
             await self._write(group)
-            for command in group:  # every reply is read: the next transaction must not see it
+            for command in group:  # every reply read: the first refusal is the answer
                 code, text = await self.reply()
                 reply = f"{code} {text}".rstrip()
                 if code == CLOSING:  # Postfix is closing the connection: nothing follows
-                    raise ReplyError(refusal or reply)
+                    raise ReplyError(refusal or reply, drop=True)
                 if code != (354 if command == b"DATA\r\n" else 250) and not refusal:
                     refusal = reply
-                if code == 354 and refusal:
-                    raise ReplyError(refusal, in_data=True)
             if refusal:
-                raise ReplyError(refusal)
+                raise ReplyError(refusal, drop=self.pipelining)
 
     async def _write(self, lines: list[bytes]) -> None:
         self.writer.writelines(lines)
@@ -191,8 +190,8 @@ class Reinjector:
                 if pooled and e.reply.startswith(f"{CLOSING} "):
                     conn.close()
                     continue  # Postfix had closed the idle connection: try a fresh one
-                if e.in_data:
-                    conn.close()  # never a message with part of its recipients
+                if e.drop:
+                    conn.close()
                     return e.reply
                 await self._release_after_refusal(conn)
                 return e.reply
