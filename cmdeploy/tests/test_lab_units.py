@@ -64,6 +64,33 @@ def test_zones_before_and_after_deploy(lab_dir: Path) -> None:
     assert "IN MX 10 _relay1.test." in after and "IN NS ns._relay1.test." in after
 
 
+@pytest.mark.parametrize(
+    ("spare_pid", "spare_alive", "flushed_spare"),
+    [(0, False, False), (4242, True, True), (4242, False, False)],
+)
+def test_dns_failures_are_forgotten_on_every_relay_and_on_the_spare_while_it_runs(
+    spare_pid: int, spare_alive: bool, flushed_spare: bool
+) -> None:
+    state = lab.State(
+        relays=[
+            lab.Relay("relay1", "_relay1.test", "10.231.0.11", "n1", "c1"),
+            lab.Relay("relay2", "_relay2.test", "10.231.0.12", "n2", "c2"),
+        ]
+    )
+    if spare_pid:
+        state.pids[lab.SPARE] = spare_pid
+    with (
+        mock.patch.object(lab.hosts, "ssh") as ssh,
+        mock.patch.object(lab.hosts, "alive", side_effect=lambda pid: spare_alive and pid > 0),
+    ):
+        lab.forget_dns_failures(state, Path("/k"))
+    flushed = [c.args[1] for c in ssh.call_args_list]
+    expected = ["10.231.0.11", "10.231.0.12"] + ([lab.SPARE_IP] if flushed_spare else [])
+    assert flushed == expected
+    for c in ssh.call_args_list:
+        assert "flush_infra all" in c.args[2] and "flush_zone test" in c.args[2]
+
+
 def test_lab_addresses_stay_in_the_lab_subnet() -> None:
     assert net.GATEWAY in {str(a) for a in net.SUBNET}
     assert net.CLIENT_IP in {str(a) for a in net.SUBNET}

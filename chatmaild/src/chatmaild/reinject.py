@@ -116,18 +116,15 @@ class Connection:
         commands += [f"RCPT TO:<{rcpt}>\r\n".encode() for rcpt in rcpts]
         commands.append(b"DATA\r\n")
         groups = [commands] if self.pipelining else [[command] for command in commands]
-        refusal = ""
         for group in groups:
             await self._write(group)
-            for command in group:  # every reply read: the first refusal is the answer
+            for command in group:
                 code, text = await self.reply()
-                reply = f"{code} {text}".rstrip()
-                if code == CLOSING:  # Postfix is closing the connection: nothing follows
-                    raise ReplyError(refusal or reply, drop=True)
-                if code != (354 if command == b"DATA\r\n" else 250) and not refusal:
-                    refusal = reply
-            if refusal:
-                raise ReplyError(refusal, drop=self.pipelining)
+                if code != (354 if command == b"DATA\r\n" else 250):
+                    # The first refusal is the answer. The replies still in flight after a
+                    # pipelined one are not read: that connection is closed, not reused.
+                    drop = self.pipelining or code == CLOSING
+                    raise ReplyError(f"{code} {text}".rstrip(), drop=drop)
 
     async def _write(self, lines: list[bytes]) -> None:
         self.writer.writelines(lines)

@@ -101,32 +101,27 @@ def wait_for(ip: str, user: User, msgid: str, flush: tuple[str, ...] = ()) -> di
         if msgid in box["messages"]:
             return box
         if time.monotonic() >= deadline:
-            held = "".join(f"; {host} holds {queued_reasons(host, user)}" for host in flush)
+            held = "".join(f"; {host} holds {queued_for(host, user)}" for host in flush)
             raise AssertionError(f"{msgid} did not reach {user.addr} at {ip}{held}")
         for host in flush:
             ssh(host, "postqueue -f")
         time.sleep(2)
 
 
-def queued_reasons(ip: str, user: User) -> list[str]:
-    """Why the relay at `ip` still holds mail for `user`: each entry's queue and delay reason."""
-    reasons = []
+def queued_for(ip: str, user: User) -> list[tuple[str, str]]:
+    """What the relay at `ip` still holds for `user`: each entry's queue and delay reason."""
+    held = []
     for line in ssh(ip, "postqueue -j").splitlines():
         entry = json.loads(line)
         for rcpt in entry.get("recipients", []):
             if rcpt.get("address") == user.addr:
-                reasons.append(f"{entry.get('queue_name')}: {rcpt.get('delay_reason', '')}")
-    return reasons
+                held.append((entry.get("queue_name", ""), rcpt.get("delay_reason", "")))
+    return held
 
 
 def deferred_for(ip: str, user: User) -> bool:
     """Whether the relay at `ip` holds mail for `user` in its deferred queue."""
-    for line in ssh(ip, "postqueue -j").splitlines():
-        entry = json.loads(line)
-        rcpts = [r.get("address") for r in entry.get("recipients", [])]
-        if entry.get("queue_name") == "deferred" and user.addr in rcpts:
-            return True
-    return False
+    return any(queue == "deferred" for queue, _ in queued_for(ip, user))
 
 
 def forget_cached_names(ip: str) -> None:

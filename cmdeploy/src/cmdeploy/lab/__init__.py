@@ -240,7 +240,7 @@ def forget_dns_failures(state: State, key: Path) -> None:
     relay moved onto it checks its peers' DKIM keys through its own unbound, and one SERVFAIL
     cached there defers their mail for minutes. A host without unbound yet is left as is."""
     flush = f"{UNBOUND_CONTROL} flush_infra all; {UNBOUND_CONTROL} flush_zone test; true"
-    spare = [SPARE_IP] if state.pids.get(SPARE) else []
+    spare = [SPARE_IP] if hosts.alive(state.pids.get(SPARE, 0)) else []
     for ip in [relay.ip for relay in state.relays] + spare:
         hosts.ssh(key, ip, flush)
 
