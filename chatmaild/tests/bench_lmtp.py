@@ -29,6 +29,7 @@ import base64
 import imaplib
 import json
 import random
+import re
 import smtplib
 import statistics
 import sys
@@ -93,6 +94,16 @@ def lua_before(base: Path) -> None:
     lua_always_writes(base)
 
 
+def auth_dict_per_lookup(base: Path) -> None:
+    """Dovecot's auth closes its connection to doveauth after every answer, the dict client's
+    default, instead of keeping it (`idle_msecs`) as the relay does."""
+    conf = base / "auth-dict.conf.ext"
+    text = conf.read_text()
+    kept = re.search(r"^uri = proxy:idle_msecs=\d+:", text, re.MULTILINE)
+    assert kept, "the auth dict's uri changed: adapt the variant"
+    conf.write_text(text.replace(kept.group(0), "uri = proxy:"))
+
+
 @dataclass
 class Variant:
     name: str
@@ -115,6 +126,7 @@ VARIANTS = {
             lmtp_plugins("mail_lua", "notify", "push_notification", "push_notification_lua"),
         ),
         Variant("static-userdb", edit=static_userdb),
+        Variant("auth-dict-per-lookup", edit=auth_dict_per_lookup),
         Variant("fsync-optimized", "mail_fsync = optimized\n"),
         Variant("lua-sync", edit=lua_sync),
         Variant("lua-sync+tokens", edit=lua_sync, tokens=True),

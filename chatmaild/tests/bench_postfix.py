@@ -49,18 +49,21 @@ import argparse
 import imaplib
 import json
 import smtplib
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_filtermail import pgp_message
-from dovecot_harness import Relay, running_relay, wait_for
+from dovecot_harness import Relay, free_port, running_relay, wait_for
 from postfix_harness import (
     FILTERMAIL,
     LISTEN_ADDRESS,
@@ -74,6 +77,8 @@ from proctable import TICK, cmdline, descends, process_table
 SENDER = "x@[192.0.2.1]"  # an IP-literal domain: the gate's DKIM check does not apply
 PASSWORD = "bench-postfix-password"
 ATTRIBUTION = {"max_use": "100000", "max_idle": "3600s"}
+MILTER = Path(__file__).parent / "bench_milter.py"
+MILTER_STAGES = ("connect", "helo", "mail", "rcpt", "data", "end_of_header", "end_of_data")
 SETTLE_TIMEOUT = 300.0
 
 
@@ -87,6 +92,7 @@ class Variant:
     main: dict[str, str] = field(default_factory=dict)
     services: dict[str, dict[str, str | None]] = field(default_factory=dict)
     attribution: bool = True
+    milter: bool = False  # bench_milter.py runs beside Postfix, as smtpd_milters
 
 
 VARIANTS = {
@@ -97,6 +103,13 @@ VARIANTS = {
             "one-pass",
             "the port-25 smtpd without smtpd_proxy_filter: straight to cleanup, no gate",
             services={"smtp": {"smtpd_proxy_filter": None}},
+        ),
+        Variant(
+            "milter",
+            "the port-25 smtpd without smtpd_proxy_filter, with a milter that takes every"
+            " message (bench_milter.py): what the gate as a milter would cost, less its checks",
+            services={"smtp": {"smtpd_proxy_filter": None}},
+            milter=True,
         ),
         Variant(
             "as-deployed",
@@ -182,10 +195,16 @@ DEFAULT_VARIANTS = [
 ]
 
 
-def adapter(variant: Variant) -> Callable[[PostfixRelay], None]:
+def adapter(variant: Variant, milter_port: int = 0) -> Callable[[PostfixRelay], None]:
     def adapt(postfix: PostfixRelay) -> None:
         main = dict(ATTRIBUTION) if variant.attribution else {}
         main.update(variant.main)
+        if milter_port:
+            # on the port-25 listener only; no macros, which the milter does not read
+            postfix.postconf(
+                "-P", f"{postfix.smtp_service}/smtpd_milters=inet:127.0.0.1:{milter_port}"
+            )
+            main.update({f"milter_{stage}_macros": "" for stage in MILTER_STAGES})
         if main:
             postfix.postconf("-e", *(f"{k}={v}" for k, v in main.items()))
         names = {
@@ -289,7 +308,7 @@ def snapshot(postfix: PostfixRelay, relay: Relay) -> Snapshot:
         postfix.smtp_service.split("/")[0]: "smtpd port 25",
         f"{LISTEN_ADDRESS}:{postfix.reinject_port}": "smtpd reinject",
     }
-    snap = Snapshot(others={"filtermail": 0, "dovecot": 0, "chatmaild services": 0})
+    snap = Snapshot(others={"filtermail": 0, "milter": 0, "dovecot": 0, "chatmaild services": 0})
     lib = str(relay.base)
     for pid, stat in table.items():
         if pid == pf_master:
@@ -309,6 +328,8 @@ def snapshot(postfix: PostfixRelay, relay: Relay) -> Snapshot:
             args = cmdline(pid)
             if str(FILTERMAIL) in args and str(postfix.ini) in args:
                 snap.others["filtermail"] += stat.own + stat.reaped
+            elif str(MILTER) in args:
+                snap.others["milter"] += stat.own + stat.reaped
             elif any(lib in a for a in args) and "chatmaild" in " ".join(args):
                 snap.others["chatmaild services"] += stat.own + stat.reaped
     return snap
@@ -355,10 +376,35 @@ def wait_lmtp_sessions_ended(relay: Relay) -> int:
     return count()[0]
 
 
+@contextmanager
+def running_milter(wanted: bool) -> Iterator[int]:
+    """bench_milter.py on a free loopback port (0 and nothing started unless `wanted`)."""
+    if not wanted:
+        yield 0
+        return
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(MILTER), str(port)])
+    try:
+        wait_for(lambda: port_open(port), 10, "the bench milter")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def run_once(variant: Variant, options: argparse.Namespace) -> Result:
     with (
+        running_milter(variant.milter) as milter_port,
         running_relay() as relay,
-        running_postfix(relay, adapt=adapter(variant)) as postfix,
+        running_postfix(relay, adapt=adapter(variant, milter_port)) as postfix,
     ):
         accounts = create_accounts(relay, postfix.domain, options.accounts)
         warm = options.warmup
@@ -392,6 +438,7 @@ ROW_ORDER = [
     "POSTFIX TOTAL",
     "postlogd",
     "filtermail",
+    "milter",
     "dovecot",
     "chatmaild services",
     "postfix/dovecot",

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fakepush import FakePushServer, running_fake_push
@@ -155,6 +155,9 @@ class Relay:
     turn_secret_file: Path
     dovecot_conf: Path
     push: FakePushServer
+    # the running chatmaild services by name, and how each was started
+    services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    service_argv: dict[str, list[str]] = field(default_factory=dict)
 
     def socket(self, name: str) -> Path:
         return self.sockets / f"{name}.socket"
@@ -178,6 +181,41 @@ class Relay:
 
     def service_log(self, name: str) -> str:
         return (self.base / f"{name}.log").read_text(errors="replace")
+
+    def start_service(self, name: str) -> None:
+        """Start the service `name` (as vmail, its output appended to its log) and wait
+        until its socket answers."""
+        vmail = pwd.getpwnam("vmail")
+        with open(self.base / f"{name}.log", "ab") as log:
+            self.services[name] = subprocess.Popen(
+                self.service_argv[name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=vmail.pw_uid,
+                group=vmail.pw_gid,
+                extra_groups=[],
+            )
+        wait_for(lambda: can_connect_unix(self.socket(name)), what=name)
+
+    def stop_service(self, name: str) -> None:
+        stop_process(self.services.pop(name))
+
+    def restart_service(self, name: str) -> None:
+        """SIGTERM the service, as systemd's restart does, and start it again."""
+        self.stop_service(name)
+        self.start_service(name)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> bool:
+    """End the process; whether SIGTERM did it (within 15 s) or SIGKILL had to."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+    return True
 
 
 def service_command(base: Path, module: str) -> list[str]:
@@ -258,7 +296,8 @@ def running_relay(
     vmail = pwd.getpwnam("vmail")
     base = Path(tempfile.mkdtemp(prefix="chatmail-dovecot-"))
     base.chmod(0o755)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []  # Dovecot's master
+    relay: Relay | None = None
     try:
         with running_fake_push() as push:
             relay = Relay(
@@ -295,35 +334,20 @@ def running_relay(
             if static_password_hash is None:
                 shutil.copytree(Path(chatmaild.__file__).parent, base / "lib" / "chatmaild")
                 for name, (module, extra) in SERVICES.items():
-                    argv = [
+                    relay.service_argv[name] = [
                         *service_command(base, module),
                         str(relay.socket(name)),
                         str(relay.ini),
                         *(arg.format(nocreate=relay.nocreate_file) for arg in extra),
                     ]
-                    with open(base / f"{name}.log", "wb") as log:
-                        procs.append(
-                            subprocess.Popen(
-                                argv,
-                                stdout=log,
-                                stderr=subprocess.STDOUT,
-                                user=vmail.pw_uid,
-                                group=vmail.pw_gid,
-                                extra_groups=[],
-                            )
-                        )
-                for name in SERVICES:
-                    wait_for(lambda n=name: can_connect_unix(relay.socket(n)), what=name)
+                    relay.start_service(name)
             procs.append(subprocess.Popen(["dovecot", "-F", "-c", str(relay.dovecot_conf)]))
             wait_for(lambda: can_connect_tcp(relay.imap_port), what="dovecot IMAP port")
             yield relay
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
+        if relay is not None:
+            for name in reversed(list(relay.services)):
+                relay.stop_service(name)
         shutil.rmtree(base, ignore_errors=True)

@@ -16,7 +16,6 @@ import contextlib
 import functools
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,13 @@ from trixie_root import chroot
 
 # chatmaild's Dovecot 2.3 harness and push fake: their helpers serve here too
 sys.path.append(str(Path(__file__).resolve().parents[2] / "chatmaild" / "tests"))
-from dovecot_harness import can_connect_tcp, can_connect_unix, service_command, wait_for
+from dovecot_harness import (
+    can_connect_tcp,
+    can_connect_unix,
+    service_command,
+    stop_process,
+    wait_for,
+)
 from fakepush import FakePushServer, running_fake_push
 
 import chatmaild
@@ -127,7 +132,7 @@ class Relay24:
 
     def stop_service(self, name: str) -> None:
         """SIGTERM, as systemd stops it; it must end by itself, open connections or not."""
-        assert _stop(self.procs.pop(name)), f"{name} ignored SIGTERM"
+        assert stop_process(self.procs.pop(name)), f"{name} ignored SIGTERM"
 
     def start_service(self, name: str) -> None:
         """Start a service of `SERVICES` (again); returns once its socket answers."""
@@ -146,18 +151,6 @@ class Relay24:
             )
         path = self.host(self.socket(name))
         wait_for(functools.partial(can_connect_unix, path), what=name)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> bool:
-    """End the process; whether SIGTERM did it (within 15 s) or SIGKILL had to."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return False
-    return True
 
 
 def _vmail_ids(root: Path) -> tuple[int, int]:
@@ -237,7 +230,7 @@ def running_relay24(root: Path, extra_params: str = "") -> Iterator[Relay24]:
     finally:
         # Dovecot first: it would log the services' absence as errors
         for proc in reversed(list(relay.procs.values()) if relay else []):
-            _stop(proc)
+            stop_process(proc)
         shutil.rmtree(host_base, ignore_errors=True)
 
 
