@@ -40,7 +40,7 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             data = await reader.readexactly(length)
             command, rest = data[:1], data[1:]
             if command == b"O":
-                _, actions, offered = struct.unpack(">III", rest[:12])
+                offered = struct.unpack(">III", rest[:12])[2]  # version, actions, protocol
                 writer.write(packet(b"O", struct.pack(">III", VERSION, 0, WANTED & offered)))
             elif command == b"B":
                 body += len(rest)

@@ -49,7 +49,6 @@ import argparse
 import imaplib
 import json
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_filtermail import pgp_message
-from dovecot_harness import Relay, free_port, running_relay, wait_for
+from dovecot_harness import Relay, can_connect_tcp, free_port, running_relay, wait_for
 from postfix_harness import (
     FILTERMAIL,
     LISTEN_ADDRESS,
@@ -385,19 +384,11 @@ def running_milter(wanted: bool) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(MILTER), str(port)])
     try:
-        wait_for(lambda: port_open(port), 10, "the bench milter")
+        wait_for(lambda: can_connect_tcp(port), 10, "the bench milter")
         yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def run_once(variant: Variant, options: argparse.Namespace) -> Result:
