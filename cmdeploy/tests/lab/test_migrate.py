@@ -165,7 +165,10 @@ def test_a_relay_moves_to_a_new_host_and_its_users_carry_on(
 
     # Same passwords, same mail with the same UIDs: a client carries on without a new setup.
     # relay2 holds it, or the new host if it arrived while the run above restarted services
-    on_new = wait_for(new_ip, alice, during, flush=(peer.ip, new_ip))
+    try:
+        on_new = wait_for(new_ip, alice, during, flush=(peer.ip, new_ip))
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{what_the_peer_sees(peer.ip, new_ip, old.domain)}") from None
     assert on_new["uidvalidity"] == on_old["uidvalidity"]
     assert on_new["messages"][before] == on_old["messages"][before]
     assert accepted in on_new["messages"], "mail relay1 had accepted stayed behind"
@@ -213,3 +216,24 @@ def test_the_lab_is_back_as_it_was() -> None:
     # Postfix with its own configuration again (the check's slower retries undone)
     assert "1h" not in ssh(relay.ip, "postconf -h minimal_backoff_time")
     assert os.path.exists(lab.LAB / "state.json")
+
+
+def what_the_peer_sees(peer: str, new: str, domain: str) -> str:
+    """Why the peer may still keep its mail: the name it resolves, the certificate it is
+    shown on port 25 and its verdict, its SMTP client's last lines, and the new host's ACME
+    log."""
+    shown = (
+        f"openssl s_client -starttls smtp -connect {new}:25 -servername {domain} "
+        "-CAfile /etc/ssl/certs/ca-certificates.crt </dev/null 2>&1 "
+        "| grep -E 'subject=|issuer=|Verify return|Reused|New,' | head -5"
+    )
+    return "\n".join([
+        f"the peer resolves {domain} to: " + ssh(peer, f"getent hosts {domain} || true"),
+        "the peer is shown on port 25:\n" + ssh(peer, shown),
+        "the peer's SMTP client:\n" + ssh(peer, "journalctl -t postfix/smtp -n 12 --no-pager"),
+        "the new host's certificate: " + ssh(
+            new, "openssl x509 -noout -subject -issuer -in /etc/chatmail/tls/fullchain.pem"
+        ),
+        "the new host's Postfix: " + ssh(new, "ps -o pid,lstart,cmd -C smtpd,master | head -8"),
+        ssh(new, ACME_LOG),
+    ])  # fmt: skip
