@@ -1,68 +1,52 @@
-"""A milter that takes every message, for bench_postfix.py's `milter` variant.
+"""The gate as a milter, for bench_postfix.py's `milter` variant (doc/milter.md).
 
-Issue #13 weighs running the gate as a milter in Postfix's smtpd instead of as a
-before-queue proxy filter. What that design would cost is the Postfix side of the milter
-protocol plus a process that receives each message's envelope, headers and body; this is
-that process with no verdict at all (the gate's own checks are a small, separately measured
-part of filtermail's time, doc/performance.md). It asks for what a gate needs: MAIL, RCPT,
-every header with its leading space, the body, and a reply only at the end of the message
-(milter protocol version 6, the "no reply" flags for everything before).
+`chatmaild.milter` serving the incoming gate's own checks: the envelope addresses in their
+one spelling (`AddressPolicy`) and `mailcheck.check_incoming`, every recipient enforcing
+encryption. What it leaves out is the DKIM origin check (the bench's sender is an address
+literal, which has none) and the re-injection, which a milter no longer needs: an accepted
+message is queued by Postfix itself.
 
-`python3 bench_milter.py PORT`: listens on 127.0.0.1:PORT until killed. Loopback only.
+`python3 bench_milter.py INI LISTEN`: serves until killed, on the UNIX socket LISTEN (a path,
+mode 0666 so that Postfix's smtpd reaches it) or on 127.0.0.1:LISTEN (a port number).
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 import sys
+from pathlib import Path
 
-VERSION = 6
-NOCONNECT, NOHELO, NOUNKNOWN, NODATA = 0x01, 0x02, 0x100, 0x200
-NR_HDR, NR_MAIL, NR_RCPT, NR_EOH, NR_BODY = 0x80, 0x4000, 0x8000, 0x40000, 0x80000
-HDR_LEADSPC = 0x100000
-WANTED = (
-    NOCONNECT | NOHELO | NOUNKNOWN | NODATA | NR_HDR | NR_MAIL | NR_RCPT | NR_EOH | NR_BODY
-) | HDR_LEADSPC
-# commands that get no reply: macros, abort, and those the negotiation made silent
-SILENT = set(b"DAMRLNBK")
+from chatmaild import mailcheck
+from chatmaild.addresses import AddressPolicy
+from chatmaild.config import read_config
+from chatmaild.milter import start_milter_server
 
 
-def packet(command: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(command) + len(data)) + command + data
+class IncomingChecks:
+    def __init__(self, address_domain: str) -> None:
+        self.addresses = AddressPolicy(address_domain)
+
+    def check_sender(self, mail_from: str) -> str:
+        return self.addresses.incoming_sender(mail_from)
+
+    def check_recipient(self, rcpt: str) -> str:
+        return self.addresses.incoming_recipient(rcpt)
+
+    async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> None:
+        mailcheck.check_incoming(mail_from, rcpts, message, lambda rcpt: True)
 
 
-async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    body = 0  # what a gate would hold: the message's size stands for its bytes here
-    try:
-        while True:
-            (length,) = struct.unpack(">I", await reader.readexactly(4))
-            data = await reader.readexactly(length)
-            command, rest = data[:1], data[1:]
-            if command == b"O":
-                offered = struct.unpack(">III", rest[:12])[2]  # version, actions, protocol
-                writer.write(packet(b"O", struct.pack(">III", VERSION, 0, WANTED & offered)))
-            elif command == b"B":
-                body += len(rest)
-            elif command == b"E":
-                body = 0
-                writer.write(packet(b"c"))
-            elif command == b"Q":
-                return
-            elif command[0] not in SILENT:
-                writer.write(packet(b"c"))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return
-    finally:
-        writer.close()
-
-
-async def serve(port: int) -> None:
-    server = await asyncio.start_server(session, "127.0.0.1", port)
+async def serve(ini: str, listen: str) -> None:
+    config = read_config(ini)
+    gate = IncomingChecks(config.address_domain)
+    size = config.inner_message_size_limit
+    address = ("127.0.0.1", int(listen)) if listen.isdigit() else listen
+    server = await start_milter_server(gate, address, size)
+    if isinstance(address, str):
+        Path(address).chmod(0o666)  # Postfix's smtpd connects as the postfix user
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(sys.argv[1], sys.argv[2]))
