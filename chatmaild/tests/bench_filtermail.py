@@ -1,9 +1,12 @@
-"""Benchmark of the outgoing encryption gate against a pass-through proxy, in the same run.
+"""Benchmark of the encryption gate's SMTP front end against a pass-through proxy, in the same
+run.
 
 Run: `scripts/bench-filtermail [--seconds S] [--clients N] [--json FILE]` (needs Postfix's
 `smtp-sink`, which scripts/test installs). Both servers re-inject into the same `smtp-sink`:
 
-- filtermail: the real `filtermail INI outgoing` process (rate limit off);
+- filtermail: the real `filtermail INI incoming` process, the proxy filter of port 25 (the
+  outgoing gate is a milter since issue 13: bench_postfix.py's `milter` variant measures that
+  path); the sender is an address literal, so there is no DKIM check to make;
 - baseline: an aiosmtpd handler that only re-injects (no checks), in its own process.
 
 For 2 KB, 200 KB and 1 MB PGP/MIME messages from N clients, each message on a connection of
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dovecot_harness import free_port
 
 CORPUS = Path(__file__).parent / "data" / "mail"
-SENDER, RCPT = "alice@example.org", "bob@example.org"
+SENDER, RCPT = "alice@[192.0.2.1]", "bob@example.org"
 
 
 def pgp_message(size: int) -> bytes:
@@ -161,22 +164,23 @@ def main() -> None:
             "[params]\nmail_domain = example.org\n"
             f"mailboxes_dir = {tmp}\nmax_user_send_per_minute = 0\n"
             "max_message_size = 31457280\n"
-            f"filtermail_smtp_port = {gate_port}\npostfix_reinject_port = {sink_port}\n"
-            f"postfix_reinject_port_local = {sink_port}\n"
+            f"filtermail_smtp_port_incoming = {gate_port}\n"
+            f"filtermail_http_port_incoming = {free_port()}\n"
+            f"postfix_reinject_port_incoming = {sink_port}\n"
         )
         filtermail = str(Path(sys.executable).parent / "filtermail")
         me = [sys.executable, __file__, "--passthrough", str(base_port), str(sink_port)]
         sink = ["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{sink_port}", "1000"]
         with (
             process(sink, sink_port),
-            process([filtermail, str(ini), "outgoing"], gate_port) as gate_pid,
+            process([filtermail, str(ini), "incoming"], gate_port) as gate_pid,
             process(me, base_port) as base_pid,
         ):
             print(
                 f"# {args.clients} clients, {args.seconds:g} s per figure, {os.cpu_count()} cores"
             )
             for label, size in (("2KB", 2048), ("200KB", 200 * 1024), ("1MB", 2**20)):
-                message = pgp_message(size)
+                message = pgp_message(size).replace(b"alice@example.org", SENDER.encode())
                 base = measure(base_port, base_pid, message, args.clients, args.seconds)
                 gate = measure(gate_port, gate_pid, message, args.clients, args.seconds)
                 results[label] = {

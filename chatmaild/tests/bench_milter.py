@@ -32,7 +32,7 @@ class IncomingChecks:
     def check_recipient(self, rcpt: str) -> str:
         return self.addresses.incoming_recipient(rcpt)
 
-    async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> None:
+    async def judge(self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool) -> None:
         mailcheck.check_incoming(mail_from, rcpts, message, lambda rcpt: True)
 
 

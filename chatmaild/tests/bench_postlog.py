@@ -4,8 +4,8 @@ Run: `venv/bin/python chatmaild/tests/bench_postlog.py [--lines N] [--json FILE]
 or with `--capture` (root, Debian's postfix and dovecot): the lines the real Postfix and
 Dovecot of chatmaild/tests/postfix_harness.py log for a message from a peer over port 25 and
 over /mxdeliv, and for one an account submits to another (the harness's Postfix with the
-templates' submission and local re-injection listeners added, `filtermail outgoing`, and
-Dovecot's SASL socket), each shown redacted and counted by origin.
+templates' submission listener added, `filtermail outgoing` as its milter, and Dovecot's SASL
+socket), each shown redacted and counted by origin.
 
 Issue #13 counts "other (mostly journald and chatmail-postlog)" among the relay's costs per
 message (doc/performance.md). This feeds the real process (`python -m chatmaild.postlog`,
@@ -19,14 +19,16 @@ The lines are those `--capture` shows for one message of each path (`MESSAGE_LIN
 the relay's log format, with the header_checks "replace" lines the relay logged before it
 left a Subject of "[...]" alone and the re-injection's "connect", which its pooled
 connections log only now and then: the figures before and after that change are of the same
-stream. Queue ids, pids, local parts and session ids vary per message.
+stream. Since the outgoing gate is a milter (issue 13) a submission for a local account logs
+neither a re-injection nor Postfix's "proxy-accept" line: three lines fewer, so per-line
+figures compare across that change and per-message sums do not. Queue ids, pids, local
+parts and session ids vary per message.
 Loopback only; every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import json
@@ -43,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,27 +102,18 @@ SUBMISSION = [  # a Delta Chat client sending to an account on the same relay
         "NOQUEUE: client=unknown[198.51.100.{pid3}], sasl_method=PLAIN,"
         " sasl_username={local}@chat.example.org",
     ),
-    ("postfix/reinject_local/smtpd", 22, "connect from localhost[127.0.0.1]"),
-    ("postfix/reinject_local/smtpd", 22, "{qid}: client=localhost[127.0.0.1]"),
     (
         "postfix/cleanup",
         22,
-        "{qid}: replace: header Subject: [...] from localhost[127.0.0.1];"
+        "{qid}: replace: header Subject: [...] from unknown[198.51.100.{pid3}];"
         " from=<{local}@chat.example.org> to=<{local}y@chat.example.org> proto=ESMTP"
-        " helo=<filtermail>: Subject: [...]",
+        " helo=<[192.168.1.{pid3}]>: Subject: [...]",
     ),
     ("postfix/cleanup", 22, "{qid}: message-id=<{msgid}@chat.example.org>"),
     (
         "postfix/qmgr",
         22,
         "{qid}: from=<{local}@chat.example.org>, size=2470, nrcpt=1 (queue active)",
-    ),
-    (
-        "postfix/submission/smtpd",
-        22,
-        "proxy-accept: END-OF-MESSAGE: 250 OK; from=<{local}@chat.example.org>"
-        " to=<{local}y@chat.example.org> proto=ESMTP helo=<[192.168.1.{pid3}]>"
-        " sasl_username=<{local}@chat.example.org>",
     ),
     (
         "postfix/submission/smtpd",
@@ -284,14 +276,13 @@ def profile(lines: list[bytes], top: int = 20) -> str:
 
 # Dovecot's SASL socket for the submission listener (the relay's dovecot.conf has it in
 # Postfix's spool; the harness's Dovecot has none)
-SASL_LISTENER = "service auth {{\n  unix_listener {path} {{\n    mode = 0666\n  }}\n}}\n"
 CAPTURED = ("port 25", "/mxdeliv", "port 25 again", "submission", "submission again")
 
 
 def capture() -> dict[str, dict[str, int]]:
     """{path: {origin: lines}} of one delivered message per path, from the real daemons."""
     from dovecot_harness import running_relay
-    from postfix_harness import running_postfix
+    from postfix_harness import SASL_LISTENER, running_postfix, running_submission
 
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-postlog-sasl-") as sasl_dir:
@@ -300,7 +291,7 @@ def capture() -> dict[str, dict[str, int]]:
         with (
             running_relay(dovecot_settings=SASL_LISTENER.format(path=sasl)) as relay,
             running_postfix(relay) as postfix,
-            _with_submission(postfix, sasl) as submission_port,
+            running_submission(postfix, sasl) as submission_port,
         ):
             sender, rcpt = _account(postfix), _account(postfix)
             time.sleep(1)  # their login lines are not the messages'
@@ -342,57 +333,6 @@ def _send(path: str, postfix: Any, submission_port: int, sender: str, rcpt: str)
             smtp.starttls(context=unverified_tls())
             smtp.login(sender, PASSWORD)
             smtp.sendmail(sender, [rcpt], message)
-
-
-@contextlib.contextmanager
-def _with_submission(postfix: Any, sasl: Path) -> Iterator[int]:
-    """The harness's Postfix with the relay's submission listener (on a loopback port) and
-    its local re-injection listener, as the templates have them, and `filtermail outgoing`."""
-    from dovecot_harness import free_port
-    from postfix_harness import FILTERMAIL, LISTEN_ADDRESS, _run_postfix, _smtp_greets
-
-    port = free_port()
-    local = f"{LISTEN_ADDRESS}:{postfix.config.postfix_reinject_port_local}"
-    _copy_service(postfix, "submission", f"{LISTEN_ADDRESS}:{port}")
-    _copy_service(postfix, local, local)
-    for name in ("mua_client_restrictions", "mua_helo_restrictions", "mua_sender_restrictions"):
-        value = postfix.postconf("-c", str(postfix.template_dir), "-h", name).strip()
-        postfix.postconf("-e", f"{name}={value}")
-    postfix.postconf("-e", f"smtpd_sasl_path={sasl}")
-    for path in postfix.config_dir.iterdir():
-        os.utime(path, (0, 0))  # as the harness does: Postfix would wait for a new main.cf
-    _run_postfix(postfix, "reload")
-    with open(postfix.base / "filtermail-outgoing.log", "wb") as out:
-        proc = subprocess.Popen(
-            [str(FILTERMAIL), str(postfix.ini), "outgoing"], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        for each in (postfix.config.filtermail_smtp_port, port):
-            _wait(lambda p=each: _smtp_greets(p), f"port {each}")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _copy_service(postfix: Any, service: str, name: str) -> None:
-    """A master.cf inet service of the rendered templates, with its -o options, as `name`."""
-    template = ["-c", str(postfix.template_dir)]
-    entry = postfix.postconf(*template, "-M", f"{service}/inet").strip()
-    postfix.postconf("-M", f"{name}/inet={name} {entry.partition(' ')[2]}")
-    prefix = f"{service}/inet/"
-    for line in postfix.postconf(*template, "-P").splitlines():
-        key, _, value = line.partition(" = ")
-        if key.startswith(prefix):
-            postfix.postconf("-P", f"{name}/inet/{key.removeprefix(prefix)}={value}")
-
-
-def _wait(ready: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
 
 
 def _count_and_print(path: str, lines: list[tuple[str, str]]) -> dict[str, int]:

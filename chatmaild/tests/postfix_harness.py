@@ -441,11 +441,9 @@ def running_postfix(
     postfix: PostfixRelay | None = None
     try:
         ports = {
-            "filtermail_smtp_port": free_port(),
             "filtermail_smtp_port_incoming": free_port(),
             "filtermail_http_port_incoming": free_port(),
             "postfix_reinject_port": free_port(),
-            "postfix_reinject_port_local": free_port(),
             "postfix_reinject_port_incoming": free_port(),
             "postfix_reinject_port_smtp": free_port(),
             "filtermail_lmtp_port_transport": free_port(),
@@ -462,14 +460,13 @@ def running_postfix(
             config=config,
             dovecot=relay,
             smtp_port=free_port(),
-            # Submission needs Dovecot's SASL socket, outgoing re-injection needs OpenDKIM (and
-            # its local-only twin the outgoing gate), and the way out to other relays is not
-            # taken here: none of them is on the path of mail from peers
+            # Submission needs Dovecot's SASL socket and the outgoing gate, outgoing
+            # re-injection needs OpenDKIM, and the way out to other relays is not taken here:
+            # none of them is on the path of mail from peers
             removed_services=(
                 "submission/inet",
                 "smtps/inet",
                 f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port']}/inet",
-                f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port_local']}/inet",
                 f"{LISTEN_ADDRESS}:{ports['postfix_reinject_port_smtp']}/inet",
                 "filtermail-transport/unix",
             ),
@@ -512,3 +509,61 @@ def running_postfix(
         if postfix is not None:
             _stop_postfix(postfix)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# Dovecot's SASL socket where the harness's Postfix can reach it (running_relay's
+# dovecot_settings; the submission listener's smtpd_sasl_path)
+SASL_LISTENER = "service auth {{\n  unix_listener {path} {{\n    mode = 0666\n  }}\n}}\n"
+
+
+@contextlib.contextmanager
+def running_submission(postfix: PostfixRelay, sasl: Path) -> Iterator[int]:
+    """The relay's submission listener (on a loopback port; its port) added to a running
+    instance as the templates have it, with its milter, the real `filtermail outgoing`, on a
+    socket of the instance's, and the signing re-injection listener without OpenDKIM (which
+    the harness does not run): the relay's submission path but for the signature."""
+    port = free_port()
+    gate = postfix.base / "gate.socket"
+    name = f"{LISTEN_ADDRESS}:{port}"
+    _copy_service(postfix, "submission", name)
+    postfix.postconf("-P", f"{name}/inet/smtpd_milters=unix:{gate}")
+    signing = f"{LISTEN_ADDRESS}:{postfix.config.postfix_reinject_port}"
+    _copy_service(postfix, signing, signing)
+    postfix.postconf("-PX", f"{signing}/inet/smtpd_milters")
+    for each in ("mua_client_restrictions", "mua_helo_restrictions", "mua_sender_restrictions"):
+        value = postfix.postconf("-c", str(postfix.template_dir), "-h", each).strip()
+        postfix.postconf("-e", f"{each}={value}")
+    postfix.postconf("-e", f"smtpd_sasl_path={sasl}")
+    _settle_mtimes(postfix.config_dir)
+    _run_postfix(postfix, "reload")
+    argv = [str(FILTERMAIL), str(postfix.ini), "outgoing", "--socket", str(gate)]
+    log = postfix.base / "filtermail-outgoing.log"
+    postfix.filtermail_logs["outgoing"] = log
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*argv, "--socket-group", "postfix"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _until_listening(proc, log, gate.exists)
+        for each in (port, postfix.config.postfix_reinject_port):
+            wait_for(functools.partial(_smtp_greets, each), STARTUP_TIMEOUT, f"port {each}")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _copy_service(postfix: PostfixRelay, service: str, name: str) -> None:
+    """A master.cf inet service of the rendered templates, with its -o options, as `name`."""
+    template = ["-c", str(postfix.template_dir)]
+    entry = postfix.postconf(*template, "-M", f"{service}/inet").strip()
+    postfix.postconf("-M", f"{name}/inet={name} {entry.partition(' ')[2]}")
+    prefix = f"{service}/inet/"
+    for line in postfix.postconf(*template, "-P").splitlines():
+        key, _, value = line.partition(" = ")
+        if key.startswith(prefix):
+            postfix.postconf("-P", f"{name}/inet/{key.removeprefix(prefix)}={value}")

@@ -1,4 +1,6 @@
-"""filtermail over real sockets: an SMTP client, the gate, and a recording re-injection sink."""
+"""filtermail over real sockets: the outgoing gate as a milter (a client speaking Postfix's
+side, milter_client.py), the incoming gate over SMTP and /mxdeliv, and a recording re-injection
+sink."""
 
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from pathlib import Path
 
 import pytest
 from chatmaild_testing import make_config
+from milter_client import PASSED_ON, QUEUED, MilterClient
+from milter_client import send as milter_send
 
 from chatmaild import smtpfront
 from chatmaild.filtermail import IncomingGate, OutgoingGate
 from chatmaild.gatemetrics import GateCounters
 from chatmaild.metrics import Registry
+from chatmaild.milter import start_milter_server
 from chatmaild.mxdeliv import start_mxdeliv_server
 from chatmaild.ratelimit import RateLimiter
 from chatmaild.reinject import Reinjector
@@ -42,9 +47,6 @@ class Sink:
 
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     reply: str = "250 OK"
-    # which listener each message reached, when two sinks share `messages` and `routes`
-    routes: list[str] = field(default_factory=list)
-    name: str = "signing"
 
     def check_sender(self, mail_from: str) -> str:
         return mail_from
@@ -54,7 +56,6 @@ class Sink:
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
         self.messages.append((mail_from, rcpts, data))
-        self.routes.append(self.name)
         return self.reply
 
 
@@ -73,7 +74,7 @@ class FakeVerifier:
 
 @dataclass
 class Ports:
-    outgoing: int
+    outgoing: str  # the outgoing gate's milter socket
     incoming: int
     http: int
     sink: Sink
@@ -94,10 +95,11 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
     def serve(self, start: Awaitable[asyncio.AbstractServer]) -> int:
-        """Start a server in the loop; its port."""
+        """Start a server in the loop; its port (0 for a UNIX socket)."""
         server = self.run(start)
         self.servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        name = server.sockets[0].getsockname()
+        return int(name[1]) if isinstance(name, tuple) else 0
 
     def stop(self) -> None:
         async def cancel_all() -> None:
@@ -123,16 +125,14 @@ def gate(tmp_path: Path) -> Iterator[Ports]:
     sink = Sink()
     verifier = FakeVerifier()
     enforcing = {BOB}
-    # Postfix's signing re-injection listener and its local-only one, recorded in one list
-    local_sink = Sink(messages=sink.messages, routes=sink.routes, name="local")
+    # Postfix's re-injection listeners (the signing one for outgoing mail)
     sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
-    local_port = loop.serve(start_smtp_server(local_sink, "127.0.0.1", 0, "sink", MAX_SIZE * 2))
     reinjector = Reinjector("127.0.0.1", sink_port)
-    local_reinjector = Reinjector("127.0.0.1", local_port)
-    loop.reinjectors += [reinjector, local_reinjector]
+    loop.reinjectors.append(reinjector)
     registry = Registry()
     out, into = GateCounters(registry, "outgoing"), GateCounters(registry, "incoming")
-    outgoing = OutgoingGate(config, reinjector, local_reinjector, RateLimiter(60, 3), out)
+    outgoing = OutgoingGate(config, reinjector, RateLimiter(60, 3), out)
+    milter_socket = str(tmp_path / "gate.socket")
     incoming = IncomingGate(
         config,
         reinjector,
@@ -141,13 +141,20 @@ def gate(tmp_path: Path) -> Iterator[Ports]:
         counters=into,
     )
     host, name = "127.0.0.1", "filtermail"
+    loop.serve(start_milter_server(outgoing, milter_socket, MAX_SIZE, on_refusal=out.refused))
     ports = [
-        loop.serve(start_smtp_server(outgoing, host, 0, name, MAX_SIZE, counters=out)),
         loop.serve(start_smtp_server(incoming, host, 0, name, MAX_SIZE, counters=into)),
         loop.serve(start_mxdeliv_server(incoming, host, 0, MAX_SIZE, registry, into)),
     ]
     try:
-        yield Ports(*ports, sink=sink, verifier=verifier, enforcing=enforcing, registry=registry)
+        yield Ports(
+            milter_socket,
+            *ports,
+            sink=sink,
+            verifier=verifier,
+            enforcing=enforcing,
+            registry=registry,
+        )
     finally:
         loop.stop()
 
@@ -198,32 +205,37 @@ class RawClient:
 # --- outgoing ------------------------------------------------------------------------------
 
 
-def test_encrypted_mail_is_reinjected_unchanged(gate: Ports) -> None:
-    assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED) == (250, "OK")
+def test_encrypted_mail_for_local_users_is_queued_by_postfix_in_one_pass(gate: Ports) -> None:
+    assert milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED) == QUEUED
+    assert gate.sink.messages == []  # nothing re-injected
+
+
+def test_encrypted_mail_that_leaves_is_reinjected_unchanged_to_be_signed(gate: Ports) -> None:
+    carol = "carol@other.example"
+    assert milter_send(gate.outgoing, ALICE, [carol], ENCRYPTED) == PASSED_ON
     [(mail_from, rcpts, data)] = gate.sink.messages
-    assert (mail_from, rcpts) == (ALICE, [BOB])
+    assert (mail_from, rcpts) == (ALICE, [carol])
     assert data == crlf(ENCRYPTED)
 
 
 def test_cleartext_is_refused_and_not_reinjected(gate: Ports) -> None:
-    assert send(gate.outgoing, ALICE, [BOB], CLEARTEXT) == (
-        523,
-        "Encryption Needed: Invalid Unencrypted Mail",
-    )
+    for rcpt in (BOB, "carol@other.example"):
+        assert milter_send(gate.outgoing, ALICE, [rcpt], CLEARTEXT) == (
+            523,
+            "Encryption Needed: Invalid Unencrypted Mail",
+        )
     assert gate.sink.messages == []
 
 
 def test_from_header_must_match_envelope(gate: Ports) -> None:
-    code, text = send(gate.outgoing, "mallory@example.org", [BOB], ENCRYPTED)
+    code, text = milter_send(gate.outgoing, "mallory@example.org", [BOB], ENCRYPTED)
     assert (code, text) == (500, "Invalid FROM <alice@example.org> for <mallory@example.org>")
 
 
-@pytest.mark.parametrize("mail_from", ["no-at-sign", "two@at@example.org"])
+@pytest.mark.parametrize("mail_from", ["no-at-sign", "two@at@example.org", "a%b@example.org"])
 def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
-    with RawClient(gate.outgoing) as client:
-        assert client.command(f"MAIL FROM:<{mail_from}>").startswith(
-            f"500 Invalid from address <{mail_from}>"
-        )
+    with MilterClient(gate.outgoing) as client:
+        assert client.mail(mail_from) == (500, f"Invalid from address <{mail_from}>")
 
 
 @pytest.mark.parametrize(
@@ -231,29 +243,41 @@ def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
 )
 def test_mail_from_in_another_spelling_is_refused(gate: Ports, mail_from: str) -> None:
     """Postfix ties MAIL FROM to the login in its own reading; the gate takes one spelling."""
-    with RawClient(gate.outgoing) as client:
-        assert client.command(f"MAIL FROM:<{mail_from}>").startswith("500 Invalid from address")
+    with MilterClient(gate.outgoing) as client:
+        reply = client.mail(mail_from)
+        assert reply is not None and reply[0] == 500 and reply[1].startswith("Invalid from")
 
 
-def test_recipients_are_reinjected_in_their_one_spelling(gate: Ports) -> None:
-    rcpts = ["Bob@Example.ORG", "carol@other.example"]
-    assert send(gate.outgoing, "Alice@example.org", rcpts, ENCRYPTED) == (250, "OK")
-    [(mail_from, reinjected, _data)] = gate.sink.messages
-    assert (mail_from, reinjected) == (ALICE, [BOB, "carol@other.example"])
+@pytest.mark.parametrize(
+    ("mail_from", "rcpts"),
+    [
+        ("Alice@example.org", [BOB]),
+        (ALICE, ["Bob@Example.ORG"]),
+        ("Alice@example.org", ["Bob@Example.ORG", "carol@other.example"]),
+    ],
+)
+def test_mail_in_another_spelling_is_reinjected_in_the_one_spelling(
+    gate: Ports, mail_from: str, rcpts: list[str]
+) -> None:
+    """Postfix's copy is queued in the client's spellings: the gate passes the message on in
+    the canonical ones instead, even for local users only."""
+    assert milter_send(gate.outgoing, mail_from, rcpts, ENCRYPTED) == PASSED_ON
+    [(reinjected_from, reinjected, _data)] = gate.sink.messages
+    canonical = [rcpt.lower() if "example.org" in rcpt.lower() else rcpt for rcpt in rcpts]
+    assert (reinjected_from, reinjected) == (ALICE, canonical)
 
 
-@pytest.mark.parametrize("port", ["outgoing", "incoming"])
 @pytest.mark.parametrize(
     "rcpt", ['"bob"@example.org', "bob@example.org.", "bob+x@example.org", "@x:bob@example.org"]
 )
-def test_other_spellings_of_a_local_recipient_are_refused_at_rcpt(
-    gate: Ports, port: str, rcpt: str
-) -> None:
-    with RawClient(getattr(gate, port)) as client:
-        assert client.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
-        reply = client.command(f"RCPT TO:<{rcpt}>")
-        assert reply == "553 5.1.3 Invalid recipient address\r\n"
-        assert client.command("DATA").startswith("503 ")  # no recipient was taken
+def test_other_spellings_of_a_local_recipient_are_refused_at_rcpt(gate: Ports, rcpt: str) -> None:
+    with MilterClient(gate.outgoing) as client:
+        assert client.mail(ALICE) is None
+        assert client.rcpt(rcpt) == (553, "5.1.3 Invalid recipient address")
+    with RawClient(gate.incoming) as smtp:
+        assert smtp.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
+        assert smtp.command(f"RCPT TO:<{rcpt}>") == "553 5.1.3 Invalid recipient address\r\n"
+        assert smtp.command("DATA").startswith("503 ")  # no recipient was taken
 
 
 def test_incoming_takes_only_local_recipients(gate: Ports) -> None:
@@ -263,42 +287,42 @@ def test_incoming_takes_only_local_recipients(gate: Ports) -> None:
         assert client.command("RCPT TO:<Bob@example.org>") == "250 OK\r\n"
 
 
-def test_rate_limit_after_the_burst_closes_the_connection(gate: Ports) -> None:
+def test_rate_limit_after_the_burst(gate: Ports) -> None:
     for _ in range(3):  # the burst
-        assert send(gate.outgoing, ALICE, [BOB], ENCRYPTED)[0] == 250
-    with RawClient(gate.outgoing) as client:
-        reply = client.command(f"MAIL FROM:<{ALICE}>")
-        assert reply.startswith(f"450 4.7.1: Too much mail from <{ALICE}>, rate limited until ")
-        assert client.closed()
-        # another sender is not affected
-        assert send(gate.outgoing, "bob@example.org", [ALICE], ENCRYPTED)[0] == 500  # From=alice
+        assert milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)[0] == 250
+    with MilterClient(gate.outgoing) as client:
+        reply = client.mail(ALICE)
+        assert reply is not None and reply[0] == 450
+        assert reply[1].startswith(f"4.7.1: Too much mail from <{ALICE}>, rate limited until ")
+    # another sender is not affected
+    assert milter_send(gate.outgoing, "bob@example.org", [ALICE], ENCRYPTED)[0] == 500  # From
 
 
 def test_reinjection_refusal_is_passed_through(gate: Ports) -> None:
     gate.sink.reply = "550 5.1.1 No such user"
-    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED) == (
+    assert milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED) == (
         550,
         "5.1.1 No such user",
     )
 
 
 @pytest.mark.parametrize(
-    ("rcpts", "route"),
+    ("rcpts", "outcome"),
     [
-        ([BOB], "local"),
-        ([BOB, ALICE], "local"),
-        (["carol@other.example"], "signing"),
+        ([BOB], QUEUED),
+        ([BOB, ALICE], QUEUED),
+        (["carol@other.example"], PASSED_ON),
         # one copy leaves the relay: the whole message is signed
-        ([BOB, "carol@other.example"], "signing"),
+        ([BOB, "carol@other.example"], PASSED_ON),
         # the relay's own address in a bracketed IP form is not its domain: it leaves signed
-        (["bob@[192.0.2.1]"], "signing"),
+        (["bob@[192.0.2.1]"], PASSED_ON),
     ],
 )
 def test_only_mail_that_leaves_the_relay_goes_to_the_signing_listener(
-    gate: Ports, rcpts: list[str], route: str
+    gate: Ports, rcpts: list[str], outcome: tuple[int, str]
 ) -> None:
-    assert send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == (250, "OK")
-    assert gate.sink.routes == [route]
+    assert milter_send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == outcome
+    assert len(gate.sink.messages) == (outcome == PASSED_ON)
 
 
 def test_reinjection_down_is_a_temporary_failure(gate: Ports) -> None:
@@ -310,11 +334,34 @@ def test_reinjection_down_is_a_temporary_failure(gate: Ports) -> None:
     assert reply.startswith("451 ")
 
 
+def test_a_session_carries_several_messages_and_forgets_an_aborted_one(gate: Ports) -> None:
+    """Postfix keeps one milter connection per SMTP session; RSET (abort) forgets the
+    envelope so far."""
+    carol = "carol@other.example"
+    with MilterClient(gate.outgoing) as client:
+        assert client.mail(ALICE) is None and client.rcpt(carol) is None
+        client.abort()
+        assert client.mail(ALICE) is None and client.rcpt(BOB) is None
+        assert client.message(ENCRYPTED) == QUEUED  # for BOB only: carol was forgotten
+        assert client.mail(ALICE) is None and client.rcpt(carol) is None
+        assert client.message(ENCRYPTED) == PASSED_ON
+    assert [rcpts for _, rcpts, _ in gate.sink.messages] == [[carol]]
+
+
+def test_an_oversized_message_is_refused_at_its_end(gate: Ports) -> None:
+    big = ENCRYPTED + (b"X" * 998 + b"\r\n") * (MAX_SIZE // 1000 + 5)
+    assert milter_send(gate.outgoing, ALICE, ["carol@other.example"], big) == (
+        552,
+        "Message exceeds maximum size",
+    )
+    assert gate.sink.messages == []
+
+
 # --- SMTP strictness -----------------------------------------------------------------------
 
 
 def test_protocol_replies(gate: Ports) -> None:
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         assert client.greeting == "220 filtermail SMTP\r\n"
         assert client.command("XYZZY") == "500 Command not recognized\r\n"
         assert client.command("RCPT TO:<bob@example.org>").startswith("503 ")
@@ -330,7 +377,7 @@ def test_protocol_replies(gate: Ports) -> None:
 
 
 def test_ehlo_advertises_the_size_limit(gate: Ports) -> None:
-    with smtplib.SMTP("127.0.0.1", gate.outgoing, timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", gate.incoming, timeout=10) as smtp:
         smtp.ehlo()
         assert smtp.esmtp_features["size"] == str(MAX_SIZE)
 
@@ -344,7 +391,7 @@ def test_ehlo_advertises_the_size_limit(gate: Ports) -> None:
     ],
 )
 def test_bare_lf_closes_the_connection(gate: Ports, payload: bytes, replies: int) -> None:
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         client.send(payload)
         lines = []
         while line := client.readline():
@@ -361,7 +408,7 @@ def test_bare_lf_closes_the_connection(gate: Ports, payload: bytes, replies: int
     ],
 )
 def test_bare_cr_closes_the_connection(gate: Ports, payload: bytes) -> None:
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         client.send(payload)
         while client.readline():
             pass  # until the server closes
@@ -389,7 +436,7 @@ def test_a_trickling_command_is_closed_at_its_deadline(
 ) -> None:
     """Each byte arrives well within the read timeout, but the line never ends in time."""
     monkeypatch.setattr(smtpfront, "COMMAND_DEADLINE", 0.5)
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         assert closed_while_trickling(client, b"N", 400)  # at most 20 s
 
 
@@ -397,7 +444,7 @@ def test_a_trickling_message_is_closed_at_the_data_deadline(
     gate: Ports, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(smtpfront, "DATA_DEADLINE", 0.5)
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         for line in (f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{BOB}>"):
             assert client.command(line).startswith("250")
         assert client.command("DATA").startswith("354")
@@ -406,7 +453,7 @@ def test_a_trickling_message_is_closed_at_the_data_deadline(
 
 
 def test_oversized_data_is_552_and_closes(gate: Ports) -> None:
-    with RawClient(gate.outgoing) as client:
+    with RawClient(gate.incoming) as client:
         for line in (f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{BOB}>"):
             assert client.command(line).startswith("250")
         assert client.command("DATA").startswith("354")
@@ -420,7 +467,7 @@ def test_dot_stuffing_is_undone(gate: Ports) -> None:
     # a field name may start with a dot (RFC 5322 ftext): the one place an accepted message
     # can have a line starting with one
     dotted = b".X-Dot: one\r\n..X-Dots: two\r\n" + ENCRYPTED
-    assert send(gate.outgoing, ALICE, [BOB], dotted) == (250, "OK")
+    assert send(gate.incoming, ALICE, [BOB], dotted) == (250, "OK")
     assert gate.sink.messages[0][2] == dotted
 
 
@@ -595,10 +642,10 @@ def counts(registry: Registry, name: str) -> dict[tuple[str, ...], float]:
 
 
 def test_the_gate_counts_what_it_lets_in_and_what_it_refuses_by_reason(gate: Ports) -> None:
-    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
-    send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
-    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
-    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)  # over the burst of 3: refused at MAIL
+    milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
+    milter_send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
+    milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)
+    milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)  # over the burst of 3: refused at MAIL
     send(gate.incoming, ALICE, [BOB], CLEARTEXT)  # bob enforces encryption
     send(gate.incoming, ALICE, ["carol@example.org"], CLEARTEXT)  # carol does not
     post(gate.http, ENCRYPTED, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})
@@ -626,29 +673,32 @@ def test_the_gate_counts_what_it_lets_in_and_what_it_refuses_by_reason(gate: Por
 
 def test_a_message_the_reinjection_defers_is_not_counted_as_let_in(gate: Ports) -> None:
     gate.sink.reply = "451 4.3.0 try again"
-    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)[0] == 451
+    assert milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)[0] == 451
     assert counts(gate.registry, "chatmail_gate_accepted_total") == {}
     gate.sink.reply = "250 OK"
-    assert send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)[0] == 250
+    assert milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED) == PASSED_ON
     assert counts(gate.registry, "chatmail_gate_accepted_total") == {("outgoing", "encrypted"): 1}
 
 
-def test_an_oversized_message_over_smtp_is_counted_as_too_large(gate: Ports) -> None:
-    with RawClient(gate.outgoing) as client:
+def test_an_oversized_message_is_counted_as_too_large(gate: Ports) -> None:
+    with RawClient(gate.incoming) as client:
         client.command("HELO client.example")
         client.command(f"MAIL FROM:<{ALICE}>")
         client.command(f"RCPT TO:<{BOB}>")
         client.command("DATA")
         client.send(b"x" * (MAX_SIZE + 10) + b"\r\n.\r\n")
         assert client.readline() == "552 Message exceeds maximum size\r\n"
+    big = ENCRYPTED + b"x" * (MAX_SIZE + 10) + b"\r\n"
+    assert milter_send(gate.outgoing, ALICE, [BOB], big)[0] == 552
     refused = counts(gate.registry, "chatmail_gate_refused_total")
-    assert refused == {("outgoing", "552", "too_large"): 1}
+    assert refused == {("incoming", "552", "too_large"): 1, ("outgoing", "552", "too_large"): 1}
 
 
 def test_logs_hold_no_addresses(gate: Ports, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
-    send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
+    milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
+    milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)
+    milter_send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
     send(gate.incoming, "someone@elsewhere.example", [BOB], CLEARTEXT)
     post(gate.http, CLEARTEXT, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})
     assert "passed the gate" in caplog.text and "rejected" in caplog.text
@@ -731,18 +781,21 @@ def block(mailboxes: Path, addr: str) -> None:
     (mailboxes / addr / "blocked").touch()
 
 
-@pytest.mark.parametrize("port", ["outgoing", "incoming"])
 @pytest.mark.parametrize("rcpt", [BOB, "Bob@example.org", "BOB@EXAMPLE.ORG"])
 def test_a_blocked_recipient_is_refused_permanently_at_rcpt(
-    gate: Ports, tmp_path: Path, port: str, rcpt: str
+    gate: Ports, tmp_path: Path, rcpt: str
 ) -> None:
     block(tmp_path, BOB)
-    with RawClient(getattr(gate, port)) as client:
-        assert client.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
-        reply = client.command(f"RCPT TO:<{rcpt}>")
-        assert reply == "550 5.2.1 Mailbox disabled, not accepting messages\r\n"
+    with MilterClient(gate.outgoing) as client:
+        assert client.mail(ALICE) is None
+        assert client.rcpt(rcpt) == (550, "5.2.1 Mailbox disabled, not accepting messages")
         # another recipient in the same transaction is still taken
-        assert client.command("RCPT TO:<carol@example.org>") == "250 OK\r\n"
+        assert client.rcpt("carol@example.org") is None
+    with RawClient(gate.incoming) as smtp:
+        assert smtp.command(f"MAIL FROM:<{ALICE}>") == "250 OK\r\n"
+        reply = smtp.command(f"RCPT TO:<{rcpt}>")
+        assert reply == "550 5.2.1 Mailbox disabled, not accepting messages\r\n"
+        assert smtp.command("RCPT TO:<carol@example.org>") == "250 OK\r\n"
     assert gate.sink.messages == []
 
 
@@ -761,7 +814,7 @@ def test_blocking_one_account_leaves_others_and_remote_recipients(
 ) -> None:
     block(tmp_path, "carol@example.org")
     rcpts = [BOB, "carol@other.example"]
-    assert send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == (250, "OK")
+    assert milter_send(gate.outgoing, ALICE, rcpts, ENCRYPTED) == PASSED_ON
     assert gate.sink.messages[0][1] == rcpts
 
 

@@ -1,4 +1,5 @@
-"""The real `filtermail` processes, between smtplib / http.client and a re-injection sink."""
+"""The real `filtermail` processes, between a milter client (Postfix's side), smtplib or
+http.client and a re-injection sink."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from dovecot_harness import free_port
+from milter_client import PASSED_ON, QUEUED, MilterClient
+from milter_client import send as milter_send
 from test_filtermail import CLEARTEXT, ENCRYPTED, LoopThread, Sink, crlf, send
 
 from chatmaild.config import Config
@@ -25,21 +28,24 @@ ENCRYPTED_FROM_IP = ENCRYPTED.replace(b"From: alice@example.org", f"From: {ALICE
 
 @dataclass
 class Filtermail:
-    outgoing: int
+    outgoing: str  # the milter socket
     incoming: int
     http: int
     sink: Sink
     logs: list[Path]
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_listening(where: int | str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"filtermail exited: {log.read_text()}")
         try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=2):
-                return
+            if isinstance(where, str):
+                MilterClient(where, timeout=2).close()
+            else:
+                smtplib.SMTP("127.0.0.1", where, timeout=2).close()
+            return
         except OSError:
             time.sleep(0.05)
     raise TimeoutError("filtermail did not listen")
@@ -52,30 +58,33 @@ def filtermail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtermail]
     loop = LoopThread()
     sink = Sink()
     sink_port = loop.serve(start_smtp_server(sink, "127.0.0.1", 0, "sink", 10**8))
-    ports = {name: free_port() for name in ("out", "in", "http")}
+    ports = {name: free_port() for name in ("in", "http")}
+    gate_socket = str(tmp / "gate.socket")
     ini = tmp / "chatmail.ini"
     ini.write_text(
         "[params]\nmail_domain = example.org\n"
         f"mailboxes_dir = {tmp / 'mailboxes'}\n"
-        f"filtermail_smtp_port = {ports['out']}\n"
         f"filtermail_smtp_port_incoming = {ports['in']}\n"
         f"filtermail_http_port_incoming = {ports['http']}\n"
         f"postfix_reinject_port = {sink_port}\n"
-        f"postfix_reinject_port_local = {sink_port}\n"
         f"postfix_reinject_port_incoming = {sink_port}\n"
         "max_user_send_burst_size = 3\n"
     )
     exe = str(Path(sys.executable).parent / "filtermail")
     procs, logs = [], []
     try:
-        for mode, port in (("outgoing", ports["out"]), ("incoming", ports["in"])):
+        for mode, where, args in (
+            ("outgoing", gate_socket, ["--socket", gate_socket]),
+            ("incoming", ports["in"], []),
+        ):
             log = tmp / f"{mode}.log"
             logs.append(log)
             with open(log, "wb") as out:
-                proc = subprocess.Popen([exe, str(ini), mode], stdout=out, stderr=subprocess.STDOUT)
+                argv = [exe, str(ini), mode, *args]
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
             procs.append(proc)
-            wait_listening(port, proc, log)
-        yield Filtermail(ports["out"], ports["in"], ports["http"], sink, logs)
+            wait_listening(where, proc, log)
+        yield Filtermail(gate_socket, ports["in"], ports["http"], sink, logs)
     finally:
         for proc in procs:
             proc.terminate()
@@ -85,13 +94,21 @@ def filtermail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtermail]
 
 def test_outgoing_accepts_encrypted_byte_for_byte(filtermail: Filtermail) -> None:
     filtermail.sink.messages.clear()
-    assert send(filtermail.outgoing, "alice@example.org", [BOB], ENCRYPTED) == (250, "OK")
-    assert filtermail.sink.messages == [("alice@example.org", [BOB], crlf(ENCRYPTED))]
+    alice, carol = "alice@example.org", "carol@other.example"
+    assert milter_send(filtermail.outgoing, alice, [BOB], ENCRYPTED) == QUEUED
+    assert milter_send(filtermail.outgoing, alice, [carol], ENCRYPTED) == PASSED_ON
+    assert filtermail.sink.messages == [(alice, [carol], crlf(ENCRYPTED))]
+
+
+def test_outgoing_socket_is_for_its_owner_and_postfixs_group_only(
+    filtermail: Filtermail,
+) -> None:
+    assert Path(filtermail.outgoing).stat().st_mode & 0o777 == 0o660
 
 
 def test_outgoing_refuses_cleartext(filtermail: Filtermail) -> None:
     filtermail.sink.messages.clear()
-    reply = send(filtermail.outgoing, "alice@example.org", [BOB], CLEARTEXT)
+    reply = milter_send(filtermail.outgoing, "alice@example.org", [BOB], CLEARTEXT)
     assert reply == (523, "Encryption Needed: Invalid Unencrypted Mail")
     assert filtermail.sink.messages == []
 
@@ -122,14 +139,13 @@ def test_size_announced_to_postfix_is_the_one_enforced(filtermail: Filtermail) -
     public listener) with its own Received line: the filter takes and announces that much
     more (doc/message-size.md)."""
     expected = Config.from_params({"mail_domain": "example.org"}).inner_message_size_limit
-    for port in (filtermail.outgoing, filtermail.incoming):
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-            smtp.ehlo("postfix")
-            assert smtp.esmtp_features["size"] == str(expected)
+    with smtplib.SMTP("127.0.0.1", filtermail.incoming, timeout=10) as smtp:
+        smtp.ehlo("postfix")
+        assert smtp.esmtp_features["size"] == str(expected)
 
 
 def test_process_logs_hold_no_addresses(filtermail: Filtermail) -> None:
-    send(filtermail.outgoing, "alice@example.org", [BOB], CLEARTEXT)
+    milter_send(filtermail.outgoing, "alice@example.org", [BOB], CLEARTEXT)
     send(filtermail.incoming, ALICE_IP, ["carol@example.org"], ENCRYPTED_FROM_IP)
     for log in filtermail.logs:
         text = log.read_text()
@@ -137,12 +153,22 @@ def test_process_logs_hold_no_addresses(filtermail: Filtermail) -> None:
             assert needle not in text, f"{log.name} holds {needle!r}"
 
 
-def test_bad_config_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("params", "args", "named"),
+    [
+        ("filtermail_smtp_port_incoming = 99999\n", ["incoming"], "filtermail_smtp_port_incoming"),
+        ("", ["outgoing"], "--socket"),
+        ("", ["incoming", "--socket", "/tmp/x.socket"], "--socket"),
+        ("", ["outgoing", "--socket", "{tmp}/g.socket", "--socket-group", "nosuch"], "nosuch"),
+        ("", ["outgoing", "--socket", "{tmp}/no/such/dir/g.socket"], "no/such/dir"),
+    ],
+    ids=["bad-port", "no-socket", "socket-not-outgoing", "no-such-group", "no-such-dir"],
+)
+def test_bad_config_is_one_line(tmp_path: Path, params: str, args: list[str], named: str) -> None:
     ini = tmp_path / "chatmail.ini"
-    ini.write_text("[params]\nmail_domain = example.org\nfiltermail_smtp_port = 99999\n")
+    ini.write_text(f"[params]\nmail_domain = example.org\n{params}")
     exe = str(Path(sys.executable).parent / "filtermail")
-    result = subprocess.run(
-        [exe, str(ini), "outgoing"], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert result.returncode == 2
-    assert "filtermail_smtp_port" in result.stderr and "Traceback" not in result.stderr
+    argv = [exe, str(ini), *(a.format(tmp=tmp_path) for a in args)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode in (1, 2), result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr

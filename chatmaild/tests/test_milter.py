@@ -30,6 +30,7 @@ class Gate:
     def __init__(self, answer: str | Reject | None = None) -> None:
         self.answer = answer
         self.judged: list[tuple[str, list[str], bytes]] = []
+        self.as_given: list[bool] = []
 
     def check_sender(self, mail_from: str) -> str:
         if mail_from == "refused@example.org":
@@ -39,10 +40,13 @@ class Gate:
     def check_recipient(self, rcpt: str) -> str:
         if rcpt.startswith("blocked"):
             raise smtpreject.recipient_blocked()
-        return rcpt
+        return rcpt.lower()  # the canonical spelling, in this gate
 
-    async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> str | None:
+    async def judge(
+        self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+    ) -> str | None:
         self.judged.append((mail_from, rcpts, message))
+        self.as_given.append(as_given)
         if isinstance(self.answer, Reject):
             raise self.answer
         return self.answer
@@ -129,6 +133,21 @@ def test_an_accepted_message_is_judged_as_queued_and_accepted() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("rcpts", "as_given"),
+    [(["bob@example.org"], True), (["bob@example.org", "Carol@example.org"], False)],
+)
+def test_the_gate_is_told_whether_postfix_queued_the_spellings_it_took(
+    rcpts: list[str], as_given: bool
+) -> None:
+    """Postfix queues the client's spelling; the gate may need to pass the message on in its
+    own (doc/milter.md §6)."""
+    gate = Gate()
+    conversation(gate, *envelope("alice@example.org", *rcpts), *content(HEADERS, b""))
+    assert gate.judged[0][1] == [rcpt.lower() for rcpt in rcpts]
+    assert gate.as_given == [as_given]
+
+
 def test_the_gates_refusals_are_its_reply_lines() -> None:
     gate = Gate(smtpreject.encryption_needed("test"))
     replies = conversation(
@@ -160,7 +179,9 @@ def test_a_message_the_gate_passed_on_itself_is_discarded_a_temporary_error_retu
 
 def test_a_crash_of_the_gate_is_a_temporary_error_and_the_session_goes_on() -> None:
     class Crashing(Gate):
-        async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> str | None:
+        async def judge(
+            self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+        ) -> str | None:
             raise RuntimeError("bug")
 
     replies = conversation(

@@ -61,7 +61,9 @@ class ScriptedGate:
             raise smtpreject.recipient_blocked()
         return rcpt
 
-    async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> str | None:
+    async def judge(
+        self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+    ) -> str | None:
         marker = message.split(b"Message-ID: <", 1)[1].split(b"@", 1)[0].decode()
         self.judged[marker] = (mail_from, rcpts, message)
         answer = self.answers.get(marker)

@@ -113,7 +113,7 @@ def test_the_health_expectations_name_every_unit_port_and_the_certificate() -> N
     expected = json.loads(chatmaild_files(layout)["/etc/chatmail/health.json"])
     assert expected["units"] == expected_units(layout)
     assert "chatmail-health.timer" in expected["units"]
-    assert {25, 80, 143, 443, 465, 587, 993, 10080, 10083} <= set(expected["ports"])
+    assert {25, 80, 143, 443, 465, 587, 993, 10081, 10083} <= set(expected["ports"])
     assert expected["certificate"] == "/etc/chatmail/tls/fullchain.pem"
     ipv4 = Layout(Config.from_params({"mail_domain": "192.0.2.10"}))
     expected = json.loads(chatmaild_files(ipv4)["/etc/chatmail/health.json"])

@@ -23,6 +23,7 @@ from cmdeploy.chatmaild import chatmaild_files
 from cmdeploy.layout import Layout
 from cmdeploy.postfix import (
     MASTER_PID_FILE,
+    MILTER_STAGES,
     POSTMAP_NEEDED,
     TABLES,
     postfix_files,
@@ -51,11 +52,9 @@ CONFIGS = {
         "mail_domain": "chat.example.org",
         "max_message_size": "50M",
         "max_smtp_connections": "42",
-        "filtermail_smtp_port": "11080",
         "filtermail_smtp_port_incoming": "11081",
         "postfix_reinject_port": "11025",
         "postfix_reinject_port_incoming": "11026",
-        "postfix_reinject_port_local": "11028",
         "filtermail_host": "::1",
         "postfix_host": "10.0.0.5",
     },
@@ -311,7 +310,6 @@ def test_master_cf_has_every_listener_and_service(rendered: Rendered) -> None:
         "submission/inet",
         "smtps/inet",
         f"{reinject_host}:{config.postfix_reinject_port}/inet",
-        f"{reinject_host}:{config.postfix_reinject_port_local}/inet",
         f"{reinject_host}:{config.postfix_reinject_port_incoming}/inet",
         f"{reinject_host}:{config.postfix_reinject_port_smtp}/inet",
         "authclean/unix",
@@ -333,7 +331,6 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
     filtermail = "[::1]" if config.filtermail_host == "::1" else "127.0.0.1"
     reinject = "10.0.0.5" if config.postfix_host == "10.0.0.5" else "127.0.0.1"
     out_listener = f"{reinject}:{config.postfix_reinject_port}/inet"
-    local_listener = f"{reinject}:{config.postfix_reinject_port_local}/inet"
     in_listener = f"{reinject}:{config.postfix_reinject_port_incoming}/inet"
     smtp_listener = f"{reinject}:{config.postfix_reinject_port_smtp}/inet"
     submission = {
@@ -345,8 +342,11 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
         "smtpd_sender_restrictions": "$mua_sender_restrictions",
         "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
         "smtpd_client_connection_count_limit": str(max(1, config.max_smtp_connections // 5)),
-        "smtpd_proxy_filter": f"{filtermail}:{config.filtermail_smtp_port}",
         "message_size_limit": str(config.max_message_size),
+        # the outgoing gate as the milter, after the header cleanup (doc/milter.md §3)
+        "smtpd_milters": f"unix:{rendered.layout.gate_socket}",
+        "cleanup_service_name": "authclean",
+        **{f"milter_{stage}_macros": "" for stage in MILTER_STAGES},
     }
     expected = {
         "smtp/inet": {
@@ -368,14 +368,6 @@ def test_master_cf_wires_filters_and_reinjection(rendered: Rendered) -> None:
             "smtpd_relay_restrictions": "permit_mynetworks,reject",
             "cleanup_service_name": "authclean",
             **({} if config.is_ipv4 else {"smtpd_milters": "unix:opendkim/opendkim.sock"}),
-        },
-        # local users only: the same cleanup, never a milter, and no way out of the relay
-        local_listener: {
-            "syslog_name": "postfix/reinject_local",
-            "smtpd_tls_security_level": "none",
-            "smtpd_client_restrictions": "permit_mynetworks,reject",
-            "smtpd_relay_restrictions": "reject_unauth_destination",
-            "cleanup_service_name": "authclean",
         },
         in_listener: {
             "syslog_name": "postfix/reinject_incoming",
@@ -448,6 +440,14 @@ SUBJECT_ALREADY_REPLACED = [
         ("Autocrypt: addr=alice@chat.example.org; keydata=xsBN", None),
         ('Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"', None),
         ("X-Subject: not the subject", None),
+        # the gate reads an Autocrypt Setup Message's Subject after these rules: kept in every
+        # spelling the gate could take for it (doc/encryption-gate.md §2.4), no other
+        ("Subject: Autocrypt Setup Message", None),
+        ("Subject:Autocrypt Setup Message ", None),
+        ("Subject: Autocrypt\n Setup Message", None),
+        ("Subject: autocrypt setup message", "REPLACE Subject: [...]"),
+        ("Subject: Re: Autocrypt Setup Message", "REPLACE Subject: [...]"),
+        ("Subject: Autocrypt Setup Message, and my plans", "REPLACE Subject: [...]"),
     ],
 )
 def test_submission_header_cleanup(tmp_path: Path, header: str, action: str | None) -> None:

@@ -28,7 +28,7 @@ LISTEN 0 100 0.0.0.0:25 0.0.0.0:* users:(("master",pid=10,fd=13))
 LISTEN 0 511 0.0.0.0:80 0.0.0.0:* users:(("nginx",pid=11,fd=6),("nginx",pid=12,fd=6))
 LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=9,fd=3))
 LISTEN 0 4096 [::]:443 [::]:* users:(("apache2",pid=13,fd=4))
-LISTEN 0 100 127.0.0.1:10080 0.0.0.0:* users:(("filtermail",pid=14,fd=7))
+LISTEN 0 100 127.0.0.1:10081 0.0.0.0:* users:(("filtermail",pid=14,fd=7))
 """
 
 
@@ -38,7 +38,7 @@ def test_parse_listeners() -> None:
         ("0.0.0.0", 80, {"nginx"}),
         ("0.0.0.0", 22, {"sshd"}),
         ("::", 443, {"apache2"}),
-        ("127.0.0.1", 10080, {"filtermail"}),
+        ("127.0.0.1", 10081, {"filtermail"}),
     ]
 
 

@@ -39,6 +39,10 @@ OBSOLETE_KEYS = frozenset(
         "mtail_address",
         "turn_socket_path",
         "passdb_path",
+        # the outgoing gate is a milter on a UNIX socket since issue 13, and mail for local
+        # users only is queued in that one pass (doc/milter.md)
+        "filtermail_smtp_port",
+        "postfix_reinject_port_local",
     }
 )
 
@@ -250,9 +254,6 @@ class Config:
         "Empty: the bundled web pages. A directory: its pages (built if it holds src/). "
         "A path that does not exist: no website.",
     )
-    filtermail_smtp_port: int = _param(
-        10080, parse_port, "Loopback port of the outgoing encryption filter."
-    )
     filtermail_smtp_port_incoming: int = _param(
         10081, parse_port, "Loopback port of the incoming encryption filter (SMTP)."
     )
@@ -264,12 +265,6 @@ class Config:
     )
     postfix_reinject_port: int = _param(
         10025, parse_port, "Loopback port where filtered outgoing mail re-enters Postfix."
-    )
-    postfix_reinject_port_local: int = _param(
-        10028,
-        parse_port,
-        "Loopback port where filtered outgoing mail for this relay's own users only re-enters "
-        "Postfix (not DKIM-signed: delivery to Dovecot removes signatures anyway).",
     )
     postfix_reinject_port_incoming: int = _param(
         10026, parse_port, "Loopback port where filtered incoming mail re-enters Postfix."

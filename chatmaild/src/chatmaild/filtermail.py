@@ -1,14 +1,15 @@
 """filtermail: the encryption gate between Postfix and the world (doc/encryption-gate.md).
 
-`filtermail INI outgoing` listens on `filtermail_smtp_port` for submissions (Postfix proxies
-the live SMTP dialogue from 587/465 here), `filtermail INI incoming` on
+`filtermail INI outgoing --socket PATH` is the milter of Postfix's submission listeners
+(587/465, doc/milter.md) on a UNIX socket, `filtermail INI incoming` on
 `filtermail_smtp_port_incoming` for mail from peers (port 25) and on
 `filtermail_http_port_incoming` for `/mxdeliv`; `filtermail INI transport` on
 `filtermail_lmtp_port_transport` delivers mail to other relays (`transport`, HTTPS first).
-All listen on `filtermail_host` (loopback) only. Accepted mail is re-injected into Postfix
-(outgoing mail for local users only at a listener that does not DKIM-sign it, `reinject`);
-refusals reach the sender inside the same SMTP transaction, so nothing is queued that would
-later bounce.
+The ports are on `filtermail_host` (loopback) only. Outgoing mail for local users only is
+queued by Postfix itself once the gate accepted it; outgoing mail with a recipient elsewhere is
+re-injected at the listener that DKIM-signs it (`reinject`), and Postfix drops its own copy;
+accepted incoming mail is re-injected. Refusals reach the sender inside the same SMTP
+transaction, so nothing is queued that would later bounce.
 
 Envelope addresses are taken in one spelling only, and re-injected in exactly that spelling
 (`addresses`, doc §1):
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import grp
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,7 @@ from .addresses import AddressPolicy
 from .config import Config
 from .dkimcheck import DkimVerifier
 from .gatemetrics import GateCounters
+from .milter import start_milter_server
 from .mxclient import MxdelivClient
 from .mxdeliv import start_mxdeliv_server
 from .ratelimit import RateLimiter, until_text
@@ -66,22 +70,22 @@ async def _judge(data: bytes, check: Callable[[], T]) -> T:
 
 
 class OutgoingGate:
-    """Submissions of this relay's users."""
+    """Submissions of this relay's users, as the milter of Postfix's submission listeners."""
 
     def __init__(
         self,
         config: Config,
         signing: Reinjector,
-        local: Reinjector,
         limiter: RateLimiter,
         counters: GateCounters | None = None,
     ) -> None:
         self.addresses = AddressPolicy(config.address_domain)
         self.counters = counters or GateCounters(metrics.Registry(), "outgoing")
-        # mail that leaves the relay needs a DKIM signature; mail for local users only does
-        # not (LMTP delivery removes it), and signing is a sixth of the relay's CPU per message
+        # mail that leaves the relay needs a DKIM signature: the gate passes it on to the
+        # listener that signs it. Mail for local users only does not (LMTP delivery removes
+        # it), and signing is a sixth of the relay's CPU per message: Postfix queues that
+        # itself, in the one pass through its smtpd.
         self.signing = signing
-        self.local = local
         self.limiter = limiter
         self.mailboxes = accounts.Mailboxes(config.mailboxes_path)
 
@@ -99,12 +103,18 @@ class OutgoingGate:
             raise smtpreject.recipient_blocked()
         return address
 
-    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> str:
-        kind = await _judge(data, lambda: mailcheck.check_outgoing(mail_from, rcpts, data))
-        # rcpts are as check_recipient returned them: a local one is in its canonical form
-        only_local = all(self.addresses.local_address(rcpt) == rcpt for rcpt in rcpts)
-        reinjector = self.local if only_local else self.signing
-        reply = await reinjector.deliver(mail_from, rcpts, data)
+    async def judge(
+        self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+    ) -> str | None:
+        kind = await _judge(message, lambda: mailcheck.check_outgoing(mail_from, rcpts, message))
+        # rcpts are as check_recipient returned them: a local one is in its canonical form.
+        # Postfix's copy is queued under the client's spellings: taken as it is only when
+        # those are the canonical ones, else re-injected in them (addresses, doc §1)
+        if as_given and all(self.addresses.local_address(rcpt) == rcpt for rcpt in rcpts):
+            log.info("outgoing message passed the gate: queued")
+            self.counters.accepted(kind)
+            return None
+        reply = await self.signing.deliver(mail_from, rcpts, message)
         log.info("outgoing message passed the gate: %s", reply[:3])
         if reply.startswith("2"):  # a 4xx of the re-injection: the client sends it again
             self.counters.accepted(kind)
@@ -156,7 +166,21 @@ class IncomingGate:
         return reply
 
 
-async def serve(config: Config, mode: str, metrics_dir: Path | None = None) -> None:
+def open_to_postfix(socket: Path, group: str | None) -> None:
+    """Postfix's smtpd connects as the `postfix` user: the socket is readable and writable by
+    its owner and `group`, and nobody else (a local user could spend a sender's rate limit)."""
+    if group is not None:
+        os.chown(socket, -1, grp.getgrnam(group).gr_gid)
+    socket.chmod(0o660)
+
+
+async def serve(
+    config: Config,
+    mode: str,
+    metrics_dir: Path | None = None,
+    socket: Path | None = None,
+    socket_group: str | None = None,
+) -> None:
     # out of file descriptors, each refused accept would log a traceback
     quiet_accept_errors(asyncio.get_running_loop())
     # Postfix counted the sender's bytes against max_message_size; what reaches the filter
@@ -166,14 +190,15 @@ async def serve(config: Config, mode: str, metrics_dir: Path | None = None) -> N
     servers: list[asyncio.AbstractServer] = []
     if mode == "outgoing":
         signing = Reinjector(config.postfix_host, config.postfix_reinject_port)
-        local = Reinjector(config.postfix_host, config.postfix_reinject_port_local)
         limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
         counters = GateCounters(registry, "outgoing")
-        gate_out = OutgoingGate(config, signing, local, limiter, counters)
-        port = config.filtermail_smtp_port
+        gate_out = OutgoingGate(config, signing, limiter, counters)
+        if socket is None:
+            raise ValueError("the outgoing gate serves Postfix on a UNIX socket")
         servers.append(
-            await start_smtp_server(gate_out, host, port, "filtermail", size, counters=counters)
+            await start_milter_server(gate_out, str(socket), size, on_refusal=counters.refused)
         )
+        open_to_postfix(socket, socket_group)
     elif mode == "transport":
         fallback = Reinjector(config.postfix_host, config.postfix_reinject_port_smtp)
         transport = Transport(MxdelivClient(), fallback, registry=registry)
@@ -207,13 +232,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="filtermail", description=__doc__.splitlines()[0])
     parser.add_argument("ini", help="path of chatmail.ini")
     parser.add_argument("mode", choices=["outgoing", "incoming", "transport"])
+    parser.add_argument("--socket", type=Path, help="outgoing: the milter's UNIX socket")
+    parser.add_argument("--socket-group", help="outgoing: the group Postfix's smtpd runs in")
     add_metrics_argument(parser)
     args = parser.parse_args(argv)
+    if (args.mode == "outgoing") != (args.socket is not None):
+        parser.error("--socket is for, and required by, the outgoing mode")
     setup_logging()
     config = load_config_or_exit(args.ini)
+    if args.socket_group is not None:
+        try:
+            grp.getgrnam(args.socket_group)
+        except KeyError:
+            fail(f"filtermail: --socket-group {args.socket_group}: no such group")
+    where = args.socket if args.socket is not None else config.filtermail_host
     try:
-        asyncio.run(serve(config, args.mode, args.metrics_dir))
+        asyncio.run(serve(config, args.mode, args.metrics_dir, args.socket, args.socket_group))
     except OSError as e:
-        fail(f"filtermail {args.mode}: cannot listen on {config.filtermail_host}: {e.strerror}")
+        fail(f"filtermail {args.mode}: cannot listen on {where}: {e.strerror}")
     except KeyboardInterrupt:
         pass

@@ -133,10 +133,13 @@ class MilterGate(Protocol):
     def check_recipient(self, rcpt: str) -> str:
         """RCPT TO as the gate takes it; raise Reject to refuse."""
 
-    async def judge(self, mail_from: str, rcpts: list[str], message: bytes) -> str | None:
-        """None: Postfix queues the message. A 2xx reply line: the gate passed the message on
-        itself and Postfix drops its copy. A 4xx or 5xx line: the client's reply. Or raise
-        Reject."""
+    async def judge(
+        self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+    ) -> str | None:
+        """The envelope as the checks returned it (`as_given`: each address exactly as the
+        client wrote it, so as Postfix queued it). None: Postfix queues the message. A 2xx
+        reply line: the gate passed the message on itself and Postfix drops its copy. A 4xx
+        or 5xx line: the client's reply. Or raise Reject."""
 
 
 @dataclass
@@ -146,6 +149,7 @@ class _Message:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
+    as_given: bool = True  # no check returned another spelling than the client's
 
 
 class MilterSession:
@@ -247,20 +251,24 @@ class MilterSession:
 
     async def on_mail(self, data: bytes) -> bytes:
         self.message = _Message()
+        given = decode_path(data)
         try:
-            self.message.mail_from = self.gate.check_sender(decode_path(data))
+            self.message.mail_from = sender = self.gate.check_sender(given)
         except Reject as e:
             log.info("refused sender: %s", e.private)
             return self.refuse(e)
+        self.message.as_given = sender == given
         return packet(CONTINUE)
 
     async def on_rcpt(self, data: bytes) -> bytes:
+        given = decode_path(data)
         try:
-            rcpt = self.gate.check_recipient(decode_path(data))
+            rcpt = self.gate.check_recipient(given)
         except Reject as e:
             log.info("refused recipient: %s", e.private)
             return self.refuse(e)
         self.message.rcpts.append(rcpt)
+        self.message.as_given &= rcpt == given
         return packet(CONTINUE)
 
     async def on_header(self, data: bytes) -> None:
@@ -286,7 +294,7 @@ class MilterSession:
             return self.refuse(message_too_large())
         data = message_bytes(message.headers, bytes(message.body))
         try:
-            line = await self.gate.judge(message.mail_from, message.rcpts, data)
+            line = await self.gate.judge(message.mail_from, message.rcpts, data, message.as_given)
         except Reject as e:
             log.info("rejected message: %s", e.private)
             return self.refuse(e)

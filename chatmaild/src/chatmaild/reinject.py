@@ -1,8 +1,8 @@
 """Hands accepted mail back to Postfix over SMTP.
 
-Outgoing mail goes to `postfix_reinject_port` (10025: header cleanup and DKIM signing), or,
-when every recipient is a local user, to `postfix_reinject_port_local` (10028: header cleanup
-only); incoming mail to `postfix_reinject_port_incoming` (10026: on to LMTP). Postfix's own reply
+Outgoing mail with a recipient elsewhere goes to `postfix_reinject_port` (10025: header cleanup
+and DKIM signing; mail for local users only Postfix queues at submission, doc/milter.md);
+incoming mail to `postfix_reinject_port_incoming` (10026: on to LMTP). Postfix's own reply
 is passed through to the client: a refusal there reaches the sender as it was given. A
 failure without any reply (Postfix down, connection lost) becomes a 451, so the message is
 retried later and never lost.

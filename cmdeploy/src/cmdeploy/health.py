@@ -32,12 +32,10 @@ EXIT_PROBLEMS = 1  # chatmail-health's exit status when the report holds a probl
 def expected_ports(layout: Layout) -> list[int]:
     c = layout.config
     loopback = (
-        c.filtermail_smtp_port,
         c.filtermail_smtp_port_incoming,
         c.filtermail_http_port_incoming,
         c.filtermail_lmtp_port_transport,
         c.postfix_reinject_port,
-        c.postfix_reinject_port_local,
         c.postfix_reinject_port_incoming,
         c.postfix_reinject_port_smtp,
     )

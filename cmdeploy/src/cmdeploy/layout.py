@@ -32,6 +32,8 @@ class Layout:
     doveauth_socket: PurePosixPath = PurePosixPath("/run/doveauth/doveauth.socket")
     lastlogin_socket: PurePosixPath = PurePosixPath("/run/chatmail-lastlogin/lastlogin.socket")
     metadata_socket: PurePosixPath = PurePosixPath("/run/chatmail-metadata/metadata.socket")
+    # the outgoing gate, as the milter of Postfix's submission listeners (doc/milter.md)
+    gate_socket: PurePosixPath = PurePosixPath("/run/filtermail/gate.socket")
     # the services' metrics snapshots, and the socket of the exporter nginx passes /metrics to
     metrics_dir: PurePosixPath = PurePosixPath("/run/chatmail-metrics")
     metrics_socket: PurePosixPath = PurePosixPath("/run/chatmail-metrics/exporter.socket")

@@ -30,18 +30,16 @@ from .remote import command
 # port -> the process names that may hold it (those the deploy itself starts)
 EXPECTED_OWNERS: dict[int, frozenset[str]] = {
     # Postfix's master hands the listening socket to its smtpd children
-    **dict.fromkeys((25, 465, 587, 10025, 10026, 10027, 10028), frozenset({"master", "smtpd"})),
+    **dict.fromkeys((25, 465, 587, 10025, 10026, 10027), frozenset({"master", "smtpd"})),
     **dict.fromkeys((143, 993), frozenset({"dovecot", "imap-login"})),
     **dict.fromkeys((80, 443, 8443, 8465, 8993), frozenset({"nginx"})),
     53: frozenset({"unbound"}),
     3478: frozenset({"turnserver"}),
-    **dict.fromkeys((10080, 10081, 10082, 10083), frozenset({"filtermail", "python3"})),
+    **dict.fromkeys((10081, 10082, 10083), frozenset({"filtermail", "python3"})),
 }
 
 # Ports the relay's daemons bind on loopback only: a socket elsewhere does not collide.
-LOOPBACK_ONLY = frozenset(
-    {53, 8443, 8465, 8993, 10025, 10026, 10027, 10028, 10080, 10081, 10082, 10083}
-)
+LOOPBACK_ONLY = frozenset({53, 8443, 8465, 8993, 10025, 10026, 10027, 10081, 10082, 10083})
 
 PROBE = (
     "cat /etc/os-release; echo '--- addresses'; ip -o addr show scope global;"

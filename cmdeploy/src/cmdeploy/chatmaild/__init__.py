@@ -81,8 +81,8 @@ def open_file_limits(config: Config) -> dict[str, int]:
             config.max_imap_connections + DOVECOT_DEFAULT_PROCESS_LIMIT + FD_HEADROOM
         ),
         # submission (587) and smtps (465) each run max_smtp_connections sessions; each holds
-        # a connection to filtermail, and filtermail one to the re-injection port while it
-        # hands the message on: 2 * 2 * max_smtp_connections
+        # a milter connection to filtermail, and filtermail one to the signing re-injection
+        # port while it hands a message on: 2 * 2 * max_smtp_connections
         "filtermail": 4 * config.max_smtp_connections + FD_HEADROOM,
         # port 25 sessions and /mxdeliv requests, each with its re-injection connection
         "filtermail-incoming": (
@@ -104,6 +104,7 @@ class Service:
     template: str = "service.j2"
     open_files: int | None = None  # LimitNOFILE; None: systemd's default
     groups: str | None = None  # SupplementaryGroups
+    before: str | None = None  # a unit that must find this one's socket when it starts
     netlink: bool = False  # may open AF_NETLINK sockets
 
 
@@ -117,6 +118,7 @@ def services(layout: Layout) -> list[Service]:
             "chatmail: accounts for Dovecot, created at first login",
             f"{layout.bin('doveauth')} {layout.doveauth_socket} {ini} {snapshots}",
             runtime_dir=layout.doveauth_socket.parent.name,
+            before="dovecot.service",  # Dovecot's dict clients connect when it starts
             open_files=limits["doveauth"],
         ),
         Service(
@@ -124,6 +126,7 @@ def services(layout: Layout) -> list[Service]:
             "chatmail: records the day of each login",
             f"{layout.bin('lastlogin')} {layout.lastlogin_socket} {ini} {snapshots}",
             runtime_dir=layout.lastlogin_socket.parent.name,
+            before="dovecot.service",  # Dovecot's dict clients connect when it starts
             open_files=limits["chatmail-lastlogin"],
         ),
         Service(
@@ -131,14 +134,19 @@ def services(layout: Layout) -> list[Service]:
             "chatmail: IMAP METADATA, push notifications and TURN credentials",
             f"{layout.bin('chatmail-metadata')} {layout.metadata_socket} {ini} {snapshots}",
             runtime_dir=layout.metadata_socket.parent.name,
+            before="dovecot.service",  # Dovecot's dict clients connect when it starts
             open_files=limits["chatmail-metadata"],
         ),
         Service(
             "filtermail",
             "chatmail: encryption gate for outgoing mail",
-            f"{layout.bin('filtermail')} {ini} outgoing {snapshots}",
+            f"{layout.bin('filtermail')} {ini} outgoing --socket {layout.gate_socket}"
+            f" --socket-group postfix {snapshots}",
+            runtime_dir=layout.gate_socket.parent.name,
             restart_sec=2,
             open_files=limits["filtermail"],
+            # the milter's socket belongs to this group, so that Postfix's smtpd reaches it
+            groups="postfix",
         ),
         Service(
             "filtermail-incoming",
@@ -191,8 +199,7 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
             netlink=s.netlink,
             mailboxes=layout.mailboxes,
             metrics_dir=layout.metrics_dir,
-            # Dovecot must find the dict sockets when it starts
-            before="dovecot.service" if s.runtime_dir else None,
+            before=s.before,
         )
         for s in services(layout)
     }

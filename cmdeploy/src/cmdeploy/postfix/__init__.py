@@ -1,14 +1,15 @@
 """Postfix on a relay: every SMTP door of the mail flow.
 
 Peers deliver on 25 (STARTTLS mandatory), Delta Chat submits on 587 (STARTTLS) and 465
-(implicit TLS) after a Dovecot SASL login. Each of these smtpd listeners hands the live SMTP
-dialogue to filtermail (before-queue `smtpd_proxy_filter`, doc/contract.md §1.4), which
-re-injects what it accepts into a loopback listener: outgoing mail gets its headers cleaned and
-its DKIM signature there (mail for local users only: no signature), incoming mail goes on to
-Dovecot over LMTP. Mail for other domains goes over LMTP to filtermail's transport, which
-POSTs it to the peer's /mxdeliv or hands it back on another loopback listener to Postfix's own
-SMTP client, with verified TLS but for the exceptions of doc/contract.md §1.5
-(doc/transport.md).
+(implicit TLS) after a Dovecot SASL login. The port-25 listener hands the live SMTP dialogue to
+filtermail (before-queue `smtpd_proxy_filter`, doc/contract.md §1.4), which re-injects what it
+accepts into a loopback listener, on to Dovecot over LMTP. The submission listeners have
+filtermail's outgoing gate as their milter (doc/milter.md): mail for local users only is queued
+in that one pass, unsigned; mail with a recipient elsewhere the gate re-injects into the
+loopback listener where it is DKIM-signed, and the submission's copy is dropped. Mail for
+other domains goes over LMTP to filtermail's transport, which POSTs it to the peer's /mxdeliv
+or hands it back on another loopback listener to Postfix's own SMTP client, with verified TLS
+but for the exceptions of doc/contract.md §1.5 (doc/transport.md).
 
 Postfix's log lines reach the journal only through chatmail-postlog (doc/contract.md §12: no
 address or IP in any log line): a drop-in for the unit that runs the master binds the
@@ -50,6 +51,9 @@ MASTER_UNIT = {BOOKWORM: "postfix@.service", TRIXIE: "postfix.service"}
 POSTLOG_DROP_IN = f"postfix@.service.d/{SCRUBBED_LOG_DROP_IN}"
 RESTART_DROP_IN = "postfix@.service.d/chatmail-restart.conf"
 MASTER_PID_FILE = "/var/spool/postfix/pid/master.pid"
+# the milter stages whose macros Postfix would send the gate, which reads none
+# (postconf(5): milter_<stage>_macros)
+MILTER_STAGES = ("connect", "helo", "mail", "rcpt", "data", "end_of_header", "end_of_data")
 
 # at least two labels and a non-numeric last one: Postfix refuses a numeric myhostname
 _HOSTNAME_RE = re.compile(
@@ -116,10 +120,10 @@ def postfix_files(
     master_cf = render(
         "postfix",
         "master.cf.j2",
-        filter_outgoing=_host_port(filtermail, config.filtermail_smtp_port),
+        gate_socket=layout.gate_socket,
+        milter_stages=MILTER_STAGES,
         filter_incoming=_host_port(filtermail, config.filtermail_smtp_port_incoming),
         reinject=_host_port(reinject_host, config.postfix_reinject_port),
-        reinject_local=_host_port(reinject_host, config.postfix_reinject_port_local),
         reinject_incoming=_host_port(reinject_host, config.postfix_reinject_port_incoming),
         reinject_smtp=_host_port(reinject_host, config.postfix_reinject_port_smtp),
         max_smtp_connections=config.max_smtp_connections,
