@@ -9,6 +9,7 @@ import struct
 
 # what Postfix 3.7 offers: protocol 6, every action, every protocol flag
 OFFER = struct.pack(">III", 6, 0x1FF, 0x1FFFFF)
+NR_MAIL = 0x4000
 QUEUED = (250, "queued")  # the gate accepted the message: Postfix queues its own copy
 PASSED_ON = (250, "passed on")  # the gate re-injected it: Postfix drops its copy
 
@@ -53,7 +54,9 @@ class MilterClient:
         try:
             self.sock.settimeout(timeout)
             self.sock.connect(path)
-            self.negotiated = self.ask(b"O", OFFER)
+            negotiated = self.ask(b"O", OFFER)
+            # the protocol flags the gate agreed to: whether MAIL gets an answer
+            self.mail_answered = not struct.unpack(">III", negotiated[1:13])[2] & NR_MAIL
         except OSError:
             self.sock.close()
             raise
@@ -81,6 +84,10 @@ class MilterClient:
         return data
 
     def mail(self, address: str) -> tuple[int, str] | None:
+        """None: Postfix goes on (the gate judges the sender at the first RCPT)."""
+        if not self.mail_answered:
+            self.tell(b"M", f"<{address}>\0".encode())
+            return None
         return parse_reply(self.ask(b"M", f"<{address}>\0".encode()))
 
     def rcpt(self, address: str) -> tuple[int, str] | None:

@@ -234,8 +234,10 @@ def test_from_header_must_match_envelope(gate: Ports) -> None:
 
 @pytest.mark.parametrize("mail_from", ["no-at-sign", "two@at@example.org", "a%b@example.org"])
 def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
+    """Refused at the first RCPT: only then has Postfix tied the sender to the login."""
     with MilterClient(gate.outgoing) as client:
-        assert client.mail(mail_from) == (500, f"Invalid from address <{mail_from}>")
+        assert client.mail(mail_from) is None
+        assert client.rcpt(BOB) == (500, f"Invalid from address <{mail_from}>")
 
 
 @pytest.mark.parametrize(
@@ -244,7 +246,8 @@ def test_invalid_mail_from(gate: Ports, mail_from: str) -> None:
 def test_mail_from_in_another_spelling_is_refused(gate: Ports, mail_from: str) -> None:
     """Postfix ties MAIL FROM to the login in its own reading; the gate takes one spelling."""
     with MilterClient(gate.outgoing) as client:
-        reply = client.mail(mail_from)
+        assert client.mail(mail_from) is None
+        reply = client.rcpt(BOB)
         assert reply is not None and reply[0] == 500 and reply[1].startswith("Invalid from")
 
 
@@ -291,7 +294,8 @@ def test_rate_limit_after_the_burst(gate: Ports) -> None:
     for _ in range(3):  # the burst
         assert milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)[0] == 250
     with MilterClient(gate.outgoing) as client:
-        reply = client.mail(ALICE)
+        assert client.mail(ALICE) is None
+        reply = client.rcpt(BOB)
         assert reply is not None and reply[0] == 450
         assert reply[1].startswith(f"4.7.1: Too much mail from <{ALICE}>, rate limited until ")
     # another sender is not affected
@@ -645,7 +649,7 @@ def test_the_gate_counts_what_it_lets_in_and_what_it_refuses_by_reason(gate: Por
     milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)
     milter_send(gate.outgoing, ALICE, [BOB], CLEARTEXT)
     milter_send(gate.outgoing, ALICE, ["carol@other.example"], ENCRYPTED)
-    milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)  # over the burst of 3: refused at MAIL
+    milter_send(gate.outgoing, ALICE, [BOB], ENCRYPTED)  # over the burst of 3: refused
     send(gate.incoming, ALICE, [BOB], CLEARTEXT)  # bob enforces encryption
     send(gate.incoming, ALICE, ["carol@example.org"], CLEARTEXT)  # carol does not
     post(gate.http, ENCRYPTED, {"X-MAIL-FROM": ALICE, "X-MAIL-TO": BOB})

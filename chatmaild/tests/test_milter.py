@@ -31,8 +31,10 @@ class Gate:
         self.answer = answer
         self.judged: list[tuple[str, list[str], bytes]] = []
         self.as_given: list[bool] = []
+        self.senders_checked = 0
 
     def check_sender(self, mail_from: str) -> str:
+        self.senders_checked += 1
         if mail_from == "refused@example.org":
             raise smtpreject.invalid_from_address(mail_from)
         return mail_from
@@ -123,7 +125,7 @@ def test_a_postfix_that_cannot_leave_out_the_replies_is_refused() -> None:
 def test_an_accepted_message_is_judged_as_queued_and_accepted() -> None:
     gate = Gate()
     replies = conversation(gate, *envelope(), *content(HEADERS, b"line\r\n"), packet(b"Q"))
-    assert replies[1:] == [b"c", b"c", b"a"]  # MAIL, RCPT, end of message
+    assert replies[1:] == [b"c", b"a"]  # RCPT, end of message (MAIL gets no answer)
     assert gate.judged == [
         (
             "alice@example.org",
@@ -155,16 +157,26 @@ def test_the_gates_refusals_are_its_reply_lines() -> None:
         *envelope("alice@example.org", "blocked@example.org", "bob@example.org"),
         *content(HEADERS, b"x\r\n"),
     )
-    assert replies[2] == b"y" + smtpreject.recipient_blocked().reply().encode() + b"\0"
-    assert replies[3] == b"c"
-    assert replies[4] == b"y" + smtpreject.encryption_needed("x").reply().encode() + b"\0"
+    assert replies[1] == b"y" + smtpreject.recipient_blocked().reply().encode() + b"\0"
+    assert replies[2] == b"c"
+    assert replies[3] == b"y" + smtpreject.encryption_needed("x").reply().encode() + b"\0"
     assert gate.judged[0][1] == ["bob@example.org"]  # only the recipient it took
 
 
-def test_a_refused_sender_is_answered_at_mail() -> None:
-    replies = conversation(Gate(), *envelope("refused@example.org"))
+def test_a_refused_sender_is_answered_at_each_rcpt_and_judged_once() -> None:
+    """At MAIL Postfix has not yet checked the sender against the login (its sender
+    restrictions wait for RCPT): the gate judges the sender at the first RCPT."""
+    gate = Gate()
+    replies = conversation(gate, *envelope("refused@example.org", "bob@x.org", "carol@x.org"))
     expected = smtpreject.invalid_from_address("refused@example.org").reply()
-    assert replies[1] == b"y" + expected.encode() + b"\0"
+    assert replies[1:] == [b"y" + expected.encode() + b"\0"] * 2
+    assert gate.senders_checked == 1
+
+
+def test_mail_is_answered_when_postfix_cannot_leave_it_out() -> None:
+    offer = struct.pack(">III", 6, 0x1FF, 0x1FFFFF & ~milter.NR_MAIL)
+    replies = conversation(Gate(), packet(b"O", offer), *envelope()[2:], *content(HEADERS, b""))
+    assert replies[1:] == [b"c", b"c", b"a"]  # MAIL, RCPT, end of message
 
 
 def test_a_message_the_gate_passed_on_itself_is_discarded_a_temporary_error_returned() -> None:
@@ -188,7 +200,7 @@ def test_a_crash_of_the_gate_is_a_temporary_error_and_the_session_goes_on() -> N
         Crashing(), *envelope(), *content(HEADERS, b""), *envelope()[2:], *content(HEADERS, b"")
     )
     internal = b"y" + milter.INTERNAL_ERROR.encode() + b"\0"
-    assert replies[1:] == [b"c", b"c", internal, b"c", b"c", internal]
+    assert replies[1:] == [b"c", internal, b"c", internal]
 
 
 def test_a_message_over_the_size_is_refused_at_its_end_and_not_held() -> None:

@@ -68,11 +68,14 @@ def account(submission: Submission) -> str:
     return addr
 
 
-def submit(submission: Submission, sender: str, rcpts: list[str], data: bytes) -> str:
-    """The reply to the end of the message, or the refusal before it, as "code text"."""
+def submit(
+    submission: Submission, sender: str, rcpts: list[str], data: bytes, login: str = ""
+) -> str:
+    """The reply to the end of the message, or the refusal before it, as "code text"; logged
+    in as `login`, the sender unless given."""
     with smtplib.SMTP(LISTEN_ADDRESS, submission.port, timeout=30) as smtp:
         smtp.starttls(context=unverified_tls())
-        smtp.login(sender, PASSWORD)
+        smtp.login(login or sender, PASSWORD)
         code, text = smtp.mail(sender)
         if code != 250:
             return f"{code} {text.decode()}"
@@ -179,3 +182,17 @@ def test_an_address_in_another_spelling_is_delivered_through_the_reinjection(
     assert reinjected(submission, marker)
     every, dropped = copies(submission, marker)
     assert len(dropped) == 1 and len(every - dropped) == 1, submission.postfix.trail(marker)
+
+
+def test_nobody_spends_another_users_rate_limit(submission: Submission) -> None:
+    """Postfix ties MAIL FROM to the login only at the first RCPT; the gate counts a sender
+    against its rate limit only after that, so a user sending as someone else is refused
+    by Postfix and costs that someone nothing."""
+    alice, bob = account(submission), account(submission)
+    burst = submission.postfix.config.max_user_send_burst_size
+    for _ in range(burst + 1):
+        reply = submit(submission, bob, [alice], mail_of(bob, alice, "x"), login=alice)
+        assert reply.startswith("553 5.7.1 "), reply  # not owned by the login
+    marker = secrets.token_hex(6)
+    assert submit(submission, bob, [alice], mail_of(bob, alice, marker)).startswith("250 ")
+    assert stored(submission, alice, marker) == 1

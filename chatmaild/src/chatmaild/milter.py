@@ -3,13 +3,14 @@
 
 Postfix talks to a milter over one connection per SMTP session, in packets of a 4-byte
 big-endian length, a command byte and its data (doc/milter.md §1). This module is the part
-the gate needs and nothing more: it asks for the envelope (MAIL, RCPT, each with a reply, so
-that a refusal is given at the command it concerns), every header with its value exactly as
-queued, and the body, and it answers once at the end of the message. It changes nothing in
+the gate needs and nothing more: it asks for the envelope (MAIL without a reply; the sender
+is judged at the first RCPT, after Postfix's own sender restrictions, and each RCPT gets the
+reply that concerns it), every header with its value exactly as queued, and the body, and it
+answers once at the end of the message. It changes nothing in
 the message: the gate's answer is to let Postfix queue it, to say that the gate passed it on
 itself (Postfix drops its copy), or a reply line, which the client gets as is.
 
-The pure parts (`Packet` framing, `decode_*`, `message_bytes`, `reply_code`) are apart from
+The pure parts (`packet` framing, `decode_*`, `message_bytes`, `reply_code`) are apart from
 the I/O (`MilterSession`), so that the tests can feed them hostile bytes directly.
 """
 
@@ -43,11 +44,11 @@ ABORT, QUIT, QUIT_NC = b"A", b"Q", b"K"
 CONTINUE, ACCEPT, DISCARD, REPLYCODE = b"c", b"a", b"d", b"y"
 
 # what we ask for in the negotiation: no CONNECT, HELO, DATA or unknown-command events; no
-# reply to a header, the end of the headers or a body chunk; header values with their
-# leading space. MAIL and RCPT keep their replies.
+# reply to MAIL (the sender is judged at the first RCPT), a header, the end of the headers or
+# a body chunk; header values with their leading space. RCPT keeps its reply.
 NOCONNECT, NOHELO, NOUNKNOWN, NODATA = 0x1, 0x2, 0x100, 0x200
-NR_HDR, NR_EOH, NR_BODY, HDR_LEADSPC = 0x80, 0x40000, 0x80000, 0x100000
-WANTED = NOCONNECT | NOHELO | NOUNKNOWN | NODATA | NR_HDR | NR_EOH | NR_BODY | HDR_LEADSPC
+NR_HDR, NR_MAIL, NR_EOH, NR_BODY, HDR_LEADSPC = 0x80, 0x4000, 0x40000, 0x80000, 0x100000
+WANTED = NOCONNECT | NOHELO | NOUNKNOWN | NODATA | NR_HDR | NR_MAIL | NR_EOH | NR_BODY | HDR_LEADSPC
 # without these the session could not work as designed: a reply to every header would be
 # one round trip per header, and values without their leading space are not the queued bytes
 REQUIRED = NR_HDR | NR_EOH | NR_BODY | HDR_LEADSPC
@@ -75,12 +76,14 @@ def decode_optneg(data: bytes) -> tuple[int, int, int]:
     return version, actions, protocol
 
 
-def negotiate(data: bytes) -> bytes:
-    """Our answer to Postfix's OPTNEG: protocol 6, no actions, the flags of `WANTED`."""
+def negotiate(data: bytes) -> tuple[bytes, int]:
+    """Our answer to Postfix's OPTNEG (protocol 6, no actions, the flags of `WANTED` that it
+    offers), and those flags."""
     version, _actions, offered = decode_optneg(data)
     if version < VERSION or offered & REQUIRED != REQUIRED:
         raise ProtocolError(f"milter protocol {version} with flags {offered:#x} not supported")
-    return packet(OPTNEG, struct.pack(">III", VERSION, 0, WANTED & offered))
+    agreed = WANTED & offered
+    return packet(OPTNEG, struct.pack(">III", VERSION, 0, agreed)), agreed
 
 
 def decode_strings(data: bytes) -> list[bytes]:
@@ -144,7 +147,9 @@ class MilterGate(Protocol):
 
 @dataclass
 class _Message:
-    mail_from: str | None = None
+    given_sender: str | None = None  # MAIL FROM as written, judged at the first RCPT
+    mail_from: str | None = None  # as the gate took it
+    sender_refused: Reject | None = None
     rcpts: list[str] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
@@ -173,6 +178,7 @@ class MilterSession:
         self.message = _Message()
         self.buffer = bytearray()
         self.negotiated = False
+        self.mail_answered = True  # whether Postfix waits for an answer to MAIL
         self.handlers: dict[bytes, Callable[[bytes], Awaitable[bytes | None]]] = {
             OPTNEG: self.on_optneg,
             MACRO: self.ignore,
@@ -245,22 +251,33 @@ class MilterSession:
         return None
 
     async def on_optneg(self, data: bytes) -> bytes:
-        answer = negotiate(data)
+        answer, agreed = negotiate(data)
         self.negotiated = True
+        self.mail_answered = not agreed & NR_MAIL
         return answer
 
-    async def on_mail(self, data: bytes) -> bytes:
-        self.message = _Message()
-        given = decode_path(data)
-        try:
-            self.message.mail_from = sender = self.gate.check_sender(given)
-        except Reject as e:
-            log.info("refused sender: %s", e.private)
-            return self.refuse(e)
-        self.message.as_given = sender == given
-        return packet(CONTINUE)
+    async def on_mail(self, data: bytes) -> bytes | None:
+        self.message = _Message(given_sender=decode_path(data))
+        return packet(CONTINUE) if self.mail_answered else None
 
     async def on_rcpt(self, data: bytes) -> bytes:
+        message = self.message
+        if message.given_sender is None:
+            raise ProtocolError("RCPT without MAIL")
+        if message.mail_from is None and message.sender_refused is None:
+            # Judged here, not at MAIL: Postfix's smtpd applies its own sender restrictions
+            # (the sender must be the login, smtpd_delay_reject) at the first RCPT, and only
+            # then asks the milter. At MAIL anybody logged in could spend another user's rate
+            # limit with their address; the proxy filter was asked at the first RCPT too.
+            try:
+                message.mail_from = self.gate.check_sender(message.given_sender)
+            except Reject as e:
+                log.info("refused sender: %s", e.private)
+                message.sender_refused = e
+                return self.refuse(e)
+            message.as_given = message.mail_from == message.given_sender
+        if message.sender_refused is not None:  # the same answer, counted once
+            return packet(REPLYCODE, reply_code(message.sender_refused.reply()))
         given = decode_path(data)
         try:
             rcpt = self.gate.check_recipient(given)
