@@ -203,6 +203,22 @@ def test_a_crash_of_the_gate_is_a_temporary_error_and_the_session_goes_on() -> N
     assert replies[1:] == [b"c", internal, b"c", internal]
 
 
+def test_a_gate_that_takes_too_long_is_a_temporary_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answered before Postfix stops waiting (milter_content_timeout), so that the client is
+    told to try again by the gate's own word."""
+
+    class Stuck(Gate):
+        async def judge(
+            self, mail_from: str, rcpts: list[str], message: bytes, as_given: bool
+        ) -> str | None:
+            await asyncio.sleep(3600)
+            return None
+
+    monkeypatch.setattr(milter, "JUDGE_DEADLINE", 0.05)
+    replies = conversation(Stuck(), *envelope(), *content(HEADERS, b""))
+    assert replies[-1] == b"y" + milter.INTERNAL_ERROR.encode() + b"\0"
+
+
 def test_a_message_over_the_size_is_refused_at_its_end_and_not_held() -> None:
     gate = Gate()
     replies = conversation(gate, *envelope(), *content(HEADERS, b"x" * 60_000), max_size=50_000)

@@ -141,6 +141,28 @@ def test_cleartext_is_refused_with_the_gates_reply_and_not_delivered(
     assert stored(submission, bob, marker) == 0
 
 
+@pytest.mark.parametrize("name", ["Subject", "Subject ", "subject\t"])
+def test_no_spelling_of_a_subject_reaches_the_mailbox_in_the_clear(
+    submission: Submission, name: str
+) -> None:
+    """Postfix takes a header name with blanks before its colon; its cleanup queues the name
+    without them, and hands the gate the same: the Subject rule replaces it, and what the gate
+    read is what is stored."""
+    alice, bob = account(submission), account(submission)
+    marker = secrets.token_hex(6)
+    data = mail_of(alice, bob, marker)
+    assert b"\r\nSubject: [...]\r\n" in data
+    data = data.replace(b"Subject: [...]", f"{name}: meet me at the station".encode(), 1)
+    assert submit(submission, alice, [bob], data).startswith("250 ")
+    assert stored(submission, bob, marker) == 1
+    with imap(submission.postfix, bob) as conn:
+        conn.select("INBOX", readonly=True)
+        typ, found = conn.search(None, "TEXT", marker)
+        typ, fetched = conn.fetch(found[0].split()[-1], "(BODY.PEEK[HEADER])")
+    assert typ == "OK" and isinstance(fetched[0], tuple)
+    assert b"station" not in fetched[0][1]
+
+
 def test_a_from_header_naming_someone_else_is_refused(submission: Submission) -> None:
     alice, bob = account(submission), account(submission)
     data = mail_of(bob, bob, secrets.token_hex(6))  # From: bob, sent by alice

@@ -36,6 +36,10 @@ MAX_PACKET = 256 * 1024
 # (its smtpd_timeout is 300 s); a connection silent for longer than this is dropped.
 IDLE_TIMEOUT = 600.0
 READ_SIZE = 256 * 1024
+# The gate's answer at the end of a message (its checks and a re-injection) must come well
+# before Postfix gives up waiting (milter_content_timeout, 300 s): then the client is told a
+# temporary error by us, not by Postfix while the re-injection may still succeed.
+JUDGE_DEADLINE = 240.0
 
 # commands from Postfix (doc/milter.md §1)
 OPTNEG, MACRO, MAIL, RCPT, HEADER, EOH, BODY, EOM = (bytes([c]) for c in b"ODMRLNBE")
@@ -311,7 +315,10 @@ class MilterSession:
             return self.refuse(message_too_large())
         data = message_bytes(message.headers, bytes(message.body))
         try:
-            line = await self.gate.judge(message.mail_from, message.rcpts, data, message.as_given)
+            async with asyncio.timeout(JUDGE_DEADLINE):
+                line = await self.gate.judge(
+                    message.mail_from, message.rcpts, data, message.as_given
+                )
         except Reject as e:
             log.info("rejected message: %s", e.private)
             return self.refuse(e)
