@@ -281,30 +281,23 @@ CAPTURED = ("port 25", "/mxdeliv", "port 25 again", "submission", "submission ag
 
 def capture() -> dict[str, dict[str, int]]:
     """{path: {origin: lines}} of one delivered message per path, from the real daemons."""
-    from dovecot_harness import running_relay
-    from postfix_harness import SASL_LISTENER, running_postfix, running_submission
+    from postfix_harness import running_submission
 
     counts: dict[str, dict[str, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-postlog-sasl-") as sasl_dir:
-        Path(sasl_dir).chmod(0o755)  # Postfix's smtpd connects as the postfix user
-        sasl = Path(sasl_dir) / "auth"
-        with (
-            running_relay(dovecot_settings=SASL_LISTENER.format(path=sasl)) as relay,
-            running_postfix(relay) as postfix,
-            running_submission(postfix, sasl) as submission_port,
-        ):
-            sender, rcpt = _account(postfix), _account(postfix)
-            time.sleep(1)  # their login lines are not the messages'
-            for path in CAPTURED:
-                marks = len(postfix.log().splitlines()), len(relay.dovecot_log().splitlines())
-                _send(path, postfix, submission_port, sender, rcpt)
-                postfix.wait_queue_settled()
-                time.sleep(1)  # Dovecot's lmtp logs its disconnect after Postfix's status=sent
-                lines = [
-                    *(("postfix", x) for x in postfix.log().splitlines()[marks[0] :]),
-                    *(("dovecot", x) for x in relay.dovecot_log().splitlines()[marks[1] :]),
-                ]
-                counts[path] = _count_and_print(path, lines)
+    with running_submission() as instance:
+        relay, postfix, submission_port = instance.relay, instance.postfix, instance.port
+        sender, rcpt = _account(postfix), _account(postfix)
+        time.sleep(1)  # their login lines are not the messages'
+        for path in CAPTURED:
+            marks = len(postfix.log().splitlines()), len(relay.dovecot_log().splitlines())
+            _send(path, postfix, submission_port, sender, rcpt)
+            postfix.wait_queue_settled()
+            time.sleep(1)  # Dovecot's lmtp logs its disconnect after Postfix's status=sent
+            lines = [
+                *(("postfix", x) for x in postfix.log().splitlines()[marks[0] :]),
+                *(("dovecot", x) for x in relay.dovecot_log().splitlines()[marks[1] :]),
+            ]
+            counts[path] = _count_and_print(path, lines)
     return counts
 
 

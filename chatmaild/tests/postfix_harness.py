@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pytest
-from dovecot_harness import Relay, free_port, wait_for
+from dovecot_harness import Relay, free_port, running_relay, stop_process, wait_for
 
 from chatmaild.config import Config, read_config
 from cmdeploy.layout import Layout
@@ -500,12 +500,7 @@ def running_postfix(
         yield postfix
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
         if postfix is not None:
             _stop_postfix(postfix)
         shutil.rmtree(base, ignore_errors=True)
@@ -516,8 +511,30 @@ def running_postfix(
 SASL_LISTENER = "service auth {{\n  unix_listener {path} {{\n    mode = 0666\n  }}\n}}\n"
 
 
+@dataclass
+class Submission:
+    relay: Relay
+    postfix: PostfixRelay
+    port: int  # the submission listener's
+
+
 @contextlib.contextmanager
-def running_submission(postfix: PostfixRelay, sasl: Path) -> Iterator[int]:
+def running_submission() -> Iterator[Submission]:
+    """A private Dovecot with its SASL socket where Postfix reaches it, and the instance of
+    `running_postfix` with the relay's submission path added (`_with_submission`)."""
+    with tempfile.TemporaryDirectory(prefix="chatmail-sasl-") as sasl_dir:
+        Path(sasl_dir).chmod(0o755)  # Postfix's smtpd connects as the postfix user
+        sasl = Path(sasl_dir) / "auth"
+        with (
+            running_relay(dovecot_settings=SASL_LISTENER.format(path=sasl)) as relay,
+            running_postfix(relay) as postfix,
+            _with_submission(postfix, sasl) as port,
+        ):
+            yield Submission(relay, postfix, port)
+
+
+@contextlib.contextmanager
+def _with_submission(postfix: PostfixRelay, sasl: Path) -> Iterator[int]:
     """The relay's submission listener (on a loopback port; its port) added to a running
     instance as the templates have it, with its milter, the real `filtermail outgoing`, on a
     socket of the instance's, and the signing re-injection listener without OpenDKIM (which
@@ -549,12 +566,7 @@ def running_submission(postfix: PostfixRelay, sasl: Path) -> Iterator[int]:
             wait_for(functools.partial(_smtp_greets, each), STARTUP_TIMEOUT, f"port {each}")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def _copy_service(postfix: PostfixRelay, service: str, name: str) -> None:

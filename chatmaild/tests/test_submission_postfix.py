@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import secrets
 import smtplib
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dovecot_harness import Relay, running_relay
 from postfix_harness import (
     LISTEN_ADDRESS,
-    SASL_LISTENER,
-    PostfixRelay,
+    Submission,
     _queue_id,
     postfix_or_skip,
-    running_postfix,
     running_submission,
     unverified_tls,
 )
@@ -40,25 +35,11 @@ pytestmark = pytest.mark.dovecot
 MAIL = Path(__file__).parent / "data" / "mail"
 
 
-@dataclass
-class Submission:
-    postfix: PostfixRelay
-    relay: Relay
-    port: int
-
-
 @pytest.fixture(scope="module")
 def submission() -> Iterator[Submission]:
     postfix_or_skip()
-    with tempfile.TemporaryDirectory(prefix="submission-sasl-") as sasl_dir:
-        Path(sasl_dir).chmod(0o755)  # Postfix's smtpd connects as the postfix user
-        sasl = Path(sasl_dir) / "auth"
-        with (
-            running_relay(dovecot_settings=SASL_LISTENER.format(path=sasl)) as relay,
-            running_postfix(relay) as postfix,
-            running_submission(postfix, sasl) as port,
-        ):
-            yield Submission(postfix, relay, port)
+    with running_submission() as instance:
+        yield instance
 
 
 def account(submission: Submission) -> str:
