@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 # started with its socket on fd 3 the way systemd passes it, as in the process's own tests
-from test_postlog import SOCKET_ACTIVATE
+from socket_activation import popen_with_socket
 
 from chatmaild.postlog import redact, scrub
 
@@ -195,12 +195,7 @@ def measure_process(lines: list[bytes]) -> dict[str, float]:
                     continue
 
         command = [sys.executable, "-m", "chatmaild.postlog", "--journal-socket", str(journal)]
-        process = subprocess.Popen(
-            [sys.executable, "-c", SOCKET_ACTIVATE, str(listen.fileno()), *command],
-            pass_fds=[listen.fileno()],
-            stderr=subprocess.DEVNULL,
-        )
-        listen.close()
+        process = popen_with_socket(listen, command, stderr=subprocess.DEVNULL)
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
         try:

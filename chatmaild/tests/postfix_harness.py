@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import os
 import pwd
 import re
@@ -42,6 +43,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from dovecot_harness import Relay, free_port, running_relay, stop_process, wait_for
+from socket_activation import popen_with_socket
 
 from chatmaild.config import Config, read_config
 from cmdeploy.layout import Layout
@@ -553,20 +555,29 @@ def _with_submission(postfix: PostfixRelay, sasl: Path) -> Iterator[int]:
     postfix.postconf("-e", f"smtpd_sasl_path={sasl}")
     _settle_mtimes(postfix.config_dir)
     _run_postfix(postfix, "reload")
-    argv = [str(FILTERMAIL), str(postfix.ini), "outgoing", "--socket", str(gate)]
+    argv = [str(FILTERMAIL), str(postfix.ini), "outgoing"]
     log = postfix.base / "filtermail-outgoing.log"
     postfix.filtermail_logs["outgoing"] = log
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*argv, "--socket-group", "postfix"], stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = popen_with_socket(_gate_socket(gate), argv, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _until_listening(proc, log, gate.exists)
+        _until_listening(proc, log, lambda: "listening" in log.read_text(errors="replace"))
         for each in (port, postfix.config.postfix_reinject_port):
             wait_for(functools.partial(_smtp_greets, each), STARTUP_TIMEOUT, f"port {each}")
         yield port
     finally:
         stop_process(proc)
+
+
+def _gate_socket(path: Path) -> socket.socket:
+    """The gate's socket as the relay's filtermail.socket unit makes it: listening, mode 0660,
+    group postfix, so that Postfix's smtpd reaches it and nobody else."""
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listen.bind(str(path))
+    os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
+    path.chmod(0o660)
+    listen.listen(128)
+    return listen
 
 
 def _copy_service(postfix: PostfixRelay, service: str, name: str) -> None:

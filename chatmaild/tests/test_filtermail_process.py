@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from dovecot_harness import free_port
-from milter_client import PASSED_ON, QUEUED, MilterClient
+from milter_client import OFFER, PASSED_ON, QUEUED, MilterClient, packet
 from milter_client import send as milter_send
+from socket_activation import popen_with_socket
 from test_filtermail import CLEARTEXT, ENCRYPTED, LoopThread, Sink, crlf, send
 
 from chatmaild.config import Config
@@ -51,6 +53,14 @@ def wait_listening(where: int | str, proc: subprocess.Popen[bytes], log: Path) -
     raise TimeoutError("filtermail did not listen")
 
 
+def milter_listener(path: str) -> socket.socket:
+    """The outgoing gate's socket as its systemd socket unit makes it: listening already."""
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listen.bind(path)
+    listen.listen(64)
+    return listen
+
+
 @pytest.fixture(scope="module")
 def filtermail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtermail]:
     tmp = tmp_path_factory.mktemp("filtermail")
@@ -73,15 +83,17 @@ def filtermail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filtermail]
     exe = str(Path(sys.executable).parent / "filtermail")
     procs, logs = [], []
     try:
-        for mode, where, args in (
-            ("outgoing", gate_socket, ["--socket", gate_socket]),
-            ("incoming", ports["in"], []),
-        ):
+        for mode, where in (("outgoing", gate_socket), ("incoming", ports["in"])):
             log = tmp / f"{mode}.log"
             logs.append(log)
             with open(log, "wb") as out:
-                argv = [exe, str(ini), mode, *args]
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+                argv = [exe, str(ini), mode]
+                if mode == "outgoing":  # its socket comes from systemd, made before it runs
+                    proc = popen_with_socket(
+                        milter_listener(gate_socket), argv, stdout=out, stderr=subprocess.STDOUT
+                    )
+                else:
+                    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
             procs.append(proc)
             wait_listening(where, proc, log)
         yield Filtermail(gate_socket, ports["in"], ports["http"], sink, logs)
@@ -98,12 +110,6 @@ def test_outgoing_accepts_encrypted_byte_for_byte(filtermail: Filtermail) -> Non
     assert milter_send(filtermail.outgoing, alice, [BOB], ENCRYPTED) == QUEUED
     assert milter_send(filtermail.outgoing, alice, [carol], ENCRYPTED) == PASSED_ON
     assert filtermail.sink.messages == [(alice, [carol], crlf(ENCRYPTED))]
-
-
-def test_outgoing_socket_is_for_its_owner_and_postfixs_group_only(
-    filtermail: Filtermail,
-) -> None:
-    assert Path(filtermail.outgoing).stat().st_mode & 0o777 == 0o660
 
 
 def test_outgoing_refuses_cleartext(filtermail: Filtermail) -> None:
@@ -157,12 +163,9 @@ def test_process_logs_hold_no_addresses(filtermail: Filtermail) -> None:
     ("params", "args", "named"),
     [
         ("filtermail_smtp_port_incoming = 99999\n", ["incoming"], "filtermail_smtp_port_incoming"),
-        ("", ["outgoing"], "--socket"),
-        ("", ["incoming", "--socket", "/tmp/x.socket"], "--socket"),
-        ("", ["outgoing", "--socket", "{tmp}/g.socket", "--socket-group", "nosuch"], "nosuch"),
-        ("", ["outgoing", "--socket", "{tmp}/no/such/dir/g.socket"], "no/such/dir"),
+        ("", ["outgoing"], "filtermail.socket"),
     ],
-    ids=["bad-port", "no-socket", "socket-not-outgoing", "no-such-group", "no-such-dir"],
+    ids=["bad-port", "no-socket-from-systemd"],
 )
 def test_bad_config_is_one_line(tmp_path: Path, params: str, args: list[str], named: str) -> None:
     ini = tmp_path / "chatmail.ini"
@@ -172,3 +175,40 @@ def test_bad_config_is_one_line(tmp_path: Path, params: str, args: list[str], na
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode in (1, 2), result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_outgoing_answers_postfix_connections_made_before_it_ran(tmp_path: Path) -> None:
+    """systemd holds the gate's socket while filtermail restarts: Postfix's smtpd that connects
+    meanwhile waits in the backlog and is served, instead of tempfailing its client."""
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text("[params]\nmail_domain = example.org\n")
+    path = str(tmp_path / "gate.socket")
+    listen = milter_listener(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as postfix:
+        postfix.settimeout(20)
+        postfix.connect(path)
+        postfix.sendall(packet(b"O", OFFER))
+        exe = str(Path(sys.executable).parent / "filtermail")
+        proc = popen_with_socket(listen, [exe, str(ini), "outgoing"], stderr=subprocess.PIPE)
+        try:
+            reply = postfix.recv(5)
+            assert reply[4:5] == b"O", reply  # the gate's answer to the negotiation
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            assert proc.stderr is not None
+            proc.stderr.close()
+
+
+def test_outgoing_refuses_a_socket_of_another_kind(tmp_path: Path) -> None:
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text("[params]\nmail_domain = example.org\n")
+    datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    datagram.bind(str(tmp_path / "gate.socket"))
+    exe = str(Path(sys.executable).parent / "filtermail")
+    proc = popen_with_socket(
+        datagram, [exe, str(ini), "outgoing"], stderr=subprocess.PIPE, text=True
+    )
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "not a unix SOCK_STREAM socket" in stderr and "Traceback" not in stderr

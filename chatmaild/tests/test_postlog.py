@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from socket_activation import popen_with_socket
 
 from chatmaild import postlog
 from chatmaild.postlog import (
@@ -35,7 +36,6 @@ from chatmaild.postlog import (
     Record,
     journal_entry,
     parse_syslog,
-    passed_socket_count,
     redact,
     scrub,
 )
@@ -592,26 +592,7 @@ def test_any_datagram_becomes_a_journal_entry(datagram: bytes) -> None:
     assert not _IPV4_LITERAL.search(fields["MESSAGE"])
 
 
-def test_passed_sockets_are_counted_only_for_this_process() -> None:
-    assert passed_socket_count({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, 42) == 1
-    assert passed_socket_count({"LISTEN_PID": "41", "LISTEN_FDS": "1"}, 42) == 0
-    assert passed_socket_count({"LISTEN_FDS": "1"}, 42) == 0
-    assert passed_socket_count({"LISTEN_PID": "42", "LISTEN_FDS": "x"}, 42) == 0
-
-
 # --- 4. the process -------------------------------------------------------------------------
-
-# Start a command with the socket on fd 3 and LISTEN_PID set to the command's own pid, as
-# systemd does: this shim execs the command, so the pid stays. (dash cannot move fds past 9.)
-SOCKET_ACTIVATE = """
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 @dataclass
@@ -631,13 +612,7 @@ def scrubber(tmp_path: Path) -> Iterator[Scrubber]:
     listen = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listen.bind(str(devlog))
     command = [sys.executable, "-m", "chatmaild.postlog", "--journal-socket", str(journal)]
-    process = subprocess.Popen(
-        [sys.executable, "-c", SOCKET_ACTIVATE, str(listen.fileno()), *command],
-        pass_fds=[listen.fileno()],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listen.close()  # the process holds it now, as systemd would
+    process = popen_with_socket(listen, command, stderr=subprocess.PIPE, text=True)
     try:
         yield Scrubber(process, devlog, journal)
     finally:

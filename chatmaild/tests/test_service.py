@@ -1,4 +1,5 @@
-"""What every service shares: the loop handler that keeps failing accepts to one line a minute.
+"""What every service shares: the sockets systemd passes (counted for this process only), and
+the loop handler that keeps failing accepts to one line a minute.
 
 The real process out of descriptors is in test_dictserver.py; here the loop's exception
 handler gets the contexts asyncio gives it, with a clock the test moves.
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from chatmaild.service import ACCEPT_ERROR_MESSAGE, quiet_accept_errors
+from chatmaild.service import ACCEPT_ERROR_MESSAGE, passed_socket_count, quiet_accept_errors
 
 
 class Clock:
@@ -81,3 +82,10 @@ def test_other_contexts_reach_asyncio_s_default_handler(
     (record,) = caplog.records
     assert record.name == "asyncio" and record.getMessage() == "something else"
     assert record.exc_info is not None
+
+
+def test_passed_sockets_are_counted_only_for_this_process() -> None:
+    assert passed_socket_count({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, 42) == 1
+    assert passed_socket_count({"LISTEN_PID": "41", "LISTEN_FDS": "1"}, 42) == 0
+    assert passed_socket_count({"LISTEN_FDS": "1"}, 42) == 0
+    assert passed_socket_count({"LISTEN_PID": "42", "LISTEN_FDS": "x"}, 42) == 0

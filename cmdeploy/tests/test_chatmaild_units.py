@@ -86,6 +86,22 @@ def test_the_log_scrubber_runs_on_a_socket_systemd_holds_as_a_user_of_its_own() 
     assert "Also=chatmail-postlog.socket\n" in service
 
 
+def test_the_outgoing_gate_runs_on_a_socket_only_postfix_and_it_reach() -> None:
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    files = chatmaild_files(layout)
+    socket_unit = files["/etc/systemd/system/filtermail.socket"]
+    assert f"ListenStream={layout.gate_socket}\n" in socket_unit
+    for line in ("SocketUser=vmail", "SocketGroup=postfix", "SocketMode=0660"):
+        assert f"\n{line}\n" in socket_unit
+    service = files["/etc/systemd/system/filtermail.service"]
+    assert "ExecStart=/usr/local/lib/chatmaild/venv/bin/filtermail " in service
+    assert " outgoing --metrics-dir " in service and "--socket" not in service
+    assert "Requires=filtermail.socket\nAfter=filtermail.socket\n" in service
+    assert "Also=filtermail.socket\n" in service
+    # the socket's group is enough: filtermail is in none of Postfix's groups
+    assert "SupplementaryGroups" not in service and "RuntimeDirectory" not in service
+
+
 def test_the_daily_health_check_runs_as_vmail_and_fails_its_unit_on_a_problem() -> None:
     layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
     files = chatmaild_files(layout)

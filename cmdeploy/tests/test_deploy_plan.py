@@ -94,7 +94,8 @@ def test_a_fresh_host_gets_its_packages_under_a_hold_and_starts_every_service(
     assert lifted > max(changes.index(n) for n in installs)
     assert lifted < changes.index("Install /etc/postfix/main.cf")
     assert {"DKIM key (once)", "Placeholder certificate (once)"} <= set(changes)
-    assert run.restarts == DAEMONS | CHATMAILD_SERVICES | {"chatmail-postlog.socket"}
+    sockets = {"chatmail-postlog.socket", "filtermail.socket"}
+    assert run.restarts == DAEMONS | CHATMAILD_SERVICES | sockets
     assert changes.index("Validate the postfix configuration") < changes.index("Restart postfix")
     assert run.changed("Request the certificate (ACME)")
 
@@ -118,6 +119,25 @@ def test_a_postfix_setting_restarts_postfix_and_not_dovecot(inputs: DeployInputs
     assert run.changed("Validate the postfix configuration")
     # chatmaild's services read the ini themselves
     assert run.restarts == {"postfix"} | CHATMAILD_SERVICES
+
+
+def test_a_gate_that_made_its_own_socket_is_stopped_before_its_socket_unit_starts(
+    inputs: DeployInputs,
+) -> None:
+    """A relay of the release before: filtermail bound the gate's socket itself. systemd does
+    not start a socket unit whose service runs, so the deploy stops filtermail first and
+    starts it again on the socket unit's socket."""
+    relay = deployed(inputs)
+    del relay.nodes["/etc/systemd/system/filtermail.socket"]
+    changes = plan(relay, inputs).changes
+    stop = changes.index("Stop filtermail.service for filtermail.socket")
+    restarted = changes.index("Restart filtermail.service")
+    assert stop < changes.index("Restart filtermail.socket") < restarted
+    # and a relay deployed with the socket unit already stops nothing
+    assert (
+        "Stop filtermail.service for filtermail.socket"
+        not in plan(deployed(inputs), inputs).changes
+    )
 
 
 def test_a_restart_that_failed_last_time_is_done_now(inputs: DeployInputs) -> None:

@@ -1,7 +1,7 @@
 """filtermail: the encryption gate between Postfix and the world (doc/encryption-gate.md).
 
-`filtermail INI outgoing --socket PATH` is the milter of Postfix's submission listeners
-(587/465, doc/milter.md) on a UNIX socket, `filtermail INI incoming` on
+`filtermail INI outgoing` is the milter of Postfix's submission listeners (587/465,
+doc/milter.md) on the UNIX socket its systemd socket unit passes, `filtermail INI incoming` on
 `filtermail_smtp_port_incoming` for mail from peers (port 25) and on
 `filtermail_http_port_incoming` for `/mxdeliv`; `filtermail INI transport` on
 `filtermail_lmtp_port_transport` delivers mail to other relays (`transport`, HTTPS first).
@@ -30,9 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import grp
 import logging
-import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,11 +48,13 @@ from .mxdeliv import start_mxdeliv_server
 from .ratelimit import RateLimiter, until_text
 from .reinject import OFF_LOOP_SIZE, Reinjector
 from .service import (
+    NoSocket,
     add_metrics_argument,
     fail,
     load_config_or_exit,
     quiet_accept_errors,
     setup_logging,
+    systemd_socket,
 )
 from .smtpfront import start_smtp_server
 from .transport import Transport
@@ -166,20 +167,11 @@ class IncomingGate:
         return reply
 
 
-def open_to_postfix(socket: Path, group: str | None) -> None:
-    """Postfix's smtpd connects as the `postfix` user: the socket is readable and writable by
-    its owner and `group`, and nobody else (a local user could spend a sender's rate limit)."""
-    if group is not None:
-        os.chown(socket, -1, grp.getgrnam(group).gr_gid)
-    socket.chmod(0o660)
-
-
 async def serve(
     config: Config,
     mode: str,
     metrics_dir: Path | None = None,
-    socket: Path | None = None,
-    socket_group: str | None = None,
+    milter_socket: socket.socket | None = None,
 ) -> None:
     # out of file descriptors, each refused accept would log a traceback
     quiet_accept_errors(asyncio.get_running_loop())
@@ -193,12 +185,11 @@ async def serve(
         limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
         counters = GateCounters(registry, "outgoing")
         gate_out = OutgoingGate(config, signing, limiter, counters)
-        if socket is None:
+        if milter_socket is None:
             raise ValueError("the outgoing gate serves Postfix on a UNIX socket")
         servers.append(
-            await start_milter_server(gate_out, str(socket), size, on_refusal=counters.refused)
+            await start_milter_server(gate_out, milter_socket, size, on_refusal=counters.refused)
         )
-        open_to_postfix(socket, socket_group)
     elif mode == "transport":
         fallback = Reinjector(config.postfix_host, config.postfix_reinject_port_smtp)
         transport = Transport(MxdelivClient(), fallback, registry=registry)
@@ -232,22 +223,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="filtermail", description=__doc__.splitlines()[0])
     parser.add_argument("ini", help="path of chatmail.ini")
     parser.add_argument("mode", choices=["outgoing", "incoming", "transport"])
-    parser.add_argument("--socket", type=Path, help="outgoing: the milter's UNIX socket")
-    parser.add_argument("--socket-group", help="outgoing: the group Postfix's smtpd runs in")
     add_metrics_argument(parser)
     args = parser.parse_args(argv)
-    if (args.mode == "outgoing") != (args.socket is not None):
-        parser.error("--socket is for, and required by, the outgoing mode")
     setup_logging()
     config = load_config_or_exit(args.ini)
-    if args.socket_group is not None:
+    milter_socket = None
+    if args.mode == "outgoing":
         try:
-            grp.getgrnam(args.socket_group)
-        except KeyError:
-            fail(f"filtermail: --socket-group {args.socket_group}: no such group")
-    where = args.socket if args.socket is not None else config.filtermail_host
+            milter_socket = systemd_socket(socket.SOCK_STREAM)
+        except NoSocket as e:
+            fail(f"filtermail outgoing: {e}; it is started by filtermail.socket")
+    where = "the milter's socket" if milter_socket is not None else config.filtermail_host
     try:
-        asyncio.run(serve(config, args.mode, args.metrics_dir, args.socket, args.socket_group))
+        asyncio.run(serve(config, args.mode, args.metrics_dir, milter_socket))
     except OSError as e:
         fail(f"filtermail {args.mode}: cannot listen on {where}: {e.strerror}")
     except KeyboardInterrupt:

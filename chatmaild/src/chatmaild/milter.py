@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -341,16 +342,21 @@ class MilterSession:
 
 async def start_milter_server(
     gate: MilterGate,
-    listen: str | tuple[str, int],
+    listen: socket.socket | str | tuple[str, int],
     max_size: int,
     on_refusal: Callable[[Reject], None] | None = None,
 ) -> asyncio.AbstractServer:
-    """Serve the milter on a UNIX socket (a path: what the relay uses, doc/milter.md §3) or
-    a TCP (host, port). The caller gives the socket file the mode Postfix needs."""
+    """Serve the milter on a listening UNIX socket (what the relay uses: systemd makes it with
+    the mode Postfix needs and passes it in, doc/milter.md §3), on a UNIX socket at a path, or
+    on a TCP (host, port): the last two for tests and benchmarks."""
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await MilterSession(gate, reader, writer, max_size, on_refusal).run()
 
+    if isinstance(listen, socket.socket):
+        # asyncio would shorten systemd's backlog to 100: a burst of sessions while filtermail
+        # restarts all wait for it
+        return await asyncio.start_unix_server(session, sock=listen, backlog=socket.SOMAXCONN)
     if isinstance(listen, str):
         return await asyncio.start_unix_server(session, listen)
     return await asyncio.start_server(session, *listen)

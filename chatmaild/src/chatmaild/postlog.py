@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 import re
 import socket
 import struct
@@ -45,6 +44,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .service import NoSocket, systemd_socket
 
 log = logging.getLogger("chatmail-postlog")
 
@@ -264,37 +265,10 @@ def scrub(data: bytes) -> bytes:
 
 # --- the service (I/O) -------------------------------------------------------------------------
 
-LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 DATAGRAM_MAX = 65536
 REPORT_INTERVAL = 60.0  # seconds between reports of dropped lines
 JOURNAL_WAIT = 1.0  # seconds a line may wait for room in journald's queue (`Journal`)
-
-
-class NoSocket(Exception):
-    """The process was not started by a systemd socket unit."""
-
-
-def passed_socket_count(environ: dict[str, str], pid: int) -> int:
-    """How many sockets systemd passed, from LISTEN_PID and LISTEN_FDS (sd_listen_fds(3))."""
-    if environ.get("LISTEN_PID") != str(pid):
-        return 0
-    try:
-        return max(0, int(environ.get("LISTEN_FDS", "0")))
-    except ValueError:
-        return 0
-
-
-def listen_socket() -> socket.socket:
-    count = passed_socket_count(dict(os.environ), os.getpid())
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)  # not for anything this process might start
-    if count != 1:
-        raise NoSocket(f"expected one socket from systemd (LISTEN_FDS), got {count}")
-    sock = socket.socket(fileno=LISTEN_FDS_START)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM:
-        raise NoSocket("the passed socket is not a unix datagram socket")
-    return sock
 
 
 class Journal:
@@ -370,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        listen = listen_socket()
+        listen = systemd_socket(socket.SOCK_DGRAM)
     except NoSocket as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

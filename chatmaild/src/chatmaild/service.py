@@ -1,11 +1,13 @@
 """What every chatmaild service does at start: log to stderr (journald), load the config,
-keep asyncio's accept errors to one line a minute."""
+take the socket systemd passes, keep asyncio's accept errors to one line a minute."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +63,39 @@ def load_config_or_exit(path: Path) -> Config:
         return read_config(path)
     except ConfigError as e:
         fail(str(e))
+
+
+LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
+
+
+class NoSocket(Exception):
+    """The process was not started by its systemd socket unit."""
+
+
+def passed_socket_count(environ: dict[str, str], pid: int) -> int:
+    """How many sockets systemd passed, from LISTEN_PID and LISTEN_FDS (sd_listen_fds(3))."""
+    if environ.get("LISTEN_PID") != str(pid):
+        return 0
+    try:
+        return max(0, int(environ.get("LISTEN_FDS", "0")))
+    except ValueError:
+        return 0
+
+
+def systemd_socket(kind: socket.SocketKind) -> socket.socket:
+    """The one unix socket of `kind` that the service's socket unit passed. systemd made it,
+    with its owner, group and mode, before the service ran, and keeps it while the service
+    restarts: a peer that connects meanwhile waits in its backlog."""
+    count = passed_socket_count(dict(os.environ), os.getpid())
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for anything this process might start
+    if count != 1:
+        raise NoSocket(f"expected one socket from systemd (LISTEN_FDS), got {count}")
+    sock = socket.socket(fileno=LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != kind:
+        sock.detach()  # not ours to close
+        raise NoSocket(f"the socket systemd passed is not a unix {kind.name} socket")
+    return sock
 
 
 def quiet_accept_errors(

@@ -71,6 +71,7 @@ UNITS = [
     "doveauth",
     "chatmail-lastlogin",
     "chatmail-metadata",
+    "filtermail.socket",
     "filtermail",
     "filtermail-incoming",
     "filtermail-transport",

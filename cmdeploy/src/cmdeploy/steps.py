@@ -117,13 +117,21 @@ def put(
     ]
 
 
-def restart(unit: str, changed: Ops, check: str | None = None, force: bool = False) -> None:
+def restart(
+    unit: str,
+    changed: Ops,
+    check: str | None = None,
+    force: bool = False,
+    stop_first: str | None = None,
+) -> None:
     """Keep `unit` enabled and running; restart it if any of `changed` changed, after
     `check` (a command that validates its configuration) succeeded.
 
     A change leaves a marker on the relay until the restart succeeded: a deploy that failed
     in between restarts the unit on the next run although its files no longer change.
-    `force` restarts it in any case (a fact showed it needs one)."""
+    `force` restarts it in any case (a fact showed it needs one). `stop_first` is a unit
+    stopped before the restart: a socket's service, since systemd does not start a socket
+    whose service already runs (one that made its own socket before the socket unit came)."""
     marker = f"{PENDING_RESTARTS}/{unit}"
     pending = force or not missing(marker)
     if changed:
@@ -133,6 +141,12 @@ def restart(unit: str, changed: Ops, check: str | None = None, force: bool = Fal
         needed = None if pending else any_changed(*changed)
         if check:
             server.shell(name=f"Validate the {unit} configuration", commands=[check], _if=needed)
+        if stop_first:
+            server.shell(
+                name=f"Stop {stop_first} for {unit}",
+                commands=[f"systemctl daemon-reload && systemctl stop {stop_first}"],
+                _if=needed,
+            )
         systemd.service(
             name=f"Restart {unit}", service=unit, restarted=True, daemon_reload=True, _if=needed
         )

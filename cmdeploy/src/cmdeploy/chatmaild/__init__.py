@@ -6,7 +6,9 @@ their socket directory from systemd (`RuntimeDirectory`), so a stale socket neve
 reboot. chatmail-postlog, the scrubber of Postfix's and Dovecot's log lines
 (doc/contract.md §12), owns nothing: it runs as a user of its own (`DynamicUser`) on a socket
 systemd holds (`chatmail-postlog.socket`), which both daemons' units bind over their /dev/log
-(`scrubbed_log_drop_in`).
+(`scrubbed_log_drop_in`). The outgoing gate's milter socket is systemd's too
+(`filtermail.socket`): made with the owner, group and mode Postfix's smtpd needs before
+filtermail runs, so filtermail is in no group of Postfix's, and held while filtermail restarts.
 
 Each service may open as many descriptors (`LimitNOFILE`) as the connections Postfix and
 Dovecot may hold to it at once, from the configured counts, plus `FD_HEADROOM`: systemd's
@@ -31,6 +33,7 @@ METRICS_UNIT = "chatmail-metrics"
 # /run/chatmail-metrics exists from boot on, before any service that writes into it starts
 METRICS_TMPFILES = "/etc/tmpfiles.d/chatmail-metrics.conf"
 POSTLOG_UNIT = "chatmail-postlog"
+GATE_UNIT = "filtermail"  # the outgoing gate, started by filtermail.socket
 HEALTH_UNIT = "chatmail-health"
 # Postfix's and Dovecot's syslog socket; a directory of its own, which systemd creates for the
 # socket unit
@@ -104,6 +107,7 @@ class Service:
     template: str = "service.j2"
     open_files: int | None = None  # LimitNOFILE; None: systemd's default
     groups: str | None = None  # SupplementaryGroups
+    socket: str | None = None  # the socket unit that passes it its listening socket
     before: str | None = None  # a unit that must find this one's socket when it starts
     netlink: bool = False  # may open AF_NETLINK sockets
 
@@ -138,15 +142,12 @@ def services(layout: Layout) -> list[Service]:
             open_files=limits["chatmail-metadata"],
         ),
         Service(
-            "filtermail",
+            GATE_UNIT,
             "chatmail: encryption gate for outgoing mail",
-            f"{layout.bin('filtermail')} {ini} outgoing --socket {layout.gate_socket}"
-            f" --socket-group postfix {snapshots}",
-            runtime_dir=layout.gate_socket.parent.name,
+            f"{layout.bin('filtermail')} {ini} outgoing {snapshots}",
             restart_sec=2,
             open_files=limits["filtermail"],
-            # the milter's socket belongs to this group, so that Postfix's smtpd reaches it
-            groups="postfix",
+            socket=f"{GATE_UNIT}.socket",
         ),
         Service(
             "filtermail-incoming",
@@ -184,7 +185,7 @@ def services(layout: Layout) -> list[Service]:
 
 
 def chatmaild_files(layout: Layout) -> dict[str, str]:
-    """{remote path: content}: one unit per service, the postlog socket, the expiry and
+    """{remote path: content}: one unit per service, the postlog and gate sockets, the expiry and
     health timers, and what the health check expects."""
     files = {
         f"{UNIT_DIR}/{s.unit}.service": render(
@@ -200,6 +201,7 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
             mailboxes=layout.mailboxes,
             metrics_dir=layout.metrics_dir,
             before=s.before,
+            socket=s.socket,
         )
         for s in services(layout)
     }
@@ -220,6 +222,9 @@ def chatmaild_files(layout: Layout) -> dict[str, str]:
     files.update(health.expectations(layout))
     files[f"{UNIT_DIR}/{POSTLOG_UNIT}.socket"] = render(
         "chatmaild", "postlog.socket.j2", socket=POSTLOG_SOCKET
+    )
+    files[f"{UNIT_DIR}/{GATE_UNIT}.socket"] = render(
+        "chatmaild", "gate.socket.j2", socket=layout.gate_socket
     )
     files[METRICS_TMPFILES] = render(
         "chatmaild",

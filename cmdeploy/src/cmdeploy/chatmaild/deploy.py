@@ -15,7 +15,15 @@ from chatmaild.registration import HANDED, INVITES, USES
 
 from ..health import expectations
 from ..steps import Component, Ops, Target, put, restart
-from . import HEALTH_UNIT, METRICS_TMPFILES, POSTLOG_UNIT, chatmaild_files, services
+from . import (
+    GATE_UNIT,
+    HEALTH_UNIT,
+    METRICS_TMPFILES,
+    POSTLOG_UNIT,
+    UNIT_DIR,
+    chatmaild_files,
+    services,
+)
 
 
 def venv_matches(venv: str) -> str:
@@ -28,7 +36,7 @@ def venv_matches(venv: str) -> str:
 class Chatmaild(Component):
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        self.socket_changed: Ops = []
+        self.socket_changed: dict[str, Ops] = {}
 
     def configure(self) -> None:
         layout = self.layout
@@ -79,9 +87,11 @@ class Chatmaild(Component):
         # what the health check expects is read by it alone: no service restarts for it
         restarting = [op for path, op in by_path.items() if path not in expectations(layout)]
         self.changed = [*uploaded, installed, ini, *restarting]
-        # systemd holds the postlog socket: a changed socket unit needs its own restart
-        # (which restarts Postfix too, onto the new socket)
-        self.socket_changed = [op for path, op in by_path.items() if path.endswith(".socket")]
+        # systemd holds the postlog and gate sockets: a changed socket unit needs its own
+        # restart (the postlog socket's restarts Postfix too, onto the new socket)
+        self.socket_changed = {
+            unit: [by_path[f"{UNIT_DIR}/{unit}.socket"]] for unit in (POSTLOG_UNIT, GATE_UNIT)
+        }
 
     def registration_dirs(self) -> None:
         """The run-time registration state (chatmaild.registration, doc/accounts.md): root
@@ -105,8 +115,12 @@ class Chatmaild(Component):
             )
 
     def activate(self) -> None:
-        if self.socket_changed:
-            restart(f"{POSTLOG_UNIT}.socket", self.socket_changed)
+        restart(f"{POSTLOG_UNIT}.socket", self.socket_changed[POSTLOG_UNIT])
+        restart(
+            f"{GATE_UNIT}.socket",
+            self.socket_changed[GATE_UNIT],
+            stop_first=f"{GATE_UNIT}.service",
+        )
         for service in services(self.layout):
             restart(f"{service.unit}.service", self.changed)
         systemd.service(

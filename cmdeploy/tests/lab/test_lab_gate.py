@@ -1,0 +1,49 @@
+"""The outgoing gate's socket on a deployed relay (doc/milter.md §3): systemd makes it with the
+owner, group and mode Postfix's smtpd needs, and holds it while filtermail is down, so a
+client that submits meanwhile is served once filtermail is back, not told to try again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from labmail import inbox, new_user, send, ssh, wait_for
+from test_lab_relays import LAB, relays
+
+from cmdeploy.layout import Layout
+
+pytestmark = pytest.mark.skipif(LAB is None, reason="needs a lab: cmdeploy lab up")
+GATE = "filtermail.service"
+
+
+def main_pid(ip: str) -> str:
+    return ssh(ip, f"systemctl show -p MainPID --value {GATE}").strip()
+
+
+@pytest.fixture
+def relay() -> dict[str, Any]:
+    return relays()[0]
+
+
+def test_only_postfix_and_filtermail_reach_the_gate(relay: dict[str, Any]) -> None:
+    ip = relay["ip"]
+    socket = Layout.gate_socket
+    assert ssh(ip, f"stat -c '%F %U %G %a' {socket}").strip() == "socket vmail postfix 660"
+    # the socket's group does it: filtermail itself is in no group of Postfix's
+    groups = ssh(ip, f"grep '^Groups:' /proc/{main_pid(ip)}/status").split()[1:]
+    postfix = ssh(ip, "getent group postfix postdrop | cut -d: -f3").split()
+    assert groups and not set(groups) & set(postfix), (groups, postfix)
+
+
+def test_a_submission_while_filtermail_is_down_is_served(relay: dict[str, Any]) -> None:
+    ip, domain = relay["ip"], relay["domain"]
+    sender, recipient = new_user(ip, domain), new_user(ip, domain)
+    inbox(ip, recipient)  # the first login creates the account
+    before = main_pid(ip)
+    ssh(ip, f"systemctl stop {GATE}")
+    assert ssh(ip, f"systemctl is-active {GATE} || true").strip() == "inactive"
+    # Postfix's smtpd connects to the socket systemd holds; that starts filtermail
+    msgid = send(ip, sender, recipient)
+    after = main_pid(ip)
+    assert after not in ("0", before)
+    wait_for(ip, recipient, msgid)
