@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import IO, Any
 
 # A shim that moves the socket to fd 3, sets the variables and execs the command, so that the
 # pid stays the one LISTEN_PID names. (dash cannot move descriptors past 9.)
@@ -22,7 +22,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def popen_with_socket(
-    listen: socket.socket, command: list[str], **kwargs: Any
+    listen: socket.socket | IO[Any], command: list[str], **kwargs: Any
 ) -> subprocess.Popen[Any]:
     """Run `command` with `listen` passed as systemd passes it, then close our copy: the
     process holds the socket now, as it would under systemd."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from dovecot_harness import free_port
@@ -200,15 +201,21 @@ def test_outgoing_answers_postfix_connections_made_before_it_ran(tmp_path: Path)
             proc.stderr.close()
 
 
-def test_outgoing_refuses_a_socket_of_another_kind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("passed", "named"),
+    [("datagram", "not a unix SOCK_STREAM socket"), ("file", "descriptor 3 is not a socket")],
+)
+def test_outgoing_refuses_what_is_no_stream_socket(tmp_path: Path, passed: str, named: str) -> None:
     ini = tmp_path / "chatmail.ini"
     ini.write_text("[params]\nmail_domain = example.org\n")
-    datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    datagram.bind(str(tmp_path / "gate.socket"))
+    given: socket.socket | IO[bytes]
+    if passed == "datagram":
+        given = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        given.bind(str(tmp_path / "gate.socket"))
+    else:
+        given = open(ini, "rb")  # popen_with_socket closes it
     exe = str(Path(sys.executable).parent / "filtermail")
-    proc = popen_with_socket(
-        datagram, [exe, str(ini), "outgoing"], stderr=subprocess.PIPE, text=True
-    )
+    proc = popen_with_socket(given, [exe, str(ini), "outgoing"], stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 2
-    assert "not a unix SOCK_STREAM socket" in stderr and "Traceback" not in stderr
+    assert named in stderr and "Traceback" not in stderr

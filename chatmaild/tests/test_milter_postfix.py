@@ -326,8 +326,8 @@ def test_a_discarded_message_is_answered_250_and_not_stored(
 def test_without_the_gate_the_client_gets_a_temporary_error_and_nothing_is_queued(
     relay: Relay,
 ) -> None:
-    """No milter at the socket (filtermail stopped or restarting): milter_default_action =
-    tempfail, so the client keeps its message and tries again later."""
+    """No milter at the socket (the relay's socket unit stopped, as `cmdeploy migrate` does):
+    milter_default_action = tempfail, so the client keeps its message and tries again later."""
     postfix_or_skip()
     nowhere = "/run/chatmail-test-no-such-milter.sock"
 

@@ -23,9 +23,12 @@ import pytest
 
 from chatmaild.accounts import Mailboxes
 from chatmaild.backupformat import MANIFEST
+from chatmaild.config import Config
 from chatmaild.registration import InviteStore
 from cmdeploy import cli, migrate, remote
+from cmdeploy.chatmaild import services
 from cmdeploy.dns import Record
+from cmdeploy.layout import Layout
 from cmdeploy.migrate import (
     QUEUE,
     RESUME_MAIL,
@@ -447,3 +450,16 @@ def test_a_relay_that_refuses_early_ends_the_upload(
     finally:
         os.close(fd)
     assert "another restore is running on this relay" in capfd.readouterr().err
+
+
+def test_taking_no_mail_stops_the_gates_sockets_too() -> None:
+    """A connection to a socket systemd holds starts its service again: stopping the outgoing
+    gate alone would let the next submission start it (doc/milter.md §3)."""
+    stopped = STOP_TAKING_MAIL.split("systemctl stop ", 1)[1].split(" &&")[0].split()
+    assert {"filtermail.service", "filtermail-incoming.service"} <= set(stopped)
+    layout = Layout(Config.from_params({"mail_domain": "chat.example.org"}))
+    sockets = [s.socket for s in services(layout) if f"{s.unit}.service" in stopped]
+    assert sockets and all(socket is None or socket in stopped for socket in sockets)
+    assert "filtermail.socket" in stopped
+    # and resuming starts what taking no mail stopped
+    assert all(unit in RESUME_MAIL.split() for unit in stopped)

@@ -23,7 +23,12 @@ from cmdeploy.dovecot import plugin
 from cmdeploy.layout import Layout
 from cmdeploy.postfix import MASTER_PID_FILE as POSTFIX_MASTER_PID_FILE
 from cmdeploy.run import deploy_passes
-from cmdeploy.steps import PENDING_RESTARTS, DeployInputs, stale_log_socket
+from cmdeploy.steps import (
+    PENDING_RESTARTS,
+    DeployInputs,
+    own_socket_check,
+    stale_log_socket,
+)
 
 DOMAIN = "chat.example.org"
 CHATMAILD_SERVICES = {
@@ -121,23 +126,42 @@ def test_a_postfix_setting_restarts_postfix_and_not_dovecot(inputs: DeployInputs
     assert run.restarts == {"postfix"} | CHATMAILD_SERVICES
 
 
+GATE_SOCKET_RESTART = (
+    "systemctl stop filtermail.service && systemctl restart filtermail.socket"
+    " && systemctl start filtermail.service"
+)
+
+
+def gate_socket_restarted(run: Run) -> bool:
+    """Whether the plan restarts the gate's socket unit, its service stopped around it."""
+    steps = [s for s in run.planned if s.name == "Restart filtermail.socket" and s.commands]
+    return any(GATE_SOCKET_RESTART in line for step in steps for line in step.lines())
+
+
 def test_a_gate_that_made_its_own_socket_is_stopped_before_its_socket_unit_starts(
     inputs: DeployInputs,
 ) -> None:
     """A relay of the release before: filtermail bound the gate's socket itself. systemd does
-    not start a socket unit whose service runs, so the deploy stops filtermail first and
-    starts it again on the socket unit's socket."""
+    not start a socket unit whose service runs, so the deploy stops filtermail, restarts the
+    socket unit and starts filtermail again on its socket."""
     relay = deployed(inputs)
     del relay.nodes["/etc/systemd/system/filtermail.socket"]
-    changes = plan(relay, inputs).changes
-    stop = changes.index("Stop filtermail.service for filtermail.socket")
-    restarted = changes.index("Restart filtermail.service")
-    assert stop < changes.index("Restart filtermail.socket") < restarted
-    # and a relay deployed with the socket unit already stops nothing
-    assert (
-        "Stop filtermail.service for filtermail.socket"
-        not in plan(deployed(inputs), inputs).changes
-    )
+    assert gate_socket_restarted(plan(relay, inputs))
+    # a relay deployed with the socket unit restarts nothing
+    assert not gate_socket_restarted(plan(deployed(inputs), inputs))
+
+
+def test_a_deploy_that_failed_before_the_gates_socket_started_is_mended(
+    inputs: DeployInputs,
+) -> None:
+    """The unit file was installed, then the deploy failed before the socket's restart left
+    its marker: no file changes now, but filtermail still runs on its own socket, and only
+    the same stop, restart and start lets the socket unit take over."""
+    relay = deployed(inputs)
+    relay.outputs[own_socket_check("filtermail.service", "filtermail.socket")] = "own socket\n"
+    run = plan(relay, inputs)
+    assert gate_socket_restarted(run)
+    assert run.restarts == {"filtermail.socket"}
 
 
 def test_a_restart_that_failed_last_time_is_done_now(inputs: DeployInputs) -> None:

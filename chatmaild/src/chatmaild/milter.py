@@ -21,9 +21,10 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .smtpreject import Reject, message_too_large
 
@@ -355,8 +356,12 @@ async def start_milter_server(
 
     if isinstance(listen, socket.socket):
         # asyncio would shorten systemd's backlog to 100: a burst of sessions while filtermail
-        # restarts all wait for it
-        return await asyncio.start_unix_server(session, sock=listen, backlog=socket.SOMAXCONN)
+        # restarts all wait for it. The socket is systemd's: never removed on the way out
+        # (Python 3.13 would, on a clean close).
+        keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        return await asyncio.start_unix_server(
+            session, sock=listen, backlog=socket.SOMAXCONN, **keep
+        )
     if isinstance(listen, str):
         return await asyncio.start_unix_server(session, listen)
     return await asyncio.start_server(session, *listen)

@@ -91,7 +91,10 @@ def systemd_socket(kind: socket.SocketKind) -> socket.socket:
         os.environ.pop(name, None)  # not for anything this process might start
     if count != 1:
         raise NoSocket(f"expected one socket from systemd (LISTEN_FDS), got {count}")
-    sock = socket.socket(fileno=LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=LISTEN_FDS_START)
+    except OSError:
+        raise NoSocket(f"descriptor {LISTEN_FDS_START} is not a socket") from None
     if sock.family != socket.AF_UNIX or sock.type != kind:
         sock.detach()  # not ours to close
         raise NoSocket(f"the socket systemd passed is not a unix {kind.name} socket")

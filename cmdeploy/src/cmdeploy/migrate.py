@@ -5,7 +5,8 @@ The steps, in this order, each one a function of `Hosts` so that tests run them 
 1. read both hosts' facts (both reachable over SSH; the old one's records for step 6);
 2. deploy the new host (`cmdeploy run`, DNS not checked: it still names the old host);
 3. stop the old relay taking mail: `/etc/chatmail-nocreate`, and both encryption gates
-   (filtermail for submissions, filtermail-incoming for port 25 and /mxdeliv). Postfix's
+   (filtermail for submissions, with its socket unit, filtermail-incoming for port 25 and
+   /mxdeliv). Postfix's
    listeners stay open but answer every new message with a temporary error, as they do
    whenever a gate is down; nginx answers /mxdeliv with a 502. Clients and peers keep their
    mail for later, which reaches the new host once DNS names it (doc/transport.md).
@@ -35,8 +36,10 @@ if TYPE_CHECKING:  # dnspython loads only for the commands that use it
 
 NOCREATE = "/etc/chatmail-nocreate"
 # Every message enters Postfix's queue through one of these (doc/contract.md §1.4): with both
-# stopped, Postfix accepts nothing new and needs no change of its own configuration.
-GATES = "filtermail filtermail-incoming"
+# stopped, Postfix accepts nothing new and needs no change of its own configuration. The
+# outgoing gate's socket unit stops with it: a submission would start it again through its
+# socket (doc/milter.md §3).
+GATES = "filtermail.socket filtermail.service filtermail-incoming.service"
 STOP_TAKING_MAIL = f"touch {NOCREATE} && systemctl stop {GATES} && postqueue -f"
 UNREADABLE = "queue unreadable"
 QUEUE = f"timeout 10 postqueue -j || echo '{UNREADABLE}'"

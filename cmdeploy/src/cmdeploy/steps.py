@@ -129,9 +129,10 @@ def restart(
 
     A change leaves a marker on the relay until the restart succeeded: a deploy that failed
     in between restarts the unit on the next run although its files no longer change.
-    `force` restarts it in any case (a fact showed it needs one). `stop_first` is a unit
-    stopped before the restart: a socket's service, since systemd does not start a socket
-    whose service already runs (one that made its own socket before the socket unit came)."""
+    `force` restarts it in any case (a fact showed it needs one). `stop_first`: `unit` is the
+    socket of this service, which stops before the socket's restart and starts after it, in
+    one command, since systemd does not start a socket whose service already runs (one that
+    made its own socket before the socket unit came)."""
     marker = f"{PENDING_RESTARTS}/{unit}"
     pending = force or not missing(marker)
     if changed:
@@ -143,13 +144,21 @@ def restart(
             server.shell(name=f"Validate the {unit} configuration", commands=[check], _if=needed)
         if stop_first:
             server.shell(
-                name=f"Stop {stop_first} for {unit}",
-                commands=[f"systemctl daemon-reload && systemctl stop {stop_first}"],
+                name=f"Restart {unit}",
+                commands=[
+                    f"systemctl daemon-reload && systemctl stop {stop_first}"
+                    f" && systemctl restart {unit} && systemctl start {stop_first}"
+                ],
                 _if=needed,
             )
-        systemd.service(
-            name=f"Restart {unit}", service=unit, restarted=True, daemon_reload=True, _if=needed
-        )
+        else:
+            systemd.service(
+                name=f"Restart {unit}",
+                service=unit,
+                restarted=True,
+                daemon_reload=True,
+                _if=needed,
+            )
         # decided when it runs: when planned, the marker may not exist yet
         server.shell(name=f"Restarted {unit}", commands=[f"rm -f {marker}"], _if=needed)
     systemd.service(name=f"Run {unit}", service=unit, running=True, enabled=True)
@@ -170,6 +179,19 @@ def remove_stale(paths: list[str]) -> Ops:
         for path in paths
         if not missing(path)
     ]
+
+
+def own_socket_check(service: str, socket: str) -> str:
+    """A command that prints "own socket" when `service` runs while its `socket` unit does
+    not: it bound its socket itself (the release before the socket unit)."""
+    both = f"systemctl is-active --quiet {service} && ! systemctl is-active --quiet {socket}"
+    return f"{both} && echo own socket || true"
+
+
+def runs_without_its_socket(service: str, socket: str) -> bool:
+    """Whether systemd would refuse to start `socket` (its service runs already): true after
+    a deploy that failed between installing the socket unit and starting it."""
+    return "own socket" in (host.get_fact(Command, own_socket_check(service, socket)) or "")
 
 
 def missing(path: object) -> bool:

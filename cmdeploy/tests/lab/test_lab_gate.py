@@ -13,7 +13,7 @@ from test_lab_relays import LAB, relays
 from cmdeploy.layout import Layout
 
 pytestmark = pytest.mark.skipif(LAB is None, reason="needs a lab: cmdeploy lab up")
-GATE = "filtermail.service"
+GATE, GATE_SOCKET = "filtermail.service", "filtermail.socket"
 
 
 def main_pid(ip: str) -> str:
@@ -28,6 +28,10 @@ def relay() -> dict[str, Any]:
 def test_only_postfix_and_filtermail_reach_the_gate(relay: dict[str, Any]) -> None:
     ip = relay["ip"]
     socket = Layout.gate_socket
+    assert ssh(ip, f"systemctl show -p Listen --value {GATE_SOCKET}").split() == [
+        str(socket),
+        "(Stream)",
+    ]
     assert ssh(ip, f"stat -c '%F %U %G %a' {socket}").strip() == "socket vmail postfix 660"
     # the socket's group does it: filtermail itself is in no group of Postfix's
     groups = ssh(ip, f"grep '^Groups:' /proc/{main_pid(ip)}/status").split()[1:]

@@ -14,7 +14,7 @@ from pyinfra.operations.util import any_changed
 from chatmaild.registration import HANDED, INVITES, USES
 
 from ..health import expectations
-from ..steps import Component, Ops, Target, put, restart
+from ..steps import Component, Ops, Target, put, restart, runs_without_its_socket
 from . import (
     GATE_UNIT,
     HEALTH_UNIT,
@@ -116,10 +116,12 @@ class Chatmaild(Component):
 
     def activate(self) -> None:
         restart(f"{POSTLOG_UNIT}.socket", self.socket_changed[POSTLOG_UNIT])
+        gate, gate_socket = f"{GATE_UNIT}.service", f"{GATE_UNIT}.socket"
         restart(
-            f"{GATE_UNIT}.socket",
+            gate_socket,
             self.socket_changed[GATE_UNIT],
-            stop_first=f"{GATE_UNIT}.service",
+            force=runs_without_its_socket(gate, gate_socket),
+            stop_first=gate,
         )
         for service in services(self.layout):
             restart(f"{service.unit}.service", self.changed)
