@@ -272,7 +272,7 @@ def _write_config(relay: Relay, static_password_hash: str | None) -> None:
     files[str(conf_dir / "chatmail.conf")] = chatmail_conf(
         layout, conf_dir, quota_expire=quota_expire
     )
-    for name in ("chatmail.conf", "auth-dict.conf.ext", "push_notification.lua"):
+    for name in ("chatmail.conf", "auth-dict.conf.ext"):
         (relay.base / name).write_text(files[str(conf_dir / name)])
     relay.dovecot_conf.write_text(environment + f"!include {relay.base / 'chatmail.conf'}\n")
 

@@ -58,8 +58,12 @@ def get_metadata(conn: imaplib.IMAP4, mailbox: str, entry: str) -> str | None:
     raise AssertionError(f"no METADATA response for {entry}")
 
 
-def deliver(relay: Relay, sender: str, rcpt: str) -> None:
-    message = (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: [...]\r\n\r\nhello\r\n").encode()
+def deliver(relay: Relay, sender: str, rcpt: str, from_header: str | None = None) -> None:
+    """LMTP delivery of a small message; its From is `from_header` if given ("" for none),
+    else `sender`."""
+    header = sender if from_header is None else from_header
+    from_line = f"From: {header}\r\n" if header else ""
+    message = (f"{from_line}To: {rcpt}\r\nSubject: [...]\r\n\r\nhello\r\n").encode()
     with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
         lmtp.sendmail(sender, [rcpt], message)
 
@@ -156,6 +160,25 @@ def test_mail_to_oneself_pushes_nothing(relay: Relay) -> None:
     before = len(relay.push.tokens)
     deliver(relay, "other@elsewhere.example", addr)
     assert relay.push.wait_for(before + 1)[before:] == ["device-selfsend1"]
+
+
+def test_only_mail_from_someone_else_wakes_the_devices(relay: Relay) -> None:
+    """The push hook reads the From address as Dovecot's push driver did: the first address,
+    local part and domain in any case, without the display name."""
+    addr = "selfcase1@example.org"
+    conn = logged_in(relay, addr)
+    set_token(conn, "device-selfcase1")
+    conn.logout()
+    spool = relay.mailboxes / SPOOL_DIR
+    for own in ('"Me" <SelfCase1@EXAMPLE.org>', "selfcase1@example.org (me)"):
+        deliver(relay, "bounce@elsewhere.example", addr, from_header=own)
+        # written before LMTP answers: a push would be queued or sent by now
+        assert "device-selfcase1" not in relay.push.tokens, own
+        assert not spool.exists() or not any(spool.iterdir()), own
+    for other in ("", "someone@elsewhere.example, selfcase1@example.org", f"{addr}.evil.example"):
+        before = len(relay.push.tokens)
+        deliver(relay, "bounce@elsewhere.example", addr, from_header=other)
+        assert relay.push.wait_for(before + 1)[before:] == ["device-selfcase1"], other
 
 
 def test_the_push_hook_does_not_rescan_the_mailbox(relay: Relay) -> None:

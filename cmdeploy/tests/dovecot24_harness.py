@@ -193,7 +193,7 @@ def _write_config(relay: Relay24) -> None:
     files[str(base / "chatmail.conf")] = chatmail_conf(
         layout, base, TRIXIE, quota_expire=quota_expire
     )
-    for name in ("chatmail.conf", "auth.lua", "push_notification.lua"):
+    for name in ("chatmail.conf", "auth.lua"):
         relay.host(base / name).write_text(files[str(base / name)])
     relay.host(base / "dovecot.conf").write_text(
         TEST_ENVIRONMENT.format(base=base, port=relay.imap_port)

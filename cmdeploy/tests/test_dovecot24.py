@@ -271,7 +271,7 @@ def test_capabilities_after_login(relay: Relay24) -> None:
 
 
 def test_delivery_pushes_to_the_device_token(relay: Relay24) -> None:
-    # METADATA through chatmail-metadata, then push_notification.lua on LMTP delivery
+    # METADATA through chatmail-metadata, then chatmail_notify's push hook on LMTP delivery
     addr = "pushed001@example.org"
     conn = login(relay, addr, PASSWORD)
     typ, data = conn._simple_command("SETMETADATA", "INBOX", '(/private/devicetoken "t24")')

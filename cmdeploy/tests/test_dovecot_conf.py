@@ -14,8 +14,16 @@ import pytest
 from trixie_root import chroot, trixie_root
 
 from chatmaild.config import Config
+from chatmaild.tokens import METADATA_FILE
 from cmdeploy.chatmaild import chatmaild_files
-from cmdeploy.dovecot import BOOKWORM, TRIXIE, dovecot_files, dovecot_unit_files, stale_files
+from cmdeploy.dovecot import (
+    BOOKWORM,
+    TRIXIE,
+    dovecot_files,
+    dovecot_unit_files,
+    plugin,
+    stale_files,
+)
 from cmdeploy.dovecot import packages as dovecot_packages
 from cmdeploy.layout import Layout
 
@@ -243,13 +251,33 @@ def test_each_release_has_its_auth_file_and_packages() -> None:
     assert "/etc/dovecot/auth.lua" not in dovecot_files(layout, release=BOOKWORM)
     assert "/etc/dovecot/auth.lua" in dovecot_files(layout, release=TRIXIE)
     assert "/etc/dovecot/auth-dict.conf.ext" not in dovecot_files(layout, release=TRIXIE)
-    assert stale_files(TRIXIE) == ["/etc/dovecot/auth-dict.conf.ext"]
-    assert stale_files(BOOKWORM) == ["/etc/dovecot/auth.lua"]
+    # and on either, the push hook's Lua script of earlier deploys
+    assert stale_files(TRIXIE) == [
+        "/etc/dovecot/auth-dict.conf.ext",
+        "/etc/dovecot/push_notification.lua",
+    ]
+    assert stale_files(BOOKWORM) == ["/etc/dovecot/auth.lua", "/etc/dovecot/push_notification.lua"]
     lua = {"dovecot-auth-lua", "lua-socket"}
     assert not lua & set(dovecot_packages(BOOKWORM))
     assert lua <= set(dovecot_packages(TRIXIE))
     with pytest.raises(ValueError):
         dovecot_packages("forky")
+
+
+def test_the_push_hook_is_chatmail_notifys_and_looks_for_chatmaild_token_file(
+    tmp_path: Path,
+) -> None:
+    """LMTP loads the relay's own plugin for pushes, not Dovecot's Lua push driver (which has
+    Dovecot extract headers and a body snippet of every message, doc/performance.md), and the
+    plugin looks for the file chatmail-metadata keeps device tokens in."""
+    for release in (BOOKWORM, TRIXIE):
+        conf = dovecot_files(Layout(Config.from_params(CONFIGS["acme"])), release=release)
+        text = conf["/etc/dovecot/chatmail.conf"]
+        lmtp = text[text.index("protocol lmtp {") :]
+        lmtp = lmtp[: lmtp.index("\n}\n")]
+        assert "chatmail_notify" in lmtp, release
+        assert "push_notification" not in text and "mail_lua" not in text, release
+    assert f'#define TOKENS_FILE "{METADATA_FILE}"' in plugin.source()
 
 
 def test_debian_13_has_every_dovecot_package(trixie: Path) -> None:

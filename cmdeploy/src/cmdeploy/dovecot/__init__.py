@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from chatmaild.tokens import METADATA_FILE
-
 from ..chatmaild import SCRUBBED_LOG_DROP_IN, UNIT_DIR, scrubbed_log_drop_in
 from ..layout import Layout
 from ..release import BOOKWORM, RELEASES, TRIXIE
@@ -50,7 +48,6 @@ def chatmail_conf(
         "mailboxes_dir": layout.mailboxes,
         "metadata_socket": layout.metadata_socket,
         "lastlogin_socket": layout.lastlogin_socket,
-        "push_lua": conf_dir / "push_notification.lua",
         "admin_mail": config.privacy_mail,
         "imap_compress": config.imap_compress,
         "imap_rawlog": config.imap_rawlog,
@@ -107,10 +104,6 @@ def dovecot_files(
     files[str(conf_dir / AUTH_FILE[release])] = render(
         "dovecot", auth_template, doveauth_socket=layout.doveauth_socket
     )
-    # the same push hook for both: 2.4 kept the Lua push API that it uses
-    files[str(conf_dir / "push_notification.lua")] = render(
-        "dovecot", "push_notification.lua", tokens_file=METADATA_FILE
-    )
     return files
 
 
@@ -123,9 +116,14 @@ def packages(release: str) -> tuple[str, ...]:
     return ("dovecot-imapd", "dovecot-lmtpd", *lua, *plugin.BUILD_PACKAGES)
 
 
+# The push hook's Lua script of earlier deploys: the hook is chatmail_notify's now (plugin.py).
+RETIRED_FILES = ("push_notification.lua",)
+
+
 def stale_files(release: str, conf_dir: PurePosixPath = CONF_DIR) -> list[str]:
-    """Files a deploy for the other release left and this release's configuration does not
-    name. Dovecot reads neither (dovecot.conf includes chatmail.conf only), but a relay
-    upgraded from 12 to 13 would keep a dict passdb that looks live to whoever reads
-    /etc/dovecot; the deploy removes it."""
-    return [str(conf_dir / name) for other, name in AUTH_FILE.items() if other != release]
+    """Files a deploy for the other release, or an earlier deploy, left and this release's
+    configuration does not name. Dovecot reads none (dovecot.conf includes chatmail.conf
+    only), but a relay upgraded from 12 to 13 would keep a dict passdb that looks live to
+    whoever reads /etc/dovecot; the deploy removes them."""
+    other = [name for each, name in AUTH_FILE.items() if each != release]
+    return [str(conf_dir / name) for name in (*other, *RETIRED_FILES)]

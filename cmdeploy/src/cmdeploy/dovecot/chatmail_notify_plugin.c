@@ -1,6 +1,7 @@
 /* chatmail_notify: tell a waiting IMAP client of new mail at once, and never lose the news,
-   neither in a burst of deliveries nor at the hand-over to hibernation. Loaded by Dovecot's
-   imap processes only; built on the relay against Debian's dovecot-dev headers
+   neither in a burst of deliveries nor at the hand-over to hibernation (imap, 1-3 below);
+   and tell chatmail-metadata of each delivery that should wake the recipient's devices
+   (lmtp, 4). Built on the relay against Debian's dovecot-dev headers
    (cmdeploy/src/cmdeploy/dovecot/plugin.py). doc/performance.md tells the whole story.
 
    1. Stock Dovecot announces a change to an IDLE client 500 ms after the filesystem reported
@@ -26,13 +27,25 @@
       that the fresh descriptor sees: a dot file created and removed at once (maildir readers
       skip dot files).
 
-   Only maildir mailboxes are handled; others are left alone. */
+   Only maildir mailboxes are handled; others are left alone.
+
+   4. In lmtp: for each mailbox that got a message whose From address is not the recipient's
+      own, once the delivery's transaction is committed, the private METADATA entry
+      /private/messagenew is written (RFC 5464); chatmail-metadata sees that write and pushes
+      to the account's devices (doc/contract.md §5.7). An account without the file of device
+      tokens in its home has no device to wake: nothing is written for it. This did
+      Dovecot's Lua push driver before, which has Dovecot extract five headers and a body
+      snippet of every delivered message for a script that needs the From address only. */
 
 #include "lib.h"
 #include "hostpid.h"
 #include "ioloop.h"
 #include "mail-storage-private.h"
 #include "mail-storage-hooks.h"
+#include "mail-user.h"
+#include "mailbox-attribute.h"
+#include "master-service.h"
+#include "message-address.h"
 #include "module-context.h"
 
 #include <errno.h>
@@ -58,8 +71,6 @@ struct chatmail_notify_mailbox {
 };
 
 const char *chatmail_notify_plugin_version = DOVECOT_ABI_VERSION;
-/* an array, not a pointer: Dovecot's module loader reads it as one */
-const char chatmail_notify_plugin_binary_dependency[] = "imap";
 
 void chatmail_notify_plugin_init(struct module *module);
 void chatmail_notify_plugin_deinit(void);
@@ -204,12 +215,148 @@ static struct mail_storage_hooks chatmail_notify_hooks = {
 	.mailbox_allocated = chatmail_notify_mailbox_allocated,
 };
 
+/* --- 4. lmtp: the push hook ------------------------------------------------------------- */
+
+/* chatmail-metadata keeps an account's device tokens in this file of its home
+   (chatmaild.tokens.METADATA_FILE, doc/contract.md §5.7) */
+#define TOKENS_FILE "metadata.json"
+#define MESSAGENEW_KEY "messagenew" /* /private/messagenew */
+
+#define CHATMAIL_PUSH_CONTEXT(obj) MODULE_CONTEXT(obj, chatmail_push_storage_module)
+
+struct chatmail_push_mailbox {
+	union mailbox_module_context module_ctx;
+	/* the open transaction saved a message from someone else */
+	bool news;
+};
+
+static MODULE_CONTEXT_DEFINE_INIT(chatmail_push_storage_module, &mail_storage_module_register);
+
+/* Whether the message's first From address is the user's own (compared as Dovecot's push
+   driver did: local part and domain, in any case). No From, or none that parses: not. */
+static bool from_self(struct mail *mail, const char *username)
+{
+	const struct message_address *addr;
+	const char *from;
+
+	if (mail_get_first_header(mail, "From", &from) <= 0)
+		return FALSE;
+	addr = message_address_parse(pool_datastack_create(), (const unsigned char *)from,
+				     strlen(from), 1, 0);
+	if (addr == NULL || addr->mailbox == NULL || addr->domain == NULL)
+		return FALSE;
+	return strcasecmp(t_strconcat(addr->mailbox, "@", addr->domain, NULL), username) == 0;
+}
+
+static bool may_have_tokens(struct mail_user *user)
+{
+	const char *home;
+
+	if (mail_user_get_home(user, &home) <= 0)
+		return FALSE;
+	return access(t_strconcat(home, "/" TOKENS_FILE, NULL), F_OK) == 0;
+}
+
+/* The write chatmail-metadata sees. The mailbox is open already: the entry's key needs
+   only its GUID, and no sync runs, which would reread new/ on every delivery. */
+static void tell_metadata(struct mailbox *box)
+{
+	struct mail_attribute_value value;
+	struct mailbox_transaction_context *t;
+
+	i_zero(&value);
+	value.value = "";
+	t = mailbox_transaction_begin(box, 0, __func__);
+	if (mailbox_attribute_set(t, MAIL_ATTRIBUTE_TYPE_PRIVATE, MESSAGENEW_KEY, &value) < 0) {
+		i_error("chatmail_notify: Cannot set attribute /private/" MESSAGENEW_KEY ": %s",
+			mailbox_get_last_internal_error(box, NULL));
+		mailbox_transaction_rollback(&t);
+		return;
+	}
+	if (mailbox_transaction_commit(&t) < 0)
+		i_error("chatmail_notify: Cannot set attribute /private/" MESSAGENEW_KEY ": %s",
+			mailbox_get_last_internal_error(box, NULL));
+}
+
+static int chatmail_push_save_finish(struct mail_save_context *ctx)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct chatmail_push_mailbox *pbox = CHATMAIL_PUSH_CONTEXT(box);
+	struct mail *mail = ctx->dest_mail;
+
+	if (pbox->module_ctx.super.save_finish(ctx) < 0)
+		return -1;
+	if (mail != NULL && !pbox->news) T_BEGIN {
+		pbox->news = !from_self(mail, box->storage->user->username);
+	} T_END;
+	return 0;
+}
+
+static int
+chatmail_push_transaction_commit(struct mailbox_transaction_context *t,
+				 struct mail_transaction_commit_changes *changes_r)
+{
+	struct mailbox *box = t->box;
+	struct chatmail_push_mailbox *pbox = CHATMAIL_PUSH_CONTEXT(box);
+	bool news = pbox->news;
+
+	pbox->news = FALSE; /* the write below is a transaction of its own */
+	if (pbox->module_ctx.super.transaction_commit(t, changes_r) < 0)
+		return -1;
+	if (news) T_BEGIN {
+		if (may_have_tokens(box->storage->user))
+			tell_metadata(box);
+	} T_END;
+	return 0;
+}
+
+static void chatmail_push_transaction_rollback(struct mailbox_transaction_context *t)
+{
+	struct chatmail_push_mailbox *pbox = CHATMAIL_PUSH_CONTEXT(t->box);
+
+	pbox->news = FALSE;
+	pbox->module_ctx.super.transaction_rollback(t);
+}
+
+static void chatmail_push_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	struct chatmail_push_mailbox *pbox;
+
+	pbox = p_new(box->pool, struct chatmail_push_mailbox, 1);
+	pbox->module_ctx.super = *v;
+	box->vlast = &pbox->module_ctx.super;
+	v->save_finish = chatmail_push_save_finish;
+	v->transaction_commit = chatmail_push_transaction_commit;
+	v->transaction_rollback = chatmail_push_transaction_rollback;
+	MODULE_CONTEXT_SET(box, chatmail_push_storage_module, pbox);
+}
+
+static struct mail_storage_hooks chatmail_push_hooks = {
+	.mailbox_allocated = chatmail_push_mailbox_allocated,
+};
+
+/* --- the module ---------------------------------------------------------------------------- */
+
+static struct mail_storage_hooks *hooks = NULL;
+
 void chatmail_notify_plugin_init(struct module *module)
 {
-	mail_storage_hooks_add(module, &chatmail_notify_hooks);
+	/* imap announces new mail (1-3), lmtp tells of it for pushes (4); other processes that
+	   load mail plugins (doveadm, ...) get neither */
+	const char *name = master_service_get_name(master_service);
+
+	if (strcmp(name, "imap") == 0)
+		hooks = &chatmail_notify_hooks;
+	else if (strcmp(name, "lmtp") == 0)
+		hooks = &chatmail_push_hooks;
+	if (hooks != NULL)
+		mail_storage_hooks_add(module, hooks);
 }
 
 void chatmail_notify_plugin_deinit(void)
 {
-	mail_storage_hooks_remove(&chatmail_notify_hooks);
+	if (hooks != NULL)
+		mail_storage_hooks_remove(hooks);
+	hooks = NULL;
 }
