@@ -181,6 +181,28 @@ def test_only_mail_from_someone_else_wakes_the_devices(relay: Relay) -> None:
         assert relay.push.wait_for(before + 1)[before:] == ["device-selfcase1"], other
 
 
+def test_one_delivery_to_several_accounts_pushes_to_each(relay: Relay) -> None:
+    """Postfix hands a group message to Dovecot once, with all its local recipients; LMTP
+    saves it for the first and copies it for the others (no second save): each is woken."""
+    addrs = [f"group000{n}@example.org" for n in range(1, 4)]
+    for addr in addrs:
+        conn = logged_in(relay, addr)
+        set_token(conn, f"device-{addr.split('@')[0]}")
+        conn.logout()
+    before = len(relay.push.tokens)
+    message = b"From: someone@elsewhere.example\r\nSubject: [...]\r\n\r\nhello\r\n"
+    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
+        lmtp.ehlo()
+        lmtp.mail("someone@elsewhere.example")
+        for addr in addrs:
+            lmtp.rcpt(addr)
+        # LMTP answers the end of data once per recipient (RFC 2033 §4.2)
+        replies = [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in addrs[1:]]
+    assert replies == [250] * len(addrs)
+    received = relay.push.wait_for(before + len(addrs))[before:]
+    assert sorted(received) == [f"device-{a.split('@')[0]}" for a in addrs]
+
+
 def test_the_push_hook_does_not_rescan_the_mailbox(relay: Relay) -> None:
     """The hook only opens the mailbox to write its entry: a sync on every delivery would
     reread new/, whose size grows with the mail not yet fetched (doc/performance.md). A file

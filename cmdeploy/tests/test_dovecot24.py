@@ -286,6 +286,26 @@ def test_delivery_pushes_to_the_device_token(relay: Relay24) -> None:
     assert relay.push.wait_for(pushed + 1)[pushed:] == ["t24"]
 
 
+def test_one_delivery_to_several_accounts_pushes_to_each(relay: Relay24) -> None:
+    # LMTP saves the message for the first recipient and copies it for the others
+    addrs = [f"group24{n:02d}@example.org" for n in range(1, 3)]
+    for n, addr in enumerate(addrs):
+        conn = login(relay, addr, PASSWORD)
+        typ, data = conn._simple_command("SETMETADATA", "INBOX", f'(/private/devicetoken "g{n}")')
+        assert typ == "OK", data
+        conn.logout()
+    pushed = len(relay.push.tokens)
+    message = b"From: someone@elsewhere.example\r\nSubject: [...]\r\n\r\nhello\r\n"
+    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
+        lmtp.ehlo()
+        lmtp.mail("someone@elsewhere.example")
+        for addr in addrs:
+            lmtp.rcpt(addr)
+        replies = [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in addrs[1:]]
+    assert replies == [250, 250]
+    assert sorted(relay.push.wait_for(pushed + 2)[pushed:]) == ["g0", "g1"]
+
+
 QUOTA_ADDR = "quotauser@example.org"
 
 

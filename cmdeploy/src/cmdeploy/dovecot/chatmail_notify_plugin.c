@@ -278,6 +278,15 @@ static void tell_metadata(struct mailbox *box)
 			mailbox_get_last_internal_error(box, NULL));
 }
 
+static void note_arrival(struct mailbox *box, struct mail *mail)
+{
+	struct chatmail_push_mailbox *pbox = CHATMAIL_PUSH_CONTEXT(box);
+
+	if (mail != NULL && !pbox->news) T_BEGIN {
+		pbox->news = !from_self(mail, box->storage->user->username);
+	} T_END;
+}
+
 static int chatmail_push_save_finish(struct mail_save_context *ctx)
 {
 	struct mailbox *box = ctx->transaction->box;
@@ -286,9 +295,20 @@ static int chatmail_push_save_finish(struct mail_save_context *ctx)
 
 	if (pbox->module_ctx.super.save_finish(ctx) < 0)
 		return -1;
-	if (mail != NULL && !pbox->news) T_BEGIN {
-		pbox->news = !from_self(mail, box->storage->user->username);
-	} T_END;
+	note_arrival(box, mail);
+	return 0;
+}
+
+/* LMTP saves a message once, for its first recipient, and copies that saved mail into the
+   mailboxes of the others (a hard link in maildir), without a save_finish. */
+static int chatmail_push_copy(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct mailbox *box = ctx->transaction->box;
+	struct chatmail_push_mailbox *pbox = CHATMAIL_PUSH_CONTEXT(box);
+
+	if (pbox->module_ctx.super.copy(ctx, mail) < 0)
+		return -1;
+	note_arrival(box, mail);
 	return 0;
 }
 
@@ -327,6 +347,7 @@ static void chatmail_push_mailbox_allocated(struct mailbox *box)
 	pbox->module_ctx.super = *v;
 	box->vlast = &pbox->module_ctx.super;
 	v->save_finish = chatmail_push_save_finish;
+	v->copy = chatmail_push_copy;
 	v->transaction_commit = chatmail_push_transaction_commit;
 	v->transaction_rollback = chatmail_push_transaction_rollback;
 	MODULE_CONTEXT_SET(box, chatmail_push_storage_module, pbox);
