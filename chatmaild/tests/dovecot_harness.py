@@ -15,6 +15,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -204,6 +205,17 @@ class Relay:
         """SIGTERM the service, as systemd's restart does, and start it again."""
         self.stop_service(name)
         self.start_service(name)
+
+
+def lmtp_to_each(lmtp_socket: Path, sender: str, rcpts: list[str], message: bytes) -> list[int]:
+    """One LMTP transaction for all of `rcpts`; the reply code for each (RFC 2033 §4.2: LMTP
+    answers the end of data once per recipient, which smtplib's sendmail does not read)."""
+    with smtplib.LMTP(str(lmtp_socket)) as lmtp:
+        lmtp.ehlo()
+        lmtp.mail(sender)
+        for rcpt in rcpts:
+            lmtp.rcpt(rcpt)
+        return [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in rcpts[1:]]
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> bool:

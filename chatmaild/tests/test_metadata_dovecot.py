@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from chatmaild_testing import dovecot_or_skip
-from dovecot_harness import Relay, running_relay, wait_for
+from dovecot_harness import Relay, lmtp_to_each, running_relay, wait_for
 
 from chatmaild import turn
 from chatmaild.appversions import bundled_path, check, compact
@@ -191,13 +191,7 @@ def test_one_delivery_to_several_accounts_pushes_to_each(relay: Relay) -> None:
         conn.logout()
     before = len(relay.push.tokens)
     message = b"From: someone@elsewhere.example\r\nSubject: [...]\r\n\r\nhello\r\n"
-    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
-        lmtp.ehlo()
-        lmtp.mail("someone@elsewhere.example")
-        for addr in addrs:
-            lmtp.rcpt(addr)
-        # LMTP answers the end of data once per recipient (RFC 2033 §4.2)
-        replies = [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in addrs[1:]]
+    replies = lmtp_to_each(relay.lmtp_socket, "someone@elsewhere.example", addrs, message)
     assert replies == [250] * len(addrs)
     received = relay.push.wait_for(before + len(addrs))[before:]
     assert sorted(received) == [f"device-{a.split('@')[0]}" for a in addrs]

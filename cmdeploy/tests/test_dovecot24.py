@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dovecot24_harness import Relay24, running_relay24, wait_for
+from dovecot_harness import lmtp_to_each
 from imap_logins import login, plain_login, refused
 from trixie_root import trixie_root
 
@@ -296,12 +297,7 @@ def test_one_delivery_to_several_accounts_pushes_to_each(relay: Relay24) -> None
         conn.logout()
     pushed = len(relay.push.tokens)
     message = b"From: someone@elsewhere.example\r\nSubject: [...]\r\n\r\nhello\r\n"
-    with smtplib.LMTP(str(relay.lmtp_socket)) as lmtp:
-        lmtp.ehlo()
-        lmtp.mail("someone@elsewhere.example")
-        for addr in addrs:
-            lmtp.rcpt(addr)
-        replies = [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in addrs[1:]]
+    replies = lmtp_to_each(relay.lmtp_socket, "someone@elsewhere.example", addrs, message)
     assert replies == [250, 250]
     assert sorted(relay.push.wait_for(pushed + 2)[pushed:]) == ["g0", "g1"]
 
