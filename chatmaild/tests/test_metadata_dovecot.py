@@ -197,6 +197,27 @@ def test_one_delivery_to_several_accounts_pushes_to_each(relay: Relay) -> None:
     assert sorted(received) == [f"device-{a.split('@')[0]}" for a in addrs]
 
 
+def test_each_recipient_of_one_delivery_is_judged_on_its_own(relay: Relay) -> None:
+    """The same delivery, sent by its first recipient and copied to the others: the sender's
+    own copy and an account without a token wake nothing, a member with a token is woken."""
+    sender, tokenless, member = (
+        f"{n}@example.org" for n in ("grpself01", "grpnotok1", "grpmbr001")
+    )
+    for addr in (sender, tokenless, member):
+        conn = logged_in(relay, addr)
+        if addr != tokenless:
+            set_token(conn, f"device-{addr.split('@')[0]}")
+        conn.logout()
+    before = len(relay.push.tokens)
+    message = f"From: {sender}\r\nSubject: [...]\r\n\r\nhello\r\n".encode()
+    replies = lmtp_to_each(relay.lmtp_socket, sender, [sender, tokenless, member], message)
+    assert replies == [250, 250, 250]
+    assert relay.push.wait_for(before + 1)[before:] == ["device-grpmbr001"]
+    # the hook wrote before LMTP answered: a push for the sender would be queued or sent now
+    assert "device-grpself01" not in relay.push.tokens
+    assert "Cannot set attribute" not in relay.dovecot_log()
+
+
 def test_the_push_hook_does_not_rescan_the_mailbox(relay: Relay) -> None:
     """The hook only opens the mailbox to write its entry: a sync on every delivery would
     reread new/, whose size grows with the mail not yet fetched (doc/performance.md). A file
