@@ -33,9 +33,9 @@
       own, once the delivery's transaction is committed, the private METADATA entry
       /private/messagenew is written (RFC 5464); chatmail-metadata sees that write and pushes
       to the account's devices (doc/contract.md §5.7). An account without the file of device
-      tokens in its home has no device to wake: nothing is written for it. This did
-      Dovecot's Lua push driver before, which has Dovecot extract five headers and a body
-      snippet of every delivered message for a script that needs the From address only. */
+      tokens in its home has no device to wake: nothing is written for it. Dovecot's Lua
+      push driver did this before, at the cost of five headers and a body snippet extracted
+      from every delivered message for a script that needs the From address only. */
 
 #include "lib.h"
 #include "hostpid.h"
