@@ -106,13 +106,13 @@ def test_postlog_capture_counts_the_real_daemons_lines(tmp_path: Path) -> None:
 def test_lmtp_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     argv = [sys.executable, str(HERE / "bench_lmtp.py"), "--messages", "20", "--runs", "1"]
-    argv += ["--accounts", "2", "--variant", "relay", "--variant", "lua-before"]
+    argv += ["--accounts", "2", "--variant", "relay", "--variant", "lua-push"]
     result = subprocess.run(
         [*argv, "--json", str(out)], capture_output=True, text=True, timeout=180, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())
-    assert set(figures) == {"relay", "lua-before"}
+    assert set(figures) == {"relay", "lua-push"}
     for runs in figures.values():
         assert len(runs) == 1 and runs[0]["dovecot_ms"] > 0
         assert set(runs[0]["services_ms"]) == {"doveauth", "lastlogin", "metadata"}
