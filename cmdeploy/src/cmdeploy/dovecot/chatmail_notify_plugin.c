@@ -263,17 +263,17 @@ static void tell_metadata(struct mailbox *box)
 {
 	struct mail_attribute_value value;
 	struct mailbox_transaction_context *t;
+	int ret;
 
 	i_zero(&value);
 	value.value = "";
 	t = mailbox_transaction_begin(box, 0, __func__);
-	if (mailbox_attribute_set(t, MAIL_ATTRIBUTE_TYPE_PRIVATE, MESSAGENEW_KEY, &value) < 0) {
-		i_error("chatmail_notify: Cannot set attribute /private/" MESSAGENEW_KEY ": %s",
-			mailbox_get_last_internal_error(box, NULL));
+	ret = mailbox_attribute_set(t, MAIL_ATTRIBUTE_TYPE_PRIVATE, MESSAGENEW_KEY, &value);
+	if (ret < 0)
 		mailbox_transaction_rollback(&t);
-		return;
-	}
-	if (mailbox_transaction_commit(&t) < 0)
+	else
+		ret = mailbox_transaction_commit(&t);
+	if (ret < 0)
 		i_error("chatmail_notify: Cannot set attribute /private/" MESSAGENEW_KEY ": %s",
 			mailbox_get_last_internal_error(box, NULL));
 }
