@@ -3,13 +3,17 @@ address either becomes its canonical form or is refused, in both directions."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 
-from chatmaild.addresses import AddressPolicy, parse_mailbox
+from chatmaild.addresses import AddressPolicy, is_host_address, parse_mailbox
 from chatmaild.smtpreject import Reject
 
 D = "relay.example"
-RELAY = AddressPolicy(D)
+HOST = ipaddress.ip_address("192.0.2.10")  # the relay's host, for these tests
+RELAY = AddressPolicy(D, host_address=lambda ip: ip == HOST)
 IPV4_RELAY = AddressPolicy("[192.0.2.10]")
 
 # Every other spelling of bob@relay.example a peer might write, each of which Postfix (or
@@ -72,14 +76,8 @@ def test_account_names_are_taken_as_they_are(local: str) -> None:
     assert RELAY.incoming_recipient(f"{local}@{D}") == f"{local}@{D}"
 
 
-# For a relay with a DNS name, an IP literal of its own address counts as somebody else's
-# (Dovecot knows no such user: mail to it bounces, and it is encrypted anyway); an A-label of
-# another domain is somebody else's.
-NOT_LOCAL_FOR_A_NAMED_RELAY = {
-    "bob@[192.0.2.10]",
-    "bob@[IPv6:::ffff:192.0.2.10]",
-    "bob@xn--rlay-3ve.example",
-}
+# An A-label of another domain is somebody else's.
+NOT_LOCAL_FOR_A_NAMED_RELAY = {"bob@xn--rlay-3ve.example"}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +126,42 @@ def test_outgoing_recipients_elsewhere_pass_as_written(rcpt: str, expected: str)
 def test_outgoing_recipients_elsewhere_in_another_syntax_are_refused(rcpt: str) -> None:
     with pytest.raises(Reject):
         RELAY.outgoing_recipient(rcpt)
+
+
+@pytest.mark.parametrize(
+    "rcpt", ["bob@[192.0.2.10]", "carol@[192.0.2.10]", "bob@[IPv6:::ffff:192.0.2.10]"]
+)
+def test_outgoing_refuses_an_ip_literal_of_the_host(rcpt: str) -> None:
+    """Postfix delivers it here, as its own; the gate would have judged it as somebody else's
+    (and Dovecot, knowing no such account, would have bounced it after the client's 250)."""
+    with pytest.raises(Reject) as exc:
+        RELAY.outgoing_recipient(rcpt)
+    assert exc.value.reply() == "553 5.1.3 Invalid recipient address"
+
+
+@pytest.mark.parametrize(
+    "ip", ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::1", "::ffff:127.0.0.1", "::"]
+)
+def test_loopback_and_unspecified_addresses_are_the_hosts(ip: str) -> None:
+    assert is_host_address(ipaddress.ip_address(ip))
+
+
+@pytest.mark.parametrize("ip", ["192.0.2.1", "198.51.100.7", "2001:db8::1", "::ffff:192.0.2.1"])
+def test_documentation_addresses_are_not_the_hosts(ip: str) -> None:
+    assert not is_host_address(ipaddress.ip_address(ip))
+
+
+def test_the_hosts_own_outward_address_is_the_hosts() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # picks the source address; sends nothing
+        except OSError:
+            pytest.skip("no IPv4 route on this host")
+        own = ipaddress.ip_address(probe.getsockname()[0])
+    assert is_host_address(own)
+    assert AddressPolicy(D).outgoing_recipient("carol@[192.0.2.1]") == "carol@[192.0.2.1]"
+    with pytest.raises(Reject):
+        AddressPolicy(D).outgoing_recipient(f"carol@[{own}]")
 
 
 def test_ipv4_relay_addresses() -> None:

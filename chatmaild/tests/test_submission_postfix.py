@@ -187,6 +187,18 @@ def test_an_address_in_another_spelling_is_delivered_through_the_reinjection(
     assert len(dropped) == 1 and len(every - dropped) == 1, submission.postfix.trail(marker)
 
 
+def test_an_ip_literal_of_this_host_is_refused_at_rcpt(submission: Submission) -> None:
+    """Postfix takes mail for an IP literal of an address it listens on (here 127.0.0.1) as
+    its own; the gate refuses it, which the client hears at RCPT, instead of a 250 and a
+    bounce from Dovecot later."""
+    alice, bob = account(submission), account(submission)
+    rcpt = f"{bob.split('@')[0]}@[127.0.0.1]"
+    marker = secrets.token_hex(6)
+    reply = submit(submission, alice, [rcpt], mail_of(alice, rcpt, marker))
+    assert reply == "553 5.1.3 Invalid recipient address"
+    assert stored(submission, bob, marker) == 0 and stored(submission, alice, marker) == 0
+
+
 def test_nobody_spends_another_users_rate_limit(submission: Submission) -> None:
     """Postfix ties MAIL FROM to the login only at the first RCPT; the gate counts a sender
     against its rate limit only after that, so a user sending as someone else is refused

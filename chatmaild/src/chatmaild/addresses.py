@@ -8,7 +8,8 @@ the plain RFC 5321 Dot-string form, writes the relay's own addresses in their on
 form (lowercase, account characters only), and re-injects exactly what it judged.
 
 Pure functions over `str` (a path decoded from UTF-8 with surrogate escapes, so bytes that
-are not UTF-8 show up as surrogates and are refused).
+are not UTF-8 show up as surrogates and are refused), but for `is_host_address`, which asks
+the kernel and which AddressPolicy takes as a parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .smtpreject import Reject, invalid_from_address, invalid_recipient
@@ -27,6 +30,8 @@ _ACCOUNT_LOCAL = re.compile(r"[a-z0-9._-]+\Z")
 # A host name label; `_` is allowed because relays with self-signed certificates are named
 # `_relay.example.org`.
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def _is_dot_string(local: str) -> bool:
     return all(_is_atom(atom) for atom in local.split("."))
 
 
-def ip_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_literal(domain: str) -> IPAddress | None:
     """The address of `[a.b.c.d]` or `[IPv6:…]` written in its one form (no leading zeros,
     IPv6 compressed and lowercase, no zone), else None."""
     if not (domain.startswith("[") and domain.endswith("]")):
@@ -64,7 +69,7 @@ def ip_literal(domain: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     inner = domain[1:-1]
     text = inner[5:] if inner.startswith("IPv6:") else inner
     try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+        ip: IPAddress
         ip = ipaddress.IPv6Address(text) if text is not inner else ipaddress.IPv4Address(text)
     except ValueError:
         return None
@@ -96,12 +101,32 @@ def parse_mailbox(text: str) -> Mailbox | None:
     return Mailbox(local, domain)
 
 
+def is_host_address(ip: IPAddress) -> bool:
+    """Whether `ip` is an address of this host. Postfix takes mail for an IP literal of any
+    address it listens on as its own (doc/encryption-gate.md §1.2). The kernel knows the
+    host's addresses: a socket may bind to those (and to all of 127.0.0.0/8), to no other."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_loopback:
+        return True
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:  # not one of ours (or no IPv6 here at all)
+        return False
+    return True
+
+
 class AddressPolicy:
     """Which envelope addresses the gate takes, and in which spelling (§1.2, §1.3)."""
 
-    def __init__(self, address_domain: str) -> None:
+    def __init__(
+        self, address_domain: str, host_address: Callable[[IPAddress], bool] = is_host_address
+    ) -> None:
         self.domain = address_domain.lower()
         self._own_ip = ip_literal(self.domain)
+        self._host_address = host_address
 
     def _is_own_domain(self, domain: str) -> bool:
         if domain.lower() == self.domain:
@@ -142,6 +167,10 @@ class AddressPolicy:
             if address is None:
                 raise invalid_recipient("not a canonical local address")
             return address
+        ip = ip_literal(mailbox.domain)
+        if ip is not None and self._host_address(ip):
+            # somebody else's to the gate, Postfix's own: the two would read it differently
+            raise invalid_recipient("an IP literal of this host")
         return str(mailbox)
 
     def incoming_recipient(self, text: str) -> str:
@@ -157,4 +186,4 @@ class AddressPolicy:
         return "" if mailbox is None else str(mailbox)
 
 
-__all__ = ["AddressPolicy", "Mailbox", "Reject", "parse_mailbox"]
+__all__ = ["AddressPolicy", "Mailbox", "Reject", "is_host_address", "parse_mailbox"]
