@@ -1,13 +1,16 @@
-"""The outgoing gate's socket on a deployed relay (doc/milter.md §3): systemd makes it with the
-owner, group and mode Postfix's smtpd needs, and holds it while filtermail is down, so a
-client that submits meanwhile is served once filtermail is back, not told to try again."""
+"""The outgoing gate on a deployed relay. Its socket (doc/milter.md §3): systemd makes it with
+the owner, group and mode Postfix's smtpd needs, and holds it while filtermail is down, so a
+client that submits meanwhile is served once filtermail is back, not told to try again. And
+a recipient at an IP literal of the relay's own address, which the deployed Postfix (on all
+interfaces) takes as its own, is refused (doc/encryption-gate.md §1.2)."""
 
 from __future__ import annotations
 
+import smtplib
 from typing import Any
 
 import pytest
-from labmail import inbox, new_user, send, ssh, wait_for
+from labmail import inbox, new_user, send, ssh, tls, wait_for
 from test_lab_relays import LAB, relays
 
 from cmdeploy.layout import Layout
@@ -51,3 +54,15 @@ def test_a_submission_while_filtermail_is_down_is_served(relay: dict[str, Any]) 
     after = main_pid(ip)
     assert after not in ("0", before)
     wait_for(ip, recipient, msgid)
+
+
+def test_a_recipient_at_the_relays_own_ip_literal_is_refused(relay: dict[str, Any]) -> None:
+    ip, domain = relay["ip"], relay["domain"]
+    if domain.startswith("["):
+        pytest.skip("an IPv4 relay: its own IP literal is its domain")
+    sender, recipient = new_user(ip, domain), new_user(ip, domain)
+    literal = f"{recipient.addr.split('@')[0]}@[{ip}]"
+    with smtplib.SMTP_SSL(ip, 465, context=tls(), timeout=60) as smtp:
+        smtp.login(sender.addr, sender.password)
+        assert smtp.mail(sender.addr)[0] == 250
+        assert smtp.rcpt(literal) == (553, b"5.1.3 Invalid recipient address")
