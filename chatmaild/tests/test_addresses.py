@@ -3,6 +3,7 @@ address either becomes its canonical form or is refused, in both directions."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -128,21 +129,45 @@ def test_outgoing_recipients_elsewhere_in_another_syntax_are_refused(rcpt: str) 
         RELAY.outgoing_recipient(rcpt)
 
 
-@pytest.mark.parametrize(
-    "rcpt", ["bob@[192.0.2.10]", "carol@[192.0.2.10]", "bob@[IPv6:::ffff:192.0.2.10]"]
-)
+# the IPv4-mapped form in its one spelling, which depends on the Python version (gh-87799)
+MAPPED = f"[IPv6:{ipaddress.IPv6Address(f'::ffff:{HOST}')}]"
+
+
+@pytest.mark.parametrize("rcpt", ["bob@[192.0.2.10]", "carol@[192.0.2.10]", f"bob@{MAPPED}"])
 def test_outgoing_refuses_an_ip_literal_of_the_host(rcpt: str) -> None:
     """Postfix delivers it here, as its own; the gate would have judged it as somebody else's
     (and Dovecot, knowing no such account, would have bounced it after the client's 250)."""
     with pytest.raises(Reject) as exc:
         RELAY.outgoing_recipient(rcpt)
     assert exc.value.reply() == "553 5.1.3 Invalid recipient address"
+    assert exc.value.private == "recipient: an IP literal of this host"
+
+
+def test_a_host_address_that_cannot_be_checked_is_a_temporary_error() -> None:
+    def failing(ip: object) -> bool:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    relay = AddressPolicy(D, host_address=failing)
+    with pytest.raises(Reject) as exc:
+        relay.outgoing_recipient("carol@[192.0.2.99]")
+    assert exc.value.reply() == "451 4.3.0 Internal error, please try again later"
+    assert "192.0.2.99" not in exc.value.private  # logged: no address in it
+    assert relay.outgoing_recipient("carol@other.example") == "carol@other.example"
+
+
+def test_the_probe_raises_what_it_cannot_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_sockets(*args: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", no_sockets)
+    with pytest.raises(OSError):
+        is_host_address(ipaddress.ip_address("192.0.2.1"))
 
 
 @pytest.mark.parametrize(
-    "ip", ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::1", "::ffff:127.0.0.1", "::"]
+    "ip", ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::1", "::ffff:127.0.0.1", "::", "fe80::1"]
 )
-def test_loopback_and_unspecified_addresses_are_the_hosts(ip: str) -> None:
+def test_loopback_unspecified_and_link_local_addresses_are_the_hosts(ip: str) -> None:
     assert is_host_address(ipaddress.ip_address(ip))
 
 

@@ -14,6 +14,7 @@ the kernel and which AddressPolicy takes as a parameter.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import re
@@ -21,7 +22,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .smtpreject import Reject, invalid_from_address, invalid_recipient
+from .smtpreject import Reject, internal_error, invalid_from_address, invalid_recipient
 
 # RFC 5322 §3.2.3 atext; RFC 6531 adds any UTF-8 character beyond ASCII.
 _ATEXT_ASCII = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\Z")
@@ -101,20 +102,31 @@ def parse_mailbox(text: str) -> Mailbox | None:
     return Mailbox(local, domain)
 
 
+def _unmapped(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it maps."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def is_host_address(ip: IPAddress) -> bool:
     """Whether `ip` is an address of this host. Postfix takes mail for an IP literal of any
     address it listens on as its own (doc/encryption-gate.md §1.2). The kernel knows the
-    host's addresses: a socket may bind to those (and to all of 127.0.0.0/8), to no other."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    host's addresses: a socket may bind to those (and to all of 127.0.0.0/8), to no other.
+    An error other than "not one of ours" is raised: the caller must not guess."""
+    ip = _unmapped(ip)
     if ip.is_unspecified or ip.is_loopback:
         return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
+        return True  # binding one needs its interface; Postfix compares the address alone
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((str(ip), 0))
-    except OSError:  # not one of ours (or no IPv6 here at all)
-        return False
+    except OSError as e:
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):  # not ours; no IPv6 here
+            return False
+        raise
     return True
 
 
@@ -134,9 +146,7 @@ class AddressPolicy:
         ip = ip_literal(domain)
         if ip is None or self._own_ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return ip == self._own_ip
+        return _unmapped(ip) == self._own_ip
 
     def local_address(self, text: str) -> str | None:
         """The canonical form of one of the relay's own addresses, or None."""
@@ -168,9 +178,14 @@ class AddressPolicy:
                 raise invalid_recipient("not a canonical local address")
             return address
         ip = ip_literal(mailbox.domain)
-        if ip is not None and self._host_address(ip):
-            # somebody else's to the gate, Postfix's own: the two would read it differently
-            raise invalid_recipient("an IP literal of this host")
+        if ip is not None:
+            try:
+                ours = self._host_address(_unmapped(ip))
+            except OSError as e:
+                why = f"recipient: could not tell an IP literal from the host's: {e.strerror}"
+                raise internal_error(why) from None
+            if ours:  # somebody else's to the gate, Postfix's own: read two ways
+                raise invalid_recipient("an IP literal of this host")
         return str(mailbox)
 
     def incoming_recipient(self, text: str) -> str:

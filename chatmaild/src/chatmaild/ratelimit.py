@@ -1,12 +1,12 @@
 """The per-sender send rate limit of the outgoing gate (doc/contract.md §3.2).
 
-Filtermail's outgoing front end asks `RateLimiter.check` at every MAIL FROM. It is a GCRA
-(generic cell rate algorithm) keyed by the envelope sender: one unit every
-60 / `max_user_send_per_minute` seconds (1 s at the defaults), and up to
-`max_user_send_burst_size` units at once. Each MAIL FROM uses one unit, whatever the number of
-recipients and whatever happens to the message afterwards. Over the limit the reply is
-`450 4.7.1: Too much mail from <addr>, rate limited until ...` (`smtpreject.too_much_mail`,
-built by `RateLimiter.enforce`) and the front end closes the connection.
+The outgoing gate asks `RateLimiter.check` once per mail transaction, when Postfix has taken
+its first recipient (doc/milter.md §1). It is a GCRA (generic cell rate algorithm) keyed by the
+envelope sender: one unit every 60 / `max_user_send_per_minute` seconds (1 s at the defaults),
+and up to `max_user_send_burst_size` units at once. Each transaction uses one unit, whatever
+the number of recipients and whatever happens to the message afterwards. Over the limit the
+reply is `450 4.7.1: Too much mail from <addr>, rate limited until ...`
+(`smtpreject.too_much_mail`, built by `RateLimiter.enforce`).
 
 The state lives in memory, per process, and is lost on restart, as on the reference relay.
 Pure: the clock is a parameter, and nothing here does I/O.

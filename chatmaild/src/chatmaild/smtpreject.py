@@ -66,7 +66,7 @@ def invalid_recipient(why: str) -> Reject:
 
 
 def too_much_mail(mail_from: str, until: str) -> Reject:
-    """Over the outgoing rate limit (the front end decides that, and closes the connection).
+    """Over the outgoing rate limit (doc/contract.md §3.2).
 
     The reference writes the enhanced code with a colon (`450 4.7.1: Too much...`), which is not
     an RFC 3463 code a client would parse; keeping the reply byte-identical matters more, so the
@@ -145,6 +145,12 @@ def recipient_blocked() -> Reject:
         "recipient account is blocked",
         "blocked_recipient",
     )
+
+
+def internal_error(why: str) -> Reject:
+    """The gate could not decide just now (RFC 3463 X.3.0): the client keeps the message and
+    tries again, instead of being refused for good or let through unchecked."""
+    return Reject(451, "4.3.0", "Internal error, please try again later", why, "internal")
 
 
 def dkim_key_unavailable() -> Reject:
