@@ -44,7 +44,7 @@ _PATH_RE = re.compile(r"(FROM|TO):[ ]?<([^<>]*)>(?: (.*))?\Z", re.IGNORECASE | r
 
 class Gate(Protocol):
     def check_sender(self, mail_from: str) -> str:
-        """MAIL FROM as the gate takes it; raise Reject to refuse (a 450 closes the connection)."""
+        """MAIL FROM as the gate takes it; raise Reject to refuse."""
 
     def check_recipient(self, rcpt: str) -> str:
         """RCPT TO in its one spelling, as it will be re-injected; raise Reject to refuse."""
@@ -195,8 +195,6 @@ class SmtpSession:
         except Reject as e:
             log.info("refused sender: %s", e.private)
             await self.refuse(e)
-            if e.code == 450:  # rate limited: the connection is closed
-                raise ConnectionClosed from None
             return
         self.envelope.mail_from = sender
         await self.reply("250 OK")
