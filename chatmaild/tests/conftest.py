@@ -59,3 +59,14 @@ def relay() -> Iterator[object]:
 
     with running_relay() as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def submission() -> Iterator[object]:
+    """The relay's submission path with the real Postfix and `filtermail outgoing` as its milter
+    (postfix_harness.running_submission), one per test module."""
+    from postfix_harness import postfix_or_skip, running_submission
+
+    postfix_or_skip()
+    with running_submission() as instance:
+        yield instance

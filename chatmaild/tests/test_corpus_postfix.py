@@ -19,7 +19,6 @@ from __future__ import annotations
 import secrets
 import smtplib
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,6 @@ from postfix_harness import (
     LISTEN_ADDRESS,
     PEER_ADDRESS,
     Submission,
-    postfix_or_skip,
-    running_submission,
     unverified_tls,
 )
 from test_postfix_gate import PASSWORD, imap
@@ -75,13 +72,6 @@ DELIVERY_HEADERS = (b"Return-Path:", b"Delivered-To:")  # what Dovecot's LMTP pu
 # The Setup Message's Subject, by which the gate knows it, is replaced before Dovecot stores
 # it (doc/contract.md §5.1): the stored copy is one the gate would not take from a client.
 SETUP_MESSAGES = {"asm-self"}
-
-
-@pytest.fixture(scope="module")
-def submission() -> Iterator[Submission]:
-    postfix_or_skip()
-    with running_submission() as instance:
-        yield instance
 
 
 def stuffed(data: bytes) -> bytes:

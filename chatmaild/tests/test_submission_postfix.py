@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import secrets
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,6 @@ from postfix_harness import (
     LISTEN_ADDRESS,
     Submission,
     _queue_id,
-    postfix_or_skip,
-    running_submission,
     unverified_tls,
 )
 from test_postfix_gate import PASSWORD, encrypted, imap
@@ -33,13 +30,6 @@ from chatmaild import smtpreject
 pytestmark = pytest.mark.dovecot
 
 MAIL = Path(__file__).parent / "data" / "mail"
-
-
-@pytest.fixture(scope="module")
-def submission() -> Iterator[Submission]:
-    postfix_or_skip()
-    with running_submission() as instance:
-        yield instance
 
 
 def account(submission: Submission) -> str:
